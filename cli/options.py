@@ -1,0 +1,140 @@
+"""Options and helpers shared by several commands."""
+
+from __future__ import annotations
+
+import contextlib
+
+import click
+
+
+def parse_bands_option(ctx, param, value):
+    """Click callback: ``"1,2,3"`` -> (1, 2, 3); None stays None."""
+    if value is None:
+        return None
+    from geodet.errors import GeodetError
+    from geodet.raster import parse_bands
+
+    try:
+        return parse_bands(value)
+    except GeodetError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+chip_size_option = click.option(
+    "--chip-size", type=click.IntRange(min=8), default=512, show_default=True, help="Chip side in pixels."
+)
+overlap_option = click.option(
+    "--overlap", type=click.IntRange(min=0), default=64, show_default=True, help="Overlap between chips in pixels."
+)
+bands_option = click.option(
+    "--bands", callback=parse_bands_option, default=None, help="Bands to read, 1-based, e.g. 1,2,3 (default: all)."
+)
+class_field_option = click.option(
+    "--class-field", default=None, help="Label column holding class names (default: 'class' if present, else one class)."
+)
+overwrite_option = click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Turn geodet's user-input errors into one-sentence click errors."""
+    from geodet.errors import GeodetError
+
+    try:
+        yield
+    except GeodetError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ValueError as exc:
+        # config validation (frozen dataclasses) raises plain ValueError
+        raise click.ClickException(str(exc)) from None
+
+
+def load_config_file(ctx, param, value):
+    """Eager ``--config FILE`` callback: YAML or TOML values become defaults.
+
+    Top-level keys name command options (``chip-size`` or ``chip_size``);
+    a ``model:`` table sets any ModelConfig field. Flags on the command line
+    win over the file.
+    """
+    if not value:
+        return value
+    import os
+
+    if not os.path.exists(value):
+        raise click.BadParameter(f"{value} does not exist.", ctx=ctx, param=param)
+    try:
+        if value.lower().endswith(".toml"):
+            import tomllib
+
+            with open(value, "rb") as fh:
+                data = tomllib.load(fh)
+        else:
+            import yaml
+
+            with open(value) as fh:
+                data = yaml.safe_load(fh) or {}
+    except Exception as exc:
+        raise click.BadParameter(f"{value} is not valid YAML or TOML ({exc}).", ctx=ctx, param=param) from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{value} must hold a mapping of option names to values.", ctx=ctx, param=param)
+    known = {p.name for p in ctx.command.params}
+    defaults = dict(ctx.default_map or {})
+    for key, val in data.items():
+        name = str(key).replace("-", "_")
+        if name == "model":
+            defaults["_model_overrides"] = dict(val or {})
+            continue
+        if name not in known:
+            raise click.BadParameter(f"{value}: unknown setting {key!r}.", ctx=ctx, param=param)
+        if isinstance(val, list) and name not in ("imagery",):
+            val = ",".join(str(v) for v in val)
+        defaults[name] = val
+    ctx.default_map = defaults
+    return value
+
+
+config_option = click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    is_eager=True,
+    expose_value=False,
+    callback=load_config_file,
+    help="YAML or TOML file setting any option (and a 'model:' table of model knobs).",
+)
+
+device_option = click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+    help="Where the model runs (auto = CUDA when available).",
+)
+
+
+def parse_floats(text, what: str):
+    """``"8,16,32"`` -> (8.0, 16.0, 32.0); None stays None."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in str(text).replace(" ", "").split(",") if v)
+    except ValueError:
+        raise click.BadParameter(f"{what} must be comma-separated numbers, got {text!r}.") from None
+
+
+class ProgressBar:
+    """A tqdm bar driven by ``(done, total)`` callbacks (stderr)."""
+
+    def __init__(self, desc: str, enabled: bool = True):
+        self.desc, self.enabled, self.bar = desc, enabled, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        if self.bar is None or self.bar.total != total or done < self.bar.n:
+            self.close()
+            self.bar = tqdm(total=total, desc=self.desc, unit="chip", leave=False, dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,165 @@
+"""Detect objects in scenes and return georeferenced boxes.
+
+``detect(scene, model=...)`` is the Python API behind ``geodet detect``:
+tiled, streaming inference (:mod:`geodet.predict`), cross-chip stitching
+(:mod:`geodet.stitch`) in scene pixels, then each box's four pixel corners
+mapped through the scene's affine.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+
+from geodet.boxes import pixel_boxes_to_polygons
+from geodet.config import DetectConfig
+from geodet.errors import GeodetError
+from geodet.raster import open_scene
+
+log = logging.getLogger(__name__)
+
+#: The small model shipped with the package (see ``scripts/make_default_model.py``).
+DEFAULT_MODEL = Path(__file__).parent / "weights" / "default.pt"
+
+COLUMNS = ["class", "score", "scene"]
+
+
+def default_model_path() -> str:
+    """Path of the bundled default model."""
+    if not DEFAULT_MODEL.exists():
+        raise GeodetError("the bundled default model is missing from this installation; pass -m MODEL.")
+    return str(DEFAULT_MODEL)
+
+
+def expand_scenes(scenes: Union[str, Sequence[str]]) -> List[str]:
+    """Scene paths from paths and glob patterns, in a stable order."""
+    if isinstance(scenes, (str, os.PathLike)):
+        scenes = [scenes]
+    out: List[str] = []
+    for s in scenes:
+        s = str(s)
+        if any(ch in s for ch in "*?["):
+            matches = sorted(glob.glob(s))
+            if not matches:
+                raise GeodetError(f"no file matches {s}.")
+            out.extend(matches)
+        else:
+            out.append(s)
+    if not out:
+        raise GeodetError("no scene given.")
+    return out
+
+
+def load(model=None, device: str = "auto"):
+    """``(net, meta, torch.device)`` from a path, None (the default model) or a loaded pair."""
+    from geodet.modelfile import load_model
+    from geodet.training import resolve_device
+
+    dev = resolve_device(device)
+    if isinstance(model, tuple):
+        net, meta = model
+        return net.to(dev).eval(), meta, dev
+    path = default_model_path() if model is None else str(model)
+    net, meta = load_model(path, device=str(dev))
+    return net.eval(), meta, dev
+
+
+def empty_frame(crs) -> gpd.GeoDataFrame:
+    """A detections frame with the schema and no rows."""
+    return gpd.GeoDataFrame(
+        {"class": pd.Series([], dtype=str), "score": pd.Series([], dtype="float64"), "scene": pd.Series([], dtype=str)},
+        geometry=gpd.GeoSeries([], crs=crs),
+        crs=crs,
+    )
+
+
+def detect(
+    scenes: Union[str, Sequence[str]],
+    model=None,
+    *,
+    config: DetectConfig = DetectConfig(),
+    bands: Optional[Sequence[int]] = None,
+    chip_size: Optional[int] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> gpd.GeoDataFrame:
+    """Detect objects in one or more scenes.
+
+    Args:
+        scenes: GeoTIFF path(s) or glob pattern(s).
+        model: a model file path, None for the bundled default model, or a
+            ``(net, meta)`` pair from :func:`geodet.modelfile.load_model`.
+        config: batch size, overlap, score threshold, NMS IoU, device, workers.
+        bands: 1-based scene bands to feed the model (default: the model's).
+        chip_size: chip side in pixels (default: the model's).
+        progress: called with (chips done, chips total) per scene.
+
+    Returns:
+        GeoDataFrame with columns ``class``, ``score``, ``scene`` and box
+        polygons (four pixel corners through the scene's affine) in the
+        scene's CRS; when scenes have different CRSs, in EPSG:4326.
+    """
+    from geodet.predict import predict_scene
+
+    paths = expand_scenes(scenes)
+    infos = [open_scene(p) for p in paths]
+    net, meta, device = load(model, config.device)
+    use_bands = tuple(bands) if bands is not None else tuple(meta.bands)
+    chip_px = int(chip_size or meta.chip_size)
+    overlap = int(meta.overlap if config.overlap is None else config.overlap)
+    if overlap >= chip_px:
+        raise GeodetError(f"the overlap ({overlap} px) must be smaller than the chip size ({chip_px} px).")
+    warn = _overlap_warning(meta, overlap)
+    if warn:
+        log.warning(warn)
+
+    crs_set = {info.crs.to_string() for info in infos}
+    out_crs = infos[0].crs if len(crs_set) == 1 else "EPSG:4326"
+    frames = []
+    for path, info in zip(paths, infos):
+        dets = predict_scene(
+            net, path, bands=use_bands, chip_px=chip_px, overlap_px=overlap, model_gsd_m=meta.gsd,
+            device=device, batch_size=config.batch_size, workers=config.workers,
+            score_threshold=config.score_threshold, nms_iou=config.nms_iou, progress=progress,
+        )
+        log.info("%s: %d detections from %d chips (%d nodata chips skipped)", path, len(dets.scores), dets.chips, dets.skipped)
+        if len(dets.scores) == 0:
+            continue
+        frame = gpd.GeoDataFrame(
+            {
+                "class": np.asarray(meta.class_names, dtype=object)[dets.labels],
+                "score": dets.scores.astype(np.float64),
+                "scene": Path(path).name,
+            },
+            geometry=pixel_boxes_to_polygons(dets.boxes_px, info.transform),
+            crs=info.crs,
+        )
+        frames.append(frame.to_crs(out_crs) if len(crs_set) > 1 else frame)
+    if not frames:
+        return empty_frame(out_crs)
+    out = pd.concat(frames, ignore_index=True)
+    return gpd.GeoDataFrame(out, geometry="geometry", crs=out_crs).sort_values(
+        ["scene", "score"], ascending=[True, False], ignore_index=True
+    )
+
+
+def _overlap_warning(meta, overlap_px: int) -> Optional[str]:
+    from geodet.stitch import overlap_warning
+
+    anchors = meta.model_config.anchors
+    largest = max(anchors.sizes) * max(anchors.scales) * max(np.sqrt(max(anchors.ratios)), np.sqrt(1 / min(anchors.ratios)))
+    return overlap_warning(float(largest), overlap_px)
+
+
+def write_detections(frame: gpd.GeoDataFrame, path: str, *, overwrite: bool = False) -> None:
+    """Write detections by extension (.geojson RFC 7946 in EPSG:4326; .gpkg,
+    .shp and .parquet in the frame's CRS), atomically."""
+    from geodet.vector import write_vector
+
+    write_vector(frame, path, overwrite=overwrite)

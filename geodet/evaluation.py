@@ -1,0 +1,557 @@
+"""Detections against ground truth: COCO AP, precision, recall, F1.
+
+Two layers:
+
+* :func:`evaluate_boxes` (pure): axis-aligned xyxy boxes in any planar
+  coordinates (pixels or metres) with class names. AP comes from
+  **pycocotools**, the reference implementation of the COCO metric, run with
+  the ``all`` area range only (COCO's small/medium/large ranges are in
+  pixels^2 and mean nothing in metres) and no cap on detections per image.
+  Precision, recall, F1 and TP/FP/FN counts at the best-F1 score threshold
+  reuse pycocotools' own one-to-one greedy matching at the requested IoU, so
+  every number in the report comes from one matching.
+* :func:`evaluate` (geo): vector files or GeoDataFrames in any CRS, reprojected
+  to one projected CRS, optionally restricted to what an image covers.
+
+Dense scenes: pycocotools matches detections to truth per image in a Python
+loop that is quadratic in the boxes of an image. A whole scene as one image
+(tens of thousands of objects) would take hours, so each connected group of
+overlapping prediction/truth boxes becomes its own COCO "image". Boxes that
+do not overlap have IoU 0 and can never match, so the matching, the
+precision-recall curve and the AP are exactly those of one scene-sized image
+(a test pins this).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from geodet.errors import GeodetError
+from geodet.stitch import box_overlap_pairs, connected_groups, pack_groups
+
+log = logging.getLogger(__name__)
+
+#: COCO's IoU thresholds 0.50:0.05:0.95.
+COCO_IOUS: Tuple[float, ...] = tuple(float(t) for t in np.round(np.linspace(0.5, 0.95, 10), 2))
+
+#: Class name of a class-agnostic evaluation whose predictions carry several classes.
+SINGLE_CLASS = "object"
+
+#: Boxes per COCO image when groups of overlapping boxes are packed together.
+IMAGE_BOXES = 16
+
+#: Side, in pixels, of the blocks in which the imagery's valid-data mask is read.
+MASK_BLOCK_PX = 512
+
+
+# --------------------------------------------------------------------------- core
+
+
+def evaluate_boxes(
+    pred_boxes,
+    pred_scores,
+    pred_classes: Sequence,
+    true_boxes,
+    true_classes: Sequence,
+    *,
+    iou: float = 0.5,
+) -> Dict[str, Any]:
+    """COCO AP and best-F1 precision / recall of predicted boxes, per class and overall.
+
+    Args:
+        pred_boxes: ``[N, 4]`` xyxy predicted boxes (array-like, any planar units).
+        pred_scores: ``[N]`` confidence of each prediction.
+        pred_classes: ``[N]`` class names (compared as ``str``).
+        true_boxes: ``[M, 4]`` xyxy ground-truth boxes in the same units.
+        true_classes: ``[M]`` class names.
+        iou: IoU at which a prediction matches a truth box for the counts, the
+            best-F1 threshold, the PR curve and ``ap``. AP50 and AP50:95 always
+            use COCO's thresholds.
+
+    Returns:
+        A JSON-serialisable dict::
+
+            {"iou": float,
+             "classes": {name: metrics},   # every class of predictions or truth
+             "overall": metrics}
+
+        where ``metrics`` holds ``n_true``, ``n_pred``, ``ap50``, ``ap50_95``,
+        ``ap`` (AP at ``iou``; None for a class without truth), the best-F1
+        operating point ``threshold`` (keep predictions with score >= it),
+        ``precision``, ``recall``, ``f1``, ``tp``, ``fp``, ``fn``; per class
+        also ``pr_curve`` = ``{"recall", "precision", "score"}``: COCO's
+        101-point interpolated curve at ``iou``. Overall AP values are the
+        means over classes with truth (mAP); overall counts and P/R/F1 pool
+        all classes at one threshold.
+    """
+    if not 0 < iou <= 1:
+        raise GeodetError(f"IoU threshold must be in (0, 1], got {iou}.")
+    pb = np.asarray(pred_boxes, np.float64).reshape(-1, 4)
+    tb = np.asarray(true_boxes, np.float64).reshape(-1, 4)
+    ps = np.asarray(pred_scores, np.float64).reshape(-1)
+    pc = np.asarray([str(c) for c in pred_classes], dtype=object)
+    tc = np.asarray([str(c) for c in true_classes], dtype=object)
+    if not len(pb) == len(ps) == len(pc):
+        raise ValueError(f"{len(pb)} predicted boxes, {len(ps)} scores and {len(pc)} classes differ in number")
+    if len(tb) != len(tc):
+        raise ValueError(f"{len(tb)} truth boxes but {len(tc)} truth classes")
+
+    ious = list(COCO_IOUS)
+    t_user = next((k for k, t in enumerate(ious) if abs(t - iou) < 1e-9), None)
+    if t_user is None:
+        ious.append(float(iou))
+        t_user = len(ious) - 1
+
+    classes: Dict[str, Any] = {}
+    pooled_scores, pooled_tp = [], []
+    for name in sorted(set(pc) | set(tc)):
+        p_sel, t_sel = pc == name, tc == name
+        precision, rec_scores, det_scores, det_tp = _coco_eval_one_class(pb[p_sel], ps[p_sel], tb[t_sel], ious, t_user)
+        n_true = int(t_sel.sum())
+        has_truth = n_true > 0
+        metrics = {
+            "n_true": n_true,
+            "n_pred": int(p_sel.sum()),
+            "ap50": float(precision[0].mean()) if has_truth else None,
+            "ap50_95": float(precision[: len(COCO_IOUS)].mean()) if has_truth else None,
+            "ap": float(precision[t_user].mean()) if has_truth else None,
+        }
+        metrics.update(best_f1_point(det_scores, det_tp, n_true))
+        metrics["pr_curve"] = {
+            "recall": [round(float(r), 2) for r in np.linspace(0, 1, 101)] if has_truth else [],
+            "precision": [float(v) for v in precision[t_user]] if has_truth else [],
+            "score": [float(v) for v in rec_scores[t_user]] if has_truth else [],
+        }
+        classes[name] = metrics
+        pooled_scores.append(det_scores)
+        pooled_tp.append(det_tp)
+
+    with_truth = [m for m in classes.values() if m["n_true"] > 0]
+
+    def mean_of(key: str) -> Optional[float]:
+        return float(np.mean([m[key] for m in with_truth])) if with_truth else None
+
+    overall = {
+        "n_true": int(len(tb)),
+        "n_pred": int(len(pb)),
+        "ap50": mean_of("ap50"),
+        "ap50_95": mean_of("ap50_95"),
+        "ap": mean_of("ap"),
+    }
+    scores_all = np.concatenate(pooled_scores) if pooled_scores else np.zeros(0)
+    tp_all = np.concatenate(pooled_tp) if pooled_tp else np.zeros(0, bool)
+    overall.update(best_f1_point(scores_all, tp_all, int(len(tb))))
+    return {"iou": float(iou), "classes": classes, "overall": overall}
+
+
+def coco_map(preds: Sequence[dict], truths: Sequence[dict]) -> Dict[str, float]:
+    """mAP50 and mAP50:95 over a set of chips (training validation).
+
+    Args:
+        preds: per chip ``{"boxes": [N, 4] xyxy px, "scores": [N], "labels": [N]}``.
+        truths: per chip ``{"boxes": [M, 4] xyxy px, "labels": [M]}``.
+
+    Chips are laid side by side on one virtual canvas, so boxes of different
+    chips can never match, and scored with :func:`evaluate_boxes`.
+
+    Returns:
+        ``{"map_50": float, "map": float}`` (0.0 when there is no truth).
+    """
+    width = 1.0 + max(
+        [float(np.max(d["boxes"][:, 2])) for d in list(preds) + list(truths) if len(d["boxes"])] or [1.0]
+    )
+    pb, ps, pc, tb, tc = [], [], [], [], []
+    for i, (p, t) in enumerate(zip(preds, truths)):
+        shift = np.array([i * width, 0, i * width, 0])
+        pb.append(np.asarray(p["boxes"], np.float64).reshape(-1, 4) + shift)
+        ps.append(np.asarray(p["scores"], np.float64).reshape(-1))
+        pc.append(np.asarray(p["labels"]).reshape(-1).astype(str))
+        tb.append(np.asarray(t["boxes"], np.float64).reshape(-1, 4) + shift)
+        tc.append(np.asarray(t["labels"]).reshape(-1).astype(str))
+    true_boxes = np.concatenate(tb) if tb else np.zeros((0, 4))
+    if len(true_boxes) == 0:
+        return {"map_50": 0.0, "map": 0.0}
+    report = evaluate_boxes(
+        np.concatenate(pb), np.concatenate(ps), np.concatenate(pc), true_boxes, np.concatenate(tc), iou=0.5
+    )
+    overall = report["overall"]
+    return {"map_50": float(overall["ap50"] or 0.0), "map": float(overall["ap50_95"] or 0.0)}
+
+
+def best_f1_point(scores: np.ndarray, is_tp: np.ndarray, n_true: int) -> Dict[str, Any]:
+    """Precision, recall, F1 and counts at the score threshold of best F1.
+
+    Args:
+        scores: ``[D]`` detection scores.
+        is_tp: ``[D]`` bool, the detection matched a truth object (one-to-one).
+        n_true: number of truth objects.
+
+    Returns:
+        ``threshold`` (keep detections with score >= it; ties are kept or
+        dropped together), ``precision``, ``recall``, ``f1``, ``tp``, ``fp``,
+        ``fn``. With no truth, recall, F1 and threshold are None and every
+        detection is a false positive. When no threshold gives a true
+        positive, the point of the lowest threshold (all detections) is given.
+    """
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    is_tp = np.asarray(is_tp, bool).reshape(-1)
+    n_pred = len(scores)
+    if n_true == 0:
+        return {"threshold": None, "precision": 0.0, "recall": None, "f1": None, "tp": 0, "fp": n_pred, "fn": 0}
+    if n_pred == 0:
+        return {"threshold": None, "precision": 0.0, "recall": 0.0, "f1": 0.0, "tp": 0, "fp": 0, "fn": n_true}
+    order = np.argsort(-scores, kind="mergesort")
+    s = scores[order]
+    tp = np.cumsum(is_tp[order])
+    fp = np.arange(1, n_pred + 1) - tp
+    ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # last detection of each run of equal scores
+    tp, fp, s = tp[ends], fp[ends], s[ends]
+    f1 = 2 * tp / (2 * tp + fp + (n_true - tp))
+    best = int(np.argmax(f1)) if f1.max() > 0 else len(ends) - 1
+    t, f = int(tp[best]), int(fp[best])
+    return {
+        "threshold": float(s[best]),
+        "precision": t / (t + f),
+        "recall": t / n_true,
+        "f1": float(f1[best]),
+        "tp": t,
+        "fp": f,
+        "fn": n_true - t,
+    }
+
+
+def _coco_eval_one_class(
+    pred_boxes: np.ndarray, pred_scores: np.ndarray, true_boxes: np.ndarray, ious: Sequence[float], t_user: int
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Run pycocotools on one class, one COCO image per group of overlapping boxes.
+
+    Returns:
+        ``precision [T, 101]`` and ``scores [T, 101]`` (COCO's interpolated
+        curve per IoU threshold; -1 without truth), and the detections'
+        ``scores [D]`` and ``is_tp [D]`` at IoU index ``t_user``.
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    n, m = len(pred_boxes), len(true_boxes)
+    image = _image_ids(pred_boxes, true_boxes)
+
+    def annotations(boxes, first_node, scores=None):
+        out = []
+        for k, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+            w, h = x2 - x1, y2 - y1
+            ann = {"id": k + 1, "image_id": int(image[first_node + k]), "category_id": 1,
+                   "bbox": [x1, y1, w, h], "area": w * h, "iscrowd": 0}
+            if scores is not None:
+                ann["score"] = float(scores[k])
+            out.append(ann)
+        return out
+
+    image_ids = sorted(set(image.tolist()))
+    common = {"images": [{"id": int(i)} for i in image_ids], "categories": [{"id": 1, "name": "c"}]}
+    per_image = np.bincount(image[:n], minlength=1) if n else np.zeros(1, np.int64)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        gt, dt = COCO(), COCO()
+        gt.dataset = {**common, "annotations": annotations(true_boxes, n)}
+        dt.dataset = {**common, "annotations": annotations(pred_boxes, 0, pred_scores)}
+        gt.createIndex()
+        dt.createIndex()
+        ev = COCOeval(gt, dt, iouType="bbox")
+        ev.params.imgIds = image_ids
+        ev.params.catIds = [1]
+        ev.params.iouThrs = np.asarray(ious, np.float64)
+        ev.params.maxDets = [max(int(per_image.max()), 1)]  # never cut detections off
+        ev.params.areaRng = [[0.0, float("inf")]]
+        ev.params.areaRngLbl = ["all"]
+        ev.evaluate()
+        ev.accumulate()
+    precision = ev.eval["precision"][:, :, 0, 0, 0]
+    rec_scores = ev.eval["scores"][:, :, 0, 0, 0]
+    done = [e for e in ev.evalImgs if e is not None]
+    if done:
+        det_scores = np.concatenate([np.asarray(e["dtScores"], np.float64) for e in done])
+        det_tp = np.concatenate([e["dtMatches"][t_user] > 0 for e in done])
+    else:
+        det_scores, det_tp = np.zeros(0), np.zeros(0, bool)
+    return precision, rec_scores, det_scores, det_tp
+
+
+def _image_ids(pred_boxes: np.ndarray, true_boxes: np.ndarray) -> np.ndarray:
+    """COCO image id of every box, predictions first then truth: ``[N + M]``.
+
+    Image 0 holds predictions that overlap no truth box, image 1 truth boxes
+    that overlap no prediction, and each group of overlapping boxes gets an
+    image of its own (ids >= 2).
+    """
+    n, m = len(pred_boxes), len(true_boxes)
+    i, j = box_overlap_pairs(pred_boxes, true_boxes)
+    group = connected_groups(n + m, i, j + n)
+    _, inverse, counts = np.unique(group, return_inverse=True, return_counts=True)
+    image = pack_groups(group, IMAGE_BOXES) + 2
+    alone = counts[inverse] == 1
+    image[:n][alone[:n]] = 0
+    image[n:][alone[n:]] = 1
+    return image
+
+
+# --------------------------------------------------------------------------- geo layer
+
+
+def evaluate(
+    pred,
+    truth,
+    *,
+    iou: float = 0.5,
+    class_field: Optional[str] = None,
+    imagery: Optional[str] = None,
+) -> Dict[str, Any]:
+    """Evaluate detections against ground truth given as vector data.
+
+    Args:
+        pred: path of a vector file or a GeoDataFrame of detections with
+            columns ``score`` (required) and ``class`` (optional: without it
+            all detections are one class).
+        truth: path or GeoDataFrame of ground-truth objects (polygons).
+        iou: IoU of a match (see :func:`evaluate_boxes`).
+        class_field: truth column with class names; None uses ``class`` if
+            present, else all truth is one class and the evaluation is
+            class-agnostic (prediction classes are ignored).
+        imagery: optional GeoTIFF path. Truth counts only when its box centre
+            lies on a valid pixel of the image (inside the footprint and not
+            nodata); predictions whose centre lies outside the footprint are
+            dropped. The valid-data mask is read in windows around objects.
+
+    Both inputs are reprojected to one projected CRS: the imagery's if it is
+    projected, else a UTM zone if the truth is geographic, else the truth's
+    CRS. Boxes are the geometries' bounds in that CRS.
+
+    Returns:
+        The :func:`evaluate_boxes` report plus ``crs``, ``class_agnostic``,
+        ``imagery`` and ``excluded`` = ``{"truth_outside_imagery",
+        "truth_on_nodata", "pred_outside_imagery"}``.
+
+    Raises:
+        GeodetError: unreadable input, missing CRS, empty truth, missing
+            ``score`` or class field, truth without area, no truth on the
+            imagery.
+    """
+    pred_frame, pred_name = _read_frame(pred, "predictions")
+    truth_frame, truth_name = _read_frame(truth, "ground truth")
+    if len(truth_frame) == 0:
+        raise GeodetError(f"{truth_name} holds no objects to evaluate against.")
+    if len(pred_frame) == 0:  # a file without features may carry no columns at all
+        pred_frame = pred_frame.assign(score=np.zeros(0))
+    if "score" not in pred_frame.columns:
+        raise GeodetError(f"{pred_name} has no 'score' column; evaluation needs a confidence per detection.")
+    scores = _numeric_scores(pred_frame["score"], pred_name)
+    pred_classes, true_classes, agnostic = _resolve_classes(pred_frame, truth_frame, class_field, pred_name, truth_name)
+
+    src = None
+    if imagery is not None:
+        from geodet.raster import open_dataset
+
+        src = open_dataset(os.fspath(imagery))
+    try:
+        crs = _projected_crs(truth_frame, src)
+        pred_boxes = _bounds(pred_frame.to_crs(crs))
+        true_boxes = _bounds(truth_frame.to_crs(crs))
+        _check_area(true_boxes, truth_name)
+        excluded = {"truth_outside_imagery": 0, "truth_on_nodata": 0, "pred_outside_imagery": 0}
+        if src is not None:
+            t_inside, t_valid = _on_image(src, true_boxes, crs, check_mask=True)
+            p_inside, _ = _on_image(src, pred_boxes, crs, check_mask=False)
+            excluded = {
+                "truth_outside_imagery": int((~t_inside).sum()),
+                "truth_on_nodata": int((t_inside & ~t_valid).sum()),
+                "pred_outside_imagery": int((~p_inside).sum()),
+            }
+            keep_t = t_inside & t_valid
+            if not keep_t.any():
+                raise GeodetError(
+                    f"None of the {len(keep_t)} objects of {truth_name} lies on valid pixels of {imagery}."
+                )
+            true_boxes, true_classes = true_boxes[keep_t], true_classes[keep_t]
+            pred_boxes, pred_classes, scores = pred_boxes[p_inside], pred_classes[p_inside], scores[p_inside]
+            log.info("imagery restriction: %s", excluded)
+    finally:
+        if src is not None:
+            src.close()
+
+    unmatched = set(pred_classes) - set(true_classes)
+    if unmatched and not set(pred_classes) & set(true_classes):
+        log.warning("no predicted class (%s) occurs in the ground truth (%s)",
+                    ", ".join(sorted(unmatched)), ", ".join(sorted(set(true_classes))))
+    report = evaluate_boxes(pred_boxes, scores, pred_classes, true_boxes, true_classes, iou=iou)
+    report.update({
+        "crs": crs.to_string(),
+        "class_agnostic": agnostic,
+        "imagery": None if imagery is None else os.fspath(imagery),
+        "excluded": excluded,
+    })
+    return report
+
+
+def _read_frame(obj, what: str):
+    """``(GeoDataFrame without empty geometries, name for messages)``."""
+    import geopandas as gpd
+
+    if isinstance(obj, gpd.GeoDataFrame):
+        frame, name = obj, f"the {what} GeoDataFrame"
+    else:
+        name = os.fspath(obj)
+        if not os.path.exists(name):
+            raise GeodetError(f"{what.capitalize()} file {name} does not exist.")
+        try:
+            frame = gpd.read_file(name, engine="pyogrio")
+        except Exception as exc:  # pyogrio raises several types for bad files
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise GeodetError(f"{name} is not a readable vector file ({first}).") from exc
+    if frame.crs is None:
+        raise GeodetError(f"{name} has no CRS; set one first (e.g. ogr2ogr -a_srs EPSG:XXXX out.gpkg in.gpkg).")
+    empty = frame.geometry.isna() | frame.geometry.is_empty
+    if empty.any():
+        log.warning("%s: %d empty geometr(ies) ignored", name, int(empty.sum()))
+        frame = frame[~empty]
+    return frame, name
+
+
+def _numeric_scores(column, name: str) -> np.ndarray:
+    import pandas as pd
+
+    values = pd.to_numeric(column, errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise GeodetError(f"{name} has {int(bad.sum())} detection(s) without a numeric 'score'.")
+    return values
+
+
+def _class_names(frame, field: str, name: str) -> np.ndarray:
+    values = frame[field]
+    missing = int(values.isna().sum())
+    if missing:
+        raise GeodetError(f"{name} has {missing} feature(s) without a value in its class field {field!r}.")
+    return np.asarray(values.astype(str).to_numpy(), dtype=object)
+
+
+def _resolve_classes(pred_frame, truth_frame, class_field, pred_name, truth_name):
+    """``(pred_classes [N], true_classes [M], class_agnostic)`` as object arrays of str."""
+    if class_field is not None and class_field not in truth_frame.columns:
+        cols = ", ".join(str(c) for c in truth_frame.columns if c != truth_frame.geometry.name) or "none"
+        raise GeodetError(f"{truth_name} has no class field {class_field!r} (its fields: {cols}).")
+    field = class_field if class_field is not None else ("class" if "class" in truth_frame.columns else None)
+    if "class" in pred_frame.columns:
+        pred_classes = _class_names(pred_frame, "class", pred_name)
+    else:
+        pred_classes = None
+    if field is None:
+        names = sorted(set(pred_classes)) if pred_classes is not None else []
+        single = names[0] if len(names) == 1 else SINGLE_CLASS
+        if len(names) > 1:
+            log.warning(
+                "%s has no class field: evaluating the %d predicted classes as one class", truth_name, len(names)
+            )
+        return (np.full(len(pred_frame), single, dtype=object), np.full(len(truth_frame), single, dtype=object), True)
+    true_classes = _class_names(truth_frame, field, truth_name)
+    if pred_classes is None:
+        names = sorted(set(true_classes))
+        if len(pred_frame) == 0:
+            return np.zeros(0, dtype=object), true_classes, False
+        if len(names) != 1:
+            raise GeodetError(
+                f"{pred_name} has no 'class' column but {truth_name} holds {len(names)} classes; "
+                "add the class to the predictions or evaluate class-agnostically."
+            )
+        pred_classes = np.full(len(pred_frame), names[0], dtype=object)
+    return pred_classes, true_classes, False
+
+
+def _projected_crs(truth_frame, src):
+    """The CRS boxes are compared in: imagery's if projected, else UTM for geographic truth, else truth's."""
+    from pyproj import CRS
+
+    if src is not None:
+        img_crs = CRS.from_user_input(src.crs.to_wkt())
+        if img_crs.is_projected:
+            return img_crs
+    crs = CRS.from_user_input(truth_frame.crs)
+    if crs.is_geographic:
+        return truth_frame.estimate_utm_crs()
+    return crs
+
+
+def _bounds(frame) -> np.ndarray:
+    """``[N, 4]`` xyxy bounds of each geometry."""
+    return np.asarray(frame.geometry.bounds.to_numpy(), np.float64).reshape(-1, 4)
+
+
+def _check_area(boxes: np.ndarray, name: str) -> None:
+    flat = ~((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
+    if flat.any():
+        raise GeodetError(
+            f"{name} holds {int(flat.sum())} feature(s) without area (points or lines); "
+            "evaluation compares boxes, so give objects polygon outlines."
+        )
+
+
+def _on_image(src, boxes: np.ndarray, crs, *, check_mask: bool) -> Tuple[np.ndarray, np.ndarray]:
+    """Whether each box centre lies inside the image, and on a valid (not nodata) pixel.
+
+    Args:
+        src: open rasterio dataset.
+        boxes: ``[N, 4]`` xyxy in ``crs``.
+        check_mask: read the valid-data mask (else the second array is all True).
+
+    Returns:
+        ``(inside [N], valid [N])`` bool arrays.
+    """
+    from pyproj import CRS, Transformer
+
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2
+    cy = (boxes[:, 1] + boxes[:, 3]) / 2
+    img_crs = CRS.from_user_input(src.crs.to_wkt())
+    if not img_crs.equals(crs):
+        cx, cy = Transformer.from_crs(crs, img_crs, always_xy=True).transform(cx, cy)
+    inv = ~src.transform
+    col = inv.a * np.asarray(cx) + inv.b * np.asarray(cy) + inv.c
+    row = inv.d * np.asarray(cx) + inv.e * np.asarray(cy) + inv.f
+    inside = np.isfinite(col) & np.isfinite(row) & (col >= 0) & (col < src.width) & (row >= 0) & (row < src.height)
+    valid = np.ones(len(boxes), bool)
+    if check_mask and inside.any():
+        idx = np.flatnonzero(inside)
+        valid[idx] = valid_pixels(src, np.floor(row[idx]).astype(np.int64), np.floor(col[idx]).astype(np.int64))
+    return inside, valid
+
+
+def valid_pixels(src, rows: np.ndarray, cols: np.ndarray, *, block_px: int = MASK_BLOCK_PX) -> np.ndarray:
+    """Whether pixels ``(rows[k], cols[k])`` of an open dataset hold valid data.
+
+    Reads ``src.dataset_mask`` only in windows: per ``block_px`` block that
+    holds queried pixels, the smallest window around them. Memory stays at
+    one block whatever the scene size.
+
+    Returns:
+        ``[K]`` bool, True where the dataset mask is non-zero.
+    """
+    from rasterio.windows import Window
+
+    rows = np.asarray(rows, np.int64)
+    cols = np.asarray(cols, np.int64)
+    out = np.zeros(len(rows), bool)
+    if len(rows) == 0:
+        return out
+    n_block_cols = -(-src.width // block_px)
+    key = (rows // block_px) * n_block_cols + cols // block_px
+    order = np.argsort(key, kind="stable")
+    bounds = np.flatnonzero(np.diff(key[order])) + 1
+    for sel in np.split(order, bounds):
+        r0, r1 = int(rows[sel].min()), int(rows[sel].max()) + 1
+        c0, c1 = int(cols[sel].min()), int(cols[sel].max()) + 1
+        mask = src.dataset_mask(window=Window(c0, r0, c1 - c0, r1 - r0))
+        out[sel] = mask[rows[sel] - r0, cols[sel] - c0] > 0
+    return out

@@ -1,0 +1,446 @@
+"""The RetinaNet of geodet, assembled from torchvision parts by :func:`build_model`.
+
+Differences from ``torchvision.models.detection.retinanet_resnet50_fpn``:
+
+* no internal resize and no internal normalisation: chips arrive normalised
+  (``float32 [B, C, H, W]``, any band count) at native resolution and are only
+  zero-padded to a multiple of 32 px; output boxes are in input chip pixels;
+* any ResNet depth, any consecutive subset of pyramid levels P2..P7
+  (P2..P5 from ResNet stages C2..C5, P6/P7 from stride-2 convolutions on P5);
+* anchors on the true stride ``2 ** level`` (see :mod:`geodet.anchors`);
+* focal loss alpha / gamma, head depth and prior from :class:`ModelConfig`;
+  losses are normalised by the number of foreground anchors of the batch;
+* head outputs, anchors, losses and box decoding stay ``float32`` under autocast.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models import resnet18, resnet34, resnet50, resnet101
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.detection import RetinaNet
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d, sigmoid_focal_loss
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
+from torchvision.ops.misc import Conv2dNormActivation
+
+from geodet.anchors import PAD_MULTIPLE_PX, make_anchor_generator
+from geodet.config import ModelConfig
+from geodet.errors import GeodetError
+
+log = logging.getLogger(__name__)
+
+_RESNETS = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101}
+#: Output channels of ResNet stages layer1..layer4 (C2..C5).
+_STAGE_CHANNELS = {
+    18: (64, 128, 256, 512),
+    34: (64, 128, 256, 512),
+    50: (256, 512, 1024, 2048),
+    101: (256, 512, 1024, 2048),
+}
+
+
+# --------------------------------------------------------------------------- input
+
+
+class ChipBatcher(nn.Module):
+    """Stacks chips into one zero-padded batch; no resize, no normalisation.
+
+    Replaces torchvision's ``GeneralizedRCNNTransform`` (which resizes to
+    800 px and normalises with ImageNet statistics).
+
+    Args:
+        in_channels: expected number of bands.
+        size_divisible: the batch is zero-padded at the bottom/right to a
+            multiple of this many pixels.
+    """
+
+    def __init__(self, in_channels: int, size_divisible: int = PAD_MULTIPLE_PX) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.size_divisible = size_divisible
+
+    def forward(
+        self, images: Union[Tensor, Sequence[Tensor]], targets: Optional[List[Dict[str, Tensor]]] = None
+    ) -> Tuple[ImageList, Optional[List[Dict[str, Tensor]]]]:
+        """
+        Args:
+            images: ``[B, C, H, W]`` tensor or a list of ``[C, H, W]`` tensors.
+            targets: passed through unchanged (boxes stay in chip pixels).
+
+        Returns:
+            ``ImageList`` with the padded batch ``[B, C, H', W']`` and the
+            unpadded ``(H, W)`` of every chip, and the targets.
+        """
+        sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        channels = {int(img.shape[-3]) for img in images}
+        if channels != {self.in_channels}:
+            raise GeodetError(
+                f"the model expects {self.in_channels}-band chips but got {sorted(channels)} band(s)"
+            )
+        d = self.size_divisible
+        height = int(math.ceil(max(h for h, _ in sizes) / d) * d)
+        width = int(math.ceil(max(w for _, w in sizes) / d) * d)
+        if isinstance(images, Tensor) and images.dim() == 4:
+            batch = images
+            if batch.shape[-2:] != (height, width):
+                batch = F.pad(batch, (0, width - batch.shape[-1], 0, height - batch.shape[-2]))
+        else:
+            batch = images[0].new_zeros((len(images), self.in_channels, height, width))
+            for img, out in zip(images, batch):
+                out[:, : img.shape[-2], : img.shape[-1]].copy_(img)
+        return ImageList(batch, sizes), targets
+
+    def postprocess(
+        self,
+        result: List[Dict[str, Tensor]],
+        image_shapes: List[Tuple[int, int]],
+        original_image_sizes: List[Tuple[int, int]],
+    ) -> List[Dict[str, Tensor]]:
+        """Identity: boxes are already in input chip pixels."""
+        return result
+
+
+# --------------------------------------------------------------------------- backbone
+
+
+class ExtraLevels(ExtraFPNBlock):
+    """P6, P7, ...: stride-2 3x3 convolutions on P5 (ReLU between them).
+
+    Args:
+        channels: channels of the pyramid.
+        num_levels: how many extra levels after P5.
+    """
+
+    def __init__(self, channels: int, num_levels: int) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, stride=2, padding=1) for _ in range(num_levels))
+        for conv in self.convs:
+            nn.init.kaiming_uniform_(conv.weight, a=1)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, results: List[Tensor], x: List[Tensor], names: List[str]) -> Tuple[List[Tensor], List[str]]:
+        p = results[-1]  # P5
+        for i, conv in enumerate(self.convs):
+            p = conv(p if i == 0 else F.relu(p))
+            results.append(p)
+            names.append(f"p{6 + i}")
+        return results, names
+
+
+class ResNetFPN(nn.Module):
+    """ResNet stages + FPN returning exactly the configured pyramid levels.
+
+    Args:
+        body: ``IntermediateLayerGetter`` returning C-levels named ``p2``..``p5``.
+        fpn: feature pyramid over those C-levels (plus extra levels).
+        levels: pyramid levels to return, lowest first.
+        out_channels: channels of every returned level.
+
+    Returns (forward):
+        ``OrderedDict`` ``{"p<level>": Tensor[B, out_channels, H / 2**level, W / 2**level]}``.
+    """
+
+    def __init__(self, body: nn.Module, fpn: nn.Module, levels: Sequence[int], out_channels: int) -> None:
+        super().__init__()
+        self.body = body
+        self.fpn = fpn
+        self.level_names = [f"p{lv}" for lv in levels]
+        self.out_channels = out_channels
+
+    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+        features = self.fpn(self.body(x))
+        return OrderedDict((name, features[name]) for name in self.level_names)
+
+
+def _adapt_conv1(weight_rgb: Tensor, in_channels: int) -> Tensor:
+    """First-conv weights ``[64, in_channels, 7, 7]`` from RGB ones ``[64, 3, 7, 7]``.
+
+    For a band count other than 3 every band gets the mean RGB filter scaled
+    by ``3 / in_channels``, so a uniform input gives the same response.
+    """
+    if in_channels == weight_rgb.shape[1]:
+        return weight_rgb
+    mean = weight_rgb.mean(dim=1, keepdim=True)
+    return mean.repeat(1, in_channels, 1, 1) * (weight_rgb.shape[1] / in_channels)
+
+
+def _load_backbone_weights(net: nn.Module, path: str, depth: int, in_channels: int) -> None:
+    """Load a torchvision ResNet state dict from ``path`` into ``net`` (fc ignored)."""
+    file = Path(path)
+    if not file.is_file():
+        raise GeodetError(f"backbone weights file {path} does not exist")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means an unreadable file
+        raise GeodetError(
+            f"backbone weights file {path} is not a readable torch state dict ({exc.__class__.__name__})"
+        ) from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise GeodetError(f"backbone weights file {path} does not hold a state dict of tensors")
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    if "conv1.weight" in state and state["conv1.weight"].dim() == 4:
+        state["conv1.weight"] = _adapt_conv1(state["conv1.weight"], in_channels)
+    try:
+        result = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise GeodetError(f"backbone weights file {path} does not fit a ResNet-{depth}: tensor shapes differ") from exc
+    missing = [k for k in result.missing_keys if not k.startswith("fc.")]
+    if missing or result.unexpected_keys:
+        raise GeodetError(
+            f"backbone weights file {path} is not a torchvision ResNet-{depth} state dict "
+            f"({len(missing)} missing and {len(result.unexpected_keys)} unexpected keys)"
+        )
+    log.info("loaded backbone weights from %s", path)
+
+
+def _freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every ``BatchNorm2d`` inside ``module`` by a ``FrozenBatchNorm2d`` copy."""
+    if isinstance(module, nn.BatchNorm2d):
+        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
+        frozen.weight.copy_(module.weight.detach())
+        frozen.bias.copy_(module.bias.detach())
+        frozen.running_mean.copy_(module.running_mean)
+        frozen.running_var.copy_(module.running_var)
+        return frozen
+    for name, child in module.named_children():
+        setattr(module, name, _freeze_batchnorm(child))
+    return module
+
+
+def _stages(net: nn.Module) -> List[List[nn.Module]]:
+    """Freezable stages of a torchvision ResNet: stem, layer1 .. layer4."""
+    return [[net.conv1, net.bn1], [net.layer1], [net.layer2], [net.layer3], [net.layer4]]
+
+
+def build_backbone(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> ResNetFPN:
+    """ResNet body + FPN for ``cfg`` (levels, depth, bands, frozen stages, weights).
+
+    With ``cfg.backbone_weights`` set every BatchNorm is a ``FrozenBatchNorm2d``
+    (as torchvision does for pretrained detection backbones); BatchNorms of
+    frozen stages are always frozen. ``load_backbone_weights=False`` builds
+    the same architecture without reading the weights file (used when a
+    geodet model file supplies all weights).
+    """
+    pretrained = cfg.backbone_weights is not None
+    norm_layer = FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
+    net = _RESNETS[cfg.backbone_depth](weights=None, norm_layer=norm_layer)
+    if cfg.in_channels != 3:
+        net.conv1 = nn.Conv2d(cfg.in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    if pretrained and load_backbone_weights:
+        _load_backbone_weights(net, cfg.backbone_weights, cfg.backbone_depth, cfg.in_channels)
+
+    for stage in _stages(net)[: cfg.frozen_stages]:
+        for module in stage:
+            module.requires_grad_(False)
+    for name in ("bn1", "layer1", "layer2", "layer3", "layer4")[: cfg.frozen_stages]:
+        setattr(net, name, _freeze_batchnorm(getattr(net, name)))
+
+    levels = tuple(cfg.levels)
+    low, high = levels[0], levels[-1]
+    c_levels = list(range(min(low, 5), min(high, 5) + 1))  # pyramid levels taken from ResNet stages
+    return_layers = {f"layer{lv - 1}": f"p{lv}" for lv in c_levels}
+    body = IntermediateLayerGetter(net, return_layers=return_layers)
+    extra = ExtraLevels(cfg.fpn_channels, high - 5) if high > 5 else None
+    fpn = FeaturePyramidNetwork(
+        [_STAGE_CHANNELS[cfg.backbone_depth][lv - 2] for lv in c_levels],
+        cfg.fpn_channels,
+        extra_blocks=extra,
+    )
+    return ResNetFPN(body, fpn, levels, cfg.fpn_channels)
+
+
+# --------------------------------------------------------------------------- head
+
+
+def _conv_tower(channels: int, num_convs: int) -> nn.Sequential:
+    tower = nn.Sequential(*(Conv2dNormActivation(channels, channels, norm_layer=None) for _ in range(num_convs)))
+    for layer in tower.modules():
+        if isinstance(layer, nn.Conv2d):
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
+    return tower
+
+
+def _flatten_per_level(outputs: List[Tensor], width: int) -> Tensor:
+    """``[B, A * width, H, W]`` per level -> ``float32 [B, sum_l H*W*A, width]``."""
+    flat = []
+    for out in outputs:
+        b, _, h, w = out.shape
+        flat.append(out.view(b, -1, width, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, width))
+    return torch.cat(flat, dim=1).float()
+
+
+class RetinaHead(nn.Module):
+    """Classification and box-regression towers shared over pyramid levels.
+
+    Args:
+        in_channels: channels of every pyramid level.
+        num_anchors: anchors per location A.
+        num_classes: object classes K (no background class).
+        num_convs: 3x3 conv + ReLU layers in each tower.
+        prior_prob: initial foreground probability of every anchor.
+        focal_alpha / focal_gamma: sigmoid focal loss parameters.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_anchors: int,
+        num_classes: int,
+        *,
+        num_convs: int = 4,
+        prior_prob: float = 0.01,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.num_anchors = num_anchors
+        self.num_classes = num_classes
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.cls_tower = _conv_tower(in_channels, num_convs)
+        self.cls_logits = nn.Conv2d(in_channels, num_anchors * num_classes, 3, padding=1)
+        nn.init.normal_(self.cls_logits.weight, std=0.01)
+        nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
+        self.box_tower = _conv_tower(in_channels, num_convs)
+        self.bbox_reg = nn.Conv2d(in_channels, num_anchors * 4, 3, padding=1)
+        nn.init.normal_(self.bbox_reg.weight, std=0.01)
+        nn.init.zeros_(self.bbox_reg.bias)
+        self.box_coder = det_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
+
+    def forward(self, features: List[Tensor]) -> Dict[str, Tensor]:
+        """
+        Args:
+            features: one ``[B, C, H_l, W_l]`` tensor per level.
+
+        Returns:
+            ``cls_logits`` ``float32 [B, M, K]`` and ``bbox_regression``
+            ``float32 [B, M, 4]`` (box deltas), ``M = sum_l H_l * W_l * A``.
+        """
+        logits = [self.cls_logits(self.cls_tower(f)) for f in features]
+        deltas = [self.bbox_reg(self.box_tower(f)) for f in features]
+        return {
+            "cls_logits": _flatten_per_level(logits, self.num_classes),
+            "bbox_regression": _flatten_per_level(deltas, 4),
+        }
+
+    def compute_loss(
+        self,
+        targets: List[Dict[str, Tensor]],
+        head_outputs: Dict[str, Tensor],
+        anchors: List[Tensor],
+        matched_idxs: List[Tensor],
+    ) -> Dict[str, Tensor]:
+        """Focal loss and L1 box-delta loss, each summed over the batch and
+        divided by the batch's number of foreground anchors (at least 1).
+
+        Args:
+            targets: per chip ``boxes`` ``[N, 4]`` xyxy px and ``labels`` ``[N]`` 0-based.
+            head_outputs: see :meth:`forward`.
+            anchors: per chip ``[M, 4]`` xyxy px.
+            matched_idxs: per chip ``[M]``: matched box index, -1 background,
+                -2 ignored (between the IoU thresholds).
+        """
+        cls_logits = head_outputs["cls_logits"]
+        bbox_regression = head_outputs["bbox_regression"]
+        logits_valid, targets_valid, deltas_fg, deltas_target = [], [], [], []
+        num_foreground = 0
+        for target, logits, deltas, anchors_per_chip, matched in zip(
+            targets, cls_logits, bbox_regression, anchors, matched_idxs
+        ):
+            foreground = matched >= 0
+            num_foreground += int(foreground.sum())
+            gt_classes = torch.zeros_like(logits)
+            fg_idx = torch.where(foreground)[0]
+            gt_idx = matched[fg_idx]
+            gt_classes[fg_idx, target["labels"][gt_idx]] = 1.0
+            valid = matched != det_utils.Matcher.BETWEEN_THRESHOLDS
+            logits_valid.append(logits[valid])
+            targets_valid.append(gt_classes[valid])
+            deltas_fg.append(deltas[fg_idx])
+            deltas_target.append(
+                self.box_coder.encode_single(target["boxes"][gt_idx].float(), anchors_per_chip[fg_idx])
+            )
+        normaliser = max(1, num_foreground)
+        classification = sigmoid_focal_loss(
+            torch.cat(logits_valid),
+            torch.cat(targets_valid),
+            alpha=self.focal_alpha,
+            gamma=self.focal_gamma,
+            reduction="sum",
+        )
+        regression = F.l1_loss(torch.cat(deltas_fg), torch.cat(deltas_target), reduction="sum")
+        return {"classification": classification / normaliser, "bbox_regression": regression / normaliser}
+
+
+# --------------------------------------------------------------------------- model
+
+
+class GeodetRetinaNet(RetinaNet):
+    """torchvision ``RetinaNet`` at native chip resolution.
+
+    ``model(images, targets)`` in train mode returns
+    ``{"classification": loss, "bbox_regression": loss}``; in eval mode
+    ``model(images)`` returns one ``{"boxes": [N, 4] xyxy chip px,
+    "scores": [N], "labels": [N] int64 0-based}`` per chip.
+
+    Args:
+        cfg: the model's configuration (kept as ``self.config``).
+        backbone: module returning the pyramid levels (``out_channels`` attribute).
+        anchor_generator: anchors for those levels.
+        head: classification / regression head.
+    """
+
+    def __init__(self, cfg: ModelConfig, backbone: nn.Module, anchor_generator: nn.Module, head: nn.Module) -> None:
+        super().__init__(
+            backbone,
+            cfg.num_classes,
+            anchor_generator=anchor_generator,
+            head=head,
+            score_thresh=cfg.score_thresh,
+            nms_thresh=cfg.nms_iou,
+            detections_per_img=cfg.detections_per_chip,
+            fg_iou_thresh=cfg.fg_iou_thresh,
+            bg_iou_thresh=cfg.bg_iou_thresh,
+            topk_candidates=cfg.topk_candidates,
+        )
+        self.transform = ChipBatcher(cfg.in_channels, PAD_MULTIPLE_PX)
+        self.config = cfg
+
+
+def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> GeodetRetinaNet:
+    """A RetinaNet for ``cfg`` built from torchvision parts.
+
+    Args:
+        cfg: every knob of the model.
+        load_backbone_weights: read ``cfg.backbone_weights`` (when set); False
+            builds the identical architecture without touching the file.
+
+    Raises:
+        GeodetError: a missing or incompatible backbone weights file.
+    """
+    backbone = build_backbone(cfg, load_backbone_weights=load_backbone_weights)
+    anchor_generator = make_anchor_generator(cfg)
+    head = RetinaHead(
+        cfg.fpn_channels,
+        cfg.anchors.anchors_per_location,
+        cfg.num_classes,
+        num_convs=cfg.head_convs,
+        prior_prob=cfg.prior_prob,
+        focal_alpha=cfg.focal_alpha,
+        focal_gamma=cfg.focal_gamma,
+    )
+    return GeodetRetinaNet(cfg, backbone, anchor_generator, head)

@@ -1,0 +1,314 @@
+"""Scene I/O: open a GeoTIFF, sample band statistics, read one chip.
+
+Only windowed reads: no function here reads a whole scene into memory,
+whether the GeoTIFF is internally tiled or striped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.windows import Window
+
+from geodet.errors import GeodetError
+from geodet.windows import chip_windows
+
+log = logging.getLogger(__name__)
+
+#: Normalised values are clipped to this many standard deviations.
+CLIP_SIGMA = 6.0
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What geodet needs to know about a scene, without its pixels.
+
+    Attributes:
+        path: file path.
+        height, width: size in pixels.
+        count: number of bands in the file.
+        dtype: numpy dtype name of the pixels.
+        crs: the scene's CRS (rasterio CRS).
+        transform: affine mapping pixel corners (col, row) to CRS coordinates.
+        nodata: nodata value or None.
+        res: pixel size (x, y) in CRS units, always positive.
+    """
+
+    path: str
+    height: int
+    width: int
+    count: int
+    dtype: str
+    crs: object
+    transform: Affine
+    nodata: Optional[float]
+    res: Tuple[float, float]
+
+    @property
+    def gsd(self) -> float:
+        """Ground sample distance: the mean pixel side in CRS units."""
+        return float((self.res[0] + self.res[1]) / 2)
+
+
+def _open(path: str):
+    if not os.path.exists(path):
+        raise GeodetError(f"{path} does not exist.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except RasterioIOError as exc:
+        raise GeodetError(f"{path} is not a readable raster ({_first_line(exc)}).") from exc
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def open_dataset(path: str):
+    """Open a scene for windowed reads after checking it is georeferenced.
+
+    Returns an open rasterio dataset (the caller closes it).
+
+    Raises:
+        GeodetError: missing or unreadable file, no geotransform, no CRS.
+    """
+    src = _open(path)
+    try:
+        _check_georeferenced(src, path)
+    except GeodetError:
+        src.close()
+        raise
+    return src
+
+
+def _check_georeferenced(src, path: str) -> None:
+    if src.transform == Affine.identity() and not src.gcps[0]:
+        raise GeodetError(
+            f"{path} has no geotransform, so its pixels cannot be placed on the map; "
+            "georeference it first (e.g. gdal_translate -a_ullr ... -a_srs ...)."
+        )
+    if src.crs is None:
+        raise GeodetError(
+            f"{path} has no CRS; assign one first (e.g. gdal_edit.py -a_srs EPSG:XXXX {path})."
+        )
+
+
+def open_scene(path: str) -> SceneInfo:
+    """Read a scene's metadata (no pixels).
+
+    Raises:
+        GeodetError: missing or unreadable file, no geotransform, no CRS.
+    """
+    with open_dataset(path) as src:
+        return scene_info(src)
+
+
+def scene_info(src) -> SceneInfo:
+    """:class:`SceneInfo` of an open rasterio dataset."""
+    t = src.transform
+    res = (float(np.hypot(t.a, t.d)), float(np.hypot(t.b, t.e)))
+    return SceneInfo(
+        path=str(src.name),
+        height=int(src.height),
+        width=int(src.width),
+        count=int(src.count),
+        dtype=str(src.dtypes[0]),
+        crs=src.crs,
+        transform=t,
+        nodata=src.nodata,
+        res=res,
+    )
+
+
+def gsd_metres(info: SceneInfo) -> float:
+    """The scene's pixel size in metres (approximate for geographic CRSs)."""
+    crs = info.crs
+    try:
+        if crs.is_geographic:
+            lat = (info.transform @ (info.width / 2, info.height / 2))[1]
+            x_m = info.res[0] * 111_320.0 * max(float(np.cos(np.radians(lat))), 1e-6)
+            y_m = info.res[1] * 110_574.0
+            return float((x_m + y_m) / 2)
+        return info.gsd * float(crs.linear_units_factor[1])
+    except Exception:  # a CRS without usable units
+        return info.gsd
+
+
+def parse_bands(text: Optional[str]) -> Optional[Tuple[int, ...]]:
+    """Parse a ``"1,2,3"`` band list (1-based); ``None``/empty means all bands."""
+    if text is None or str(text).strip() == "":
+        return None
+    try:
+        bands = tuple(int(b) for b in str(text).replace(" ", "").split(","))
+    except ValueError as exc:
+        raise GeodetError(f"bands must be comma-separated band numbers such as 1,2,3, got {text!r}.") from exc
+    if any(b < 1 for b in bands):
+        raise GeodetError(f"band numbers start at 1, got {text!r}.")
+    return bands
+
+
+def resolve_bands(info: SceneInfo, bands: Optional[Sequence[int]]) -> Tuple[int, ...]:
+    """The 1-based band indices to read from a scene; all bands when ``None``.
+
+    Raises:
+        GeodetError: a band index beyond the scene's band count.
+    """
+    if bands is None:
+        return tuple(range(1, info.count + 1))
+    bands = tuple(int(b) for b in bands)
+    bad = [b for b in bands if not 1 <= b <= info.count]
+    if bad:
+        raise GeodetError(
+            f"{info.path} has {info.count} band(s) but band(s) {', '.join(map(str, bad))} were asked for."
+        )
+    return bands
+
+
+def read_window(
+    src,
+    window: Window,
+    bands: Sequence[int],
+    *,
+    out_shape: Optional[Tuple[int, int]] = None,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Read raw pixels of a window and their validity.
+
+    Args:
+        src: open rasterio dataset.
+        window: the window in scene pixels.
+        bands: 1-based band indices.
+        out_shape: ``(height, width)`` to resample to (nearest for the mask,
+            bilinear for pixels), or None for native resolution.
+
+    Returns:
+        ``(pixels float32 [C, h, w], valid bool [h, w])``; a pixel is valid when
+        no band is masked (nodata, alpha or internal mask) and no value is NaN.
+    """
+    kwargs = {}
+    if out_shape is not None:
+        kwargs = dict(out_shape=(len(bands), *out_shape), resampling=rasterio.enums.Resampling.bilinear)
+    data = src.read(list(bands), window=window, **kwargs).astype(np.float32, copy=False)
+    mask_kwargs = {}
+    if out_shape is not None:
+        mask_kwargs = dict(out_shape=(len(bands), *out_shape), resampling=rasterio.enums.Resampling.nearest)
+    masks = src.read_masks(list(bands), window=window, **mask_kwargs)
+    valid = np.all(masks > 0, axis=0) & np.all(np.isfinite(data), axis=0)
+    return data, valid
+
+
+@dataclass(frozen=True)
+class BandStats:
+    """Per-band statistics used to normalise chips.
+
+    Attributes:
+        mean: [C] per-band mean of valid pixels.
+        std: [C] per-band standard deviation of valid pixels (>= a small epsilon).
+    """
+
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+
+
+def sample_band_stats(
+    src,
+    bands: Sequence[int],
+    *,
+    sample_windows: int = 32,
+    window_px: int = 256,
+    seed: int = 0,
+) -> BandStats:
+    """Per-band mean and std from a sample of windows spread over the scene.
+
+    Windows are a deterministic random subset of a grid of ``window_px``
+    windows, so the cost is bounded whatever the scene size.
+
+    Raises:
+        GeodetError: the sample holds no valid pixel.
+    """
+    windows = chip_windows(src.height, src.width, window_px, 0)
+    rng = np.random.default_rng(seed)
+    if len(windows) > sample_windows:
+        picks = rng.choice(len(windows), size=sample_windows, replace=False)
+        windows = [windows[i] for i in sorted(picks)]
+    total = np.zeros(len(bands), np.float64)
+    total_sq = np.zeros(len(bands), np.float64)
+    n = 0
+    for window in windows:
+        data, valid = read_window(src, window, bands)
+        if not valid.any():
+            continue
+        pix = data[:, valid].astype(np.float64)
+        total += pix.sum(axis=1)
+        total_sq += (pix**2).sum(axis=1)
+        n += pix.shape[1]
+    if n == 0:
+        raise GeodetError(f"{src.name} holds no valid (non-nodata) pixels in the sampled windows.")
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
+    std = np.maximum(std, 1e-6 * np.maximum(np.abs(mean), 1.0))
+    return BandStats(mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
+
+
+def normalise(data: np.ndarray, valid: np.ndarray, stats: BandStats) -> np.ndarray:
+    """``(data - mean) / std`` per band, invalid pixels set to 0 (the mean).
+
+    Args:
+        data: float32 [C, H, W] raw pixels.
+        valid: bool [H, W].
+
+    Returns:
+        float32 [C, H, W], clipped to +-CLIP_SIGMA.
+    """
+    mean = np.asarray(stats.mean, np.float32)[:, None, None]
+    std = np.asarray(stats.std, np.float32)[:, None, None]
+    out = (data - mean) / std
+    np.clip(out, -CLIP_SIGMA, CLIP_SIGMA, out=out)
+    out[:, ~valid] = 0.0
+    return out
+
+
+def read_chip(
+    src,
+    window: Window,
+    bands: Sequence[int],
+    stats: BandStats,
+    size_px: int,
+    *,
+    out_shape: Optional[Tuple[int, int]] = None,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Read one normalised chip, padded at the bottom/right to ``size_px``.
+
+    Args:
+        src: open rasterio dataset.
+        window: window in scene pixels (may be smaller than the chip at a
+            scene edge when the scene is smaller than a chip).
+        bands: 1-based band indices.
+        stats: per-band normalisation statistics.
+        size_px: output chip side in pixels.
+        out_shape: resample the window to this ``(h, w)`` (for a scene whose
+            pixel size differs from the model's); None = native.
+
+    Returns:
+        ``(chip float32 [C, size_px, size_px], valid bool [size_px, size_px])``;
+        padding is invalid and 0.
+    """
+    data, valid = read_window(src, window, bands, out_shape=out_shape)
+    chip = normalise(data, valid, stats)
+    c, h, w = chip.shape
+    if (h, w) == (size_px, size_px):
+        return chip, valid
+    padded = np.zeros((c, size_px, size_px), np.float32)
+    padded_valid = np.zeros((size_px, size_px), bool)
+    padded[:, :h, :w] = chip[:, :size_px, :size_px]
+    padded_valid[:h, :w] = valid[:size_px, :size_px]
+    return padded, padded_valid

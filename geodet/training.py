@@ -1,0 +1,431 @@
+"""The training loop: scenes + labels -> self-describing model file.
+
+AMP and cudnn autotune on CUDA; AdamW with warm-up and cosine decay driven by
+progress (steps or wall time, whichever is further along, so a ``max_time``
+run still anneals); validation mAP each epoch; best and last checkpoints;
+resumable with nothing lost (model, optimizer, schedule position, epoch, RNG).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from geodet import __version__
+from geodet.config import (
+    COCO_ANCHORS,
+    COCO_LEVELS,
+    AnchorConfig,
+    ChipConfig,
+    ModelConfig,
+    TrainConfig,
+    from_dict,
+    to_dict,
+)
+from geodet.dataset import ChipDataset, SceneSource, choose_block_px, collate, spatial_blocks, split_blocks
+from geodet.errors import GeodetError
+from geodet.raster import gsd_metres, open_dataset, resolve_bands, sample_band_stats, scene_info
+from geodet.vector import check_labels_inside, labels_for_scene, read_labels
+
+log = logging.getLogger(__name__)
+
+AnchorsArg = Union[str, Tuple[Tuple[int, ...], AnchorConfig]]
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced.
+
+    Attributes:
+        model_path: the best checkpoint (by validation mAP50; the last one
+            when there is no validation split).
+        last_path: the last checkpoint (resumable).
+        history: one dict per epoch: epoch, loss, val_map50, val_map, lr,
+            seconds, chips_per_s.
+        model_config: the config the model was built with.
+    """
+
+    model_path: str
+    last_path: str
+    history: List[dict] = field(default_factory=list)
+    model_config: Optional[ModelConfig] = None
+
+
+def last_checkpoint_path(model_path: str) -> str:
+    """``model.pt`` -> ``model.last.pt`` (the resumable checkpoint)."""
+    p = Path(model_path)
+    return str(p.with_name(p.stem + ".last" + p.suffix))
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; refuse ``cuda`` without a GPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise GeodetError("--device cuda was asked for but no CUDA GPU is available.")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise GeodetError(f"device must be auto, cpu or cuda, got {name!r}.")
+    return torch.device(name)
+
+
+def load_sources(imagery, labels_path, class_field, chip: ChipConfig):
+    infos = []
+    for path in imagery:
+        with open_dataset(path) as src:
+            infos.append(scene_info(src))
+    label_set = read_labels(labels_path, class_field=class_field)
+    per_scene = [labels_for_scene(label_set, info, point_size_m=chip.point_size_m) for info in infos]
+    check_labels_inside(label_set, per_scene, imagery)
+    bands = [resolve_bands(info, chip.bands) for info in infos]
+    if len({len(b) for b in bands}) > 1:
+        counts = ", ".join(f"{i.path}: {len(b)}" for i, b in zip(infos, bands))
+        raise GeodetError(f"all training scenes must give the same number of bands ({counts}); use --bands.")
+    sources = []
+    for info, b, lab in zip(infos, bands, per_scene):
+        with open_dataset(info.path) as src:
+            stats = sample_band_stats(src, b)
+        sources.append(
+            SceneSource(info.path, b, stats, lab.boxes_px, lab.class_ids, info.height, info.width)
+        )
+    return infos, label_set, sources
+
+
+def boxes_in_chip_frame(sources: Sequence[SceneSource], chip_px: int) -> np.ndarray:
+    """Ground-truth boxes placed in chip coordinates (for anchor fitting)."""
+    out = []
+    for s in sources:
+        b = s.boxes_px.copy()
+        # positions relative to a chip grid of stride chip_px keep the anchor-grid phase
+        shift = np.floor(b[:, :1] / chip_px) * chip_px, np.floor(b[:, 1:2] / chip_px) * chip_px
+        b[:, [0, 2]] -= shift[0]
+        b[:, [1, 3]] -= shift[1]
+        out.append(b)
+    return np.concatenate(out) if out else np.zeros((0, 4))
+
+
+def _anchor_choice(anchors: AnchorsArg, boxes_px: np.ndarray, fg_iou: float, chip_px: int):
+    from geodet.anchors import fit_anchors
+
+    if isinstance(anchors, tuple):
+        return anchors
+    if anchors == "coco":
+        return COCO_LEVELS, COCO_ANCHORS
+    if anchors == "auto":
+        return fit_anchors(boxes_px, fg_iou=fg_iou, chip_size=chip_px)
+    raise GeodetError(f"anchors must be 'auto', 'coco' or explicit sizes, got {anchors!r}.")
+
+
+def _lr_at(progress: float, peak: float, warmup: float = 0.05) -> float:
+    """Linear warm-up then cosine decay to 1% of ``peak``; ``progress`` in [0, 1]."""
+    progress = min(max(progress, 0.0), 1.0)
+    if progress < warmup:
+        return peak * (0.1 + 0.9 * progress / warmup)
+    t = (progress - warmup) / (1 - warmup)
+    return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def train(
+    imagery: Sequence[str],
+    labels: str,
+    out: str,
+    *,
+    class_field: Optional[str] = None,
+    chip: ChipConfig = ChipConfig(),
+    model: Optional[dict] = None,
+    config: TrainConfig = TrainConfig(),
+    anchors: AnchorsArg = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> TrainResult:
+    """Train a RetinaNet on scenes and vector labels; write the model file.
+
+    Args:
+        imagery: GeoTIFF paths.
+        labels: vector labels (any format/CRS geopandas reads).
+        out: model file path; the last (resumable) checkpoint goes beside it
+            as ``<stem>.last.pt``.
+        class_field: the labels' class column.
+        chip: chip size/overlap/bands for training (and the default for detection).
+        model: :class:`ModelConfig` field overrides (``num_classes``,
+            ``in_channels`` and, unless given, ``levels``/``anchors`` are filled in).
+        config: training loop settings.
+        anchors: ``"auto"`` (fit to the labels), ``"coco"`` (torchvision
+            defaults) or ``(levels, AnchorConfig)``.
+        resume: continue from ``<stem>.last.pt``.
+        overwrite: replace an existing ``out``.
+        progress: show a progress bar with the running loss (stderr).
+
+    Returns:
+        :class:`TrainResult` with the model path and per-epoch history.
+    """
+    from geodet.anchors import anchor_coverage
+    from geodet.model import build_model
+    from geodet.modelfile import save_model
+
+    last_path = last_checkpoint_path(out)
+    if resume and not os.path.exists(last_path):
+        raise GeodetError(f"cannot resume: {last_path} does not exist.")
+    if not resume and os.path.exists(out) and not overwrite:
+        raise GeodetError(f"{out} already exists; choose another name, pass --overwrite, or --resume.")
+    if not Path(out).resolve().parent.exists():
+        raise GeodetError(f"the folder {Path(out).parent} does not exist.")
+
+    device = resolve_device(config.device)
+    _seed_everything(config.seed)
+    infos, label_set, sources = load_sources(imagery, labels, class_field, chip)
+    boxes_px = boxes_in_chip_frame(sources, chip.size)
+
+    overrides = dict(model or {})
+    state = None
+    if resume:
+        state = _load_checkpoint_state(last_path)
+        model_cfg = state["model_config"]
+        if list(state["class_names"]) != list(label_set.class_names):
+            raise GeodetError(
+                f"cannot resume: the checkpoint's classes {state['class_names']} differ from the labels' "
+                f"{list(label_set.class_names)}."
+            )
+    else:
+        fg = float(overrides.get("fg_iou_thresh", ModelConfig.fg_iou_thresh))
+        if "levels" in overrides and "anchors" in overrides:
+            levels, anchor_cfg = tuple(overrides.pop("levels")), overrides.pop("anchors")
+            if isinstance(anchor_cfg, dict):
+                anchor_cfg = from_dict(AnchorConfig, anchor_cfg)
+        else:
+            levels, anchor_cfg = _anchor_choice(anchors, boxes_px, fg, chip.size)
+        overrides.update(
+            num_classes=len(label_set.class_names),
+            in_channels=len(sources[0].bands),
+            levels=tuple(levels),
+            anchors=anchor_cfg,
+        )
+        model_cfg = ModelConfig(**overrides)
+    cov = anchor_coverage(
+        boxes_px, model_cfg.levels, model_cfg.anchors, iou_thresh=model_cfg.fg_iou_thresh, chip_size=chip.size
+    )
+    log.info("anchors: levels %s sizes %s; coverage %.3f", model_cfg.levels, model_cfg.anchors.sizes, cov)
+
+    block_px = choose_block_px(sources, chip.size, config.val_fraction)
+    train_blocks, val_blocks = split_blocks(spatial_blocks(sources, block_px), config.val_fraction, config.seed)
+    train_ds = ChipDataset(
+        sources, train_blocks, chip.size, chip.overlap, min_visible=chip.min_visible,
+        negative_ratio=config.negative_ratio, augment=config.augment, seed=config.seed,
+    )
+    val_ds = ChipDataset(
+        sources, val_blocks, chip.size, chip.overlap, min_visible=chip.min_visible,
+        negative_ratio=1.0, augment=False, seed=config.seed,
+    ) if val_blocks else None
+    if len(train_ds) == 0:
+        raise GeodetError("no training chip holds a label; check the labels, chip size and bands.")
+    log.info(
+        "training on %d chips (%d with objects), validating on %d; %d blocks of %d px",
+        len(train_ds), train_ds.positives, len(val_ds) if val_ds else 0,
+        len(train_blocks) + len(val_blocks), block_px,
+    )
+
+    net = build_model(model_cfg).to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        net = net.to(memory_format=torch.channels_last)
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    use_amp = config.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    steps_per_epoch = math.ceil(len(train_ds) / config.batch_size)
+    total_steps = max(1, steps_per_epoch * config.epochs)
+    max_time_s = None if config.max_time_min is None else 60.0 * config.max_time_min
+
+    history: List[dict] = []
+    start_epoch, step, elapsed_before, best = 0, 0, 0.0, float("-inf")
+    if state is not None:
+        net.load_state_dict(state["state_dict"])
+        ts = state["train_state"]
+        optimizer.load_state_dict(ts["optimizer"])
+        if ts.get("scaler"):
+            scaler.load_state_dict(ts["scaler"])
+        start_epoch, step = int(ts["epoch"]), int(ts["step"])
+        elapsed_before, best = float(ts["elapsed_s"]), float(ts["best"])
+        history = list(ts["history"])
+        _set_rng_state(ts["rng"])
+        log.info("resumed from %s at epoch %d, step %d", last_path, start_epoch, step)
+
+    meta = dict(
+        model_config=model_cfg,
+        class_names=list(label_set.class_names),
+        bands=list(sources[0].bands),
+        band_mean=list(sources[0].stats.mean),
+        band_std=list(sources[0].stats.std),
+        chip_size=chip.size,
+        overlap=chip.overlap,
+        gsd=float(np.mean([gsd_metres(i) for i in infos])),
+        dtype=infos[0].dtype,
+    )
+    loader = torch.utils.data.DataLoader(
+        train_ds, batch_size=config.batch_size, shuffle=True, collate_fn=collate,
+        num_workers=config.workers, persistent_workers=config.workers > 0, drop_last=False,
+        generator=torch.Generator().manual_seed(config.seed),
+        pin_memory=device.type == "cuda",
+    )
+    t0 = time.monotonic()
+    stop = False
+    epoch = start_epoch
+    for epoch in range(start_epoch, config.epochs):
+        train_ds.set_epoch(epoch)
+        loader.generator.manual_seed(config.seed + epoch)
+        net.train()
+        t_epoch, seen, loss_sum = time.monotonic(), 0, 0.0
+        bar = _progress_bar(progress, steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}")
+        for images, targets in loader:
+            elapsed = elapsed_before + time.monotonic() - t0
+            frac = step / total_steps if max_time_s is None else max(step / total_steps, elapsed / max_time_s)
+            lr = _lr_at(frac, config.lr)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            images = images.to(device, non_blocking=True)
+            if device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                losses = net(images, targets)
+                loss = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, 10.0)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            seen += len(images)
+            loss_sum += float(loss.detach()) * len(images)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{lr:.2e}")
+            if max_time_s is not None and elapsed_before + time.monotonic() - t0 >= max_time_s:
+                stop = True
+                break
+        if bar is not None:
+            bar.close()
+        seconds = time.monotonic() - t_epoch
+        record = {
+            "epoch": epoch + 1,
+            "loss": loss_sum / max(seen, 1),
+            "lr": lr,
+            "seconds": seconds,
+            "chips_per_s": seen / max(seconds, 1e-9),
+            "complete": not stop,
+        }
+        if val_ds is not None:
+            metrics = validate(net, val_ds, device, batch_size=config.batch_size, amp_dtype=amp_dtype if use_amp else None)
+            record.update(val_map50=metrics["map_50"], val_map=metrics["map"])
+        history.append(record)
+        log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
+        score = record["val_map50"] if val_ds is not None else -record["loss"]
+        if score > best:
+            best = score
+            save_model(out, net, extra={"history": history}, **meta)
+        train_state = {
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "epoch": epoch + 1,
+            "step": step,
+            "elapsed_s": elapsed_before + time.monotonic() - t0,
+            "best": best,
+            "history": history,
+            "rng": _get_rng_state(),
+        }
+        save_model(last_path, net, extra={"history": history, "train_state": train_state}, **meta)
+        if stop:
+            log.info("time limit of %.1f min reached; stopped after %d steps", config.max_time_min, step)
+            break
+    return TrainResult(model_path=str(out), last_path=last_path, history=history, model_config=model_cfg)
+
+
+@torch.inference_mode()
+def validate(net, dataset, device, *, batch_size: int = 8, amp_dtype=None) -> Dict[str, float]:
+    """mAP of the model on a dataset's chips (COCO definition, pycocotools)."""
+    from geodet.evaluation import coco_map
+
+    net.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    preds, truths = [], []
+    for images, targets in loader:
+        images = images.to(device)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            out = net(images)
+        for o, t in zip(out, targets):
+            preds.append({k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy() for k, v in o.items()})
+            truths.append({k: v.numpy() for k, v in t.items()})
+    net.train()
+    return coco_map(preds, truths)
+
+
+def _progress_bar(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _get_rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": _python_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _numpy_state() -> dict:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _python_state() -> list:
+    version, internal, gauss = random.getstate()
+    return [int(version), torch.tensor(internal, dtype=torch.int64), gauss]
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(int(v) for v in internal.tolist()), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _load_checkpoint_state(path: str) -> dict:
+    """The raw contents of a last checkpoint, loaded safely (weights_only)."""
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise GeodetError(f"cannot resume: {path} is not a readable geodet checkpoint ({exc}).") from exc
+    extra = raw.get("extra") or {}
+    if "train_state" not in extra:
+        raise GeodetError(f"cannot resume: {path} holds no training state.")
+    cfg = dict(raw["config"])
+    return {
+        "model_config": from_dict(ModelConfig, cfg),
+        "class_names": list(raw["class_names"]),
+        "state_dict": raw["state_dict"],
+        "train_state": extra["train_state"],
+    }

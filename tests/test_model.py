@@ -1,0 +1,269 @@
+"""Tests of geodet.model: the RetinaNet at native chip resolution."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d, box_iou
+
+from geodet.anchors import anchor_count, feature_grid_size, make_anchor_generator
+from geodet.config import AnchorConfig, ModelConfig
+from geodet.errors import GeodetError
+from geodet.model import build_model
+
+P2_P4 = dict(levels=(2, 3, 4), anchors=AnchorConfig(sizes=(8.0, 16.0, 32.0)))
+P3_P5 = dict(levels=(3, 4, 5), anchors=AnchorConfig(sizes=(8.0, 16.0, 32.0)))
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    """resnet18, 32 FPN channels, 2 head convs, P2-P4 anchors 8-32 px (plus overrides)."""
+    settings = dict(backbone_depth=18, fpn_channels=32, head_convs=2, **P2_P4)
+    settings.update(overrides)
+    return ModelConfig(**settings)
+
+
+def two_targets() -> list:
+    """One chip with two boxes, one without any."""
+    return [
+        {"boxes": torch.tensor([[10.0, 12.0, 22.0, 24.0], [36.0, 30.0, 52.0, 46.0]]), "labels": torch.tensor([0, 0])},
+        {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)},
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def test_train_forward_backward_with_empty_and_non_empty_targets():
+    model = build_model(tiny_config()).train()
+    losses = model(torch.randn(2, 3, 64, 64), two_targets())
+    assert set(losses) == {"classification", "bbox_regression"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.head.cls_logits.weight.grad is not None
+    assert model.backbone.body.conv1.weight.grad.abs().sum() > 0
+
+
+def test_batch_without_any_box():
+    model = build_model(tiny_config()).train()
+    targets = [two_targets()[1]] * 2
+    losses = model(torch.randn(2, 3, 64, 64), targets)
+    assert losses["bbox_regression"] == 0
+    assert losses["classification"] > 0
+    sum(losses.values()).backward()
+
+
+@pytest.mark.parametrize("bands", [1, 4])
+def test_any_band_count(bands):
+    model = build_model(tiny_config(in_channels=bands)).train()
+    losses = model(torch.randn(2, bands, 64, 64), two_targets())
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        (out,) = model(torch.randn(1, bands, 64, 64))
+    assert set(out) == {"boxes", "scores", "labels"}
+
+
+def test_wrong_band_count_is_a_clear_error():
+    model = build_model(tiny_config(in_channels=4)).eval()
+    with pytest.raises(GeodetError, match="expects 4-band chips"):
+        model(torch.randn(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize(
+    "levels, sizes",
+    [
+        ((2, 3, 4), (8.0, 16.0, 32.0)),
+        ((3, 4, 5, 6, 7), (32.0, 64.0, 128.0, 256.0, 512.0)),
+        ((5, 6, 7), (8.0, 9.0, 10.0)),
+    ],
+)
+def test_levels_and_anchor_counts(levels, sizes):
+    anchors = AnchorConfig(sizes=sizes, scales=(1.0, 1.5), ratios=(0.5, 1.0, 2.0))
+    model = build_model(tiny_config(levels=levels, anchors=anchors))
+    x = torch.randn(1, 3, 128, 128)
+    features = model.backbone(x)
+    assert list(features) == [f"p{lv}" for lv in levels]
+    for lv, f in zip(levels, features.values()):
+        assert f.shape == (1, 32, 128 // 2**lv, 128 // 2**lv)
+    head = model.head(list(features.values()))
+    per_location = len(anchors.scales) * len(anchors.ratios)
+    expected = sum((128 // 2**lv) ** 2 * per_location for lv in levels)
+    assert expected == anchor_count(levels, anchors, 128)
+    assert head["cls_logits"].shape == (1, expected, 1)
+    assert head["bbox_regression"].shape == (1, expected, 4)
+    model.train()
+    losses = model(x, [two_targets()[0]])
+    sum(losses.values()).backward()
+
+
+def test_no_unused_resnet_stages():
+    """With P2-P4 only, ResNet layer4 (C5) is not part of the model."""
+    model = build_model(tiny_config())
+    assert not hasattr(model.backbone.body, "layer4")
+
+
+@pytest.mark.parametrize("height, width", [(128, 128), (96, 160), (100, 70)])
+def test_eval_boxes_are_in_input_pixels(height, width):
+    """A head that scores every anchor 1 and predicts zero deltas returns the
+    anchors themselves, clipped to the chip: the chip was neither resized nor
+    shifted, and padding never leaks into the output."""
+    cfg = tiny_config(
+        levels=(3, 4, 5),
+        anchors=AnchorConfig(sizes=(16.0, 32.0, 64.0), scales=(1.0,), ratios=(1.0,)),
+        score_thresh=0.0,
+        nms_iou=1.0,
+        topk_candidates=10_000,
+        detections_per_chip=10_000,
+    )
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for conv in (model.head.cls_logits, model.head.bbox_reg):
+            conv.weight.zero_()
+        model.head.cls_logits.bias.fill_(5.0)
+        model.head.bbox_reg.bias.zero_()
+        (out,) = model(torch.randn(1, 3, height, width))
+    grids = [(feature_grid_size(height, lv), feature_grid_size(width, lv)) for lv in cfg.levels]
+    anchors = make_anchor_generator(cfg).anchors_for_grid(grids, torch.device("cpu"))
+    expected = anchors.clone()
+    expected[:, 0::2] = expected[:, 0::2].clamp(0, width)
+    expected[:, 1::2] = expected[:, 1::2].clamp(0, height)
+    # every anchor comes back exactly once, as a box in chip pixels
+    assert out["boxes"].shape == expected.shape
+    order = lambda b: sorted(map(tuple, b.tolist()))  # noqa: E731
+    assert order(out["boxes"]) == order(expected)
+    assert out["boxes"][:, 2].max() == width and out["boxes"][:, 3].max() == height
+    assert out["labels"].dtype == torch.int64 and (out["labels"] == 0).all()
+
+
+def test_list_of_differently_sized_chips():
+    model = build_model(tiny_config(score_thresh=0.0, detections_per_chip=50)).eval()
+    with torch.no_grad():
+        outs = model([torch.randn(3, 64, 64), torch.randn(3, 40, 72)])
+    assert outs[1]["boxes"][:, 2].max() <= 72 and outs[1]["boxes"][:, 3].max() <= 40
+    assert len(outs[0]["boxes"]) == 50
+
+
+def _resnet18_weights(tmp_path):
+    path = tmp_path / "resnet18.pt"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("bands", [3, 4])
+def test_backbone_weights_file(tmp_path, bands):
+    path = _resnet18_weights(tmp_path)
+    reference = torch.load(path, weights_only=True)
+    model = build_model(tiny_config(in_channels=bands, backbone_weights=str(path)))
+    body = model.backbone.body
+    conv1 = body.conv1.weight.detach()
+    if bands == 3:
+        torch.testing.assert_close(conv1, reference["conv1.weight"])
+    else:
+        mean_rgb = reference["conv1.weight"].mean(dim=1, keepdim=True)
+        torch.testing.assert_close(conv1, mean_rgb.repeat(1, 4, 1, 1) * 3 / 4)
+    torch.testing.assert_close(body.layer2[0].conv1.weight.detach(), reference["layer2.0.conv1.weight"])
+    torch.testing.assert_close(body.layer1[0].bn1.running_var, reference["layer1.0.bn1.running_var"])
+    assert isinstance(body.bn1, FrozenBatchNorm2d)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    model.train()
+    losses = model(torch.randn(1, bands, 64, 64), [two_targets()[0]])
+    sum(losses.values()).backward()
+
+
+def test_backbone_weights_errors(tmp_path):
+    with pytest.raises(GeodetError, match="does not exist"):
+        build_model(tiny_config(backbone_weights=str(tmp_path / "missing.pt")))
+    wrong_depth = tmp_path / "resnet34.pt"
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), wrong_depth)
+    with pytest.raises(GeodetError, match="ResNet-18"):
+        build_model(tiny_config(backbone_weights=str(wrong_depth)))
+    wrong_shapes = tmp_path / "resnet50.pt"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), wrong_shapes)
+    with pytest.raises(GeodetError, match="ResNet-18"):
+        build_model(tiny_config(backbone_weights=str(wrong_shapes), **P3_P5))
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(GeodetError, match="not a readable"):
+        build_model(tiny_config(backbone_weights=str(garbage)))
+
+
+_STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")
+
+
+@pytest.mark.parametrize("frozen", [0, 1, 2, 5])
+def test_frozen_stages(frozen):
+    model = build_model(tiny_config(frozen_stages=frozen, **P3_P5))
+    body = model.backbone.body
+    for index, name in enumerate(_STAGES):
+        params = list(getattr(body, name).parameters())
+        if name == "conv1":
+            params += list(body.bn1.parameters())
+        assert params and all(p.requires_grad == (index >= frozen) for p in params), name
+        stage = body.bn1 if name == "conv1" else getattr(body, name)
+        has_trainable_bn = any(isinstance(m, nn.BatchNorm2d) for m in stage.modules())
+        assert has_trainable_bn == (index >= frozen), name
+    assert all(p.requires_grad for p in model.backbone.fpn.parameters())
+    assert all(p.requires_grad for p in model.head.parameters())
+
+    # a training step changes nothing in the frozen stages, buffers included
+    frozen_state = {k: v.clone() for k, v in body.state_dict().items() if k.split(".")[0] in ("conv1", "bn1", "layer1")}
+    model.train()
+    optimiser = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    sum(model(torch.randn(2, 3, 64, 64), two_targets()).values()).backward()
+    optimiser.step()
+    after = body.state_dict()
+    for key, before in frozen_state.items():
+        stage_index = 0 if key.split(".")[0] in ("conv1", "bn1") else 1
+        if stage_index < frozen:
+            torch.testing.assert_close(after[key], before, msg=key)
+
+
+def test_bias_prior_and_focal_settings():
+    cfg = tiny_config(prior_prob=0.05, focal_alpha=0.5, focal_gamma=1.0, head_convs=3)
+    model = build_model(cfg)
+    bias = model.head.cls_logits.bias
+    torch.testing.assert_close(bias, torch.full_like(bias, -math.log(0.95 / 0.05)))
+    assert (model.head.focal_alpha, model.head.focal_gamma) == (0.5, 1.0)
+    assert sum(isinstance(m, nn.Conv2d) for m in model.head.cls_tower.modules()) == 3
+
+
+def test_cpu_autocast_keeps_boxes_and_losses_float32():
+    model = build_model(tiny_config(score_thresh=0.0, detections_per_chip=10))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.train()
+        losses = model(torch.randn(2, 3, 64, 64), two_targets())
+        model.eval()
+        with torch.no_grad():
+            (out,) = model(torch.randn(1, 3, 64, 64))
+    assert all(v.dtype == torch.float32 for v in losses.values())
+    assert out["boxes"].dtype == torch.float32 and out["scores"].dtype == torch.float32
+
+
+def test_overfits_one_chip():
+    """A few dozen steps on one 64 x 64 chip with two bright boxes: the loss drops and both boxes are found."""
+    model = build_model(tiny_config()).train()
+    image = torch.zeros(1, 3, 64, 64)
+    target = two_targets()[0]
+    for x1, y1, x2, y2 in target["boxes"].int().tolist():
+        image[0, :, y1:y2, x1:x2] = 2.0
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    history = []
+    for _ in range(40):
+        losses = model(image, [target])
+        loss = sum(losses.values())
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        history.append(loss.item())
+    assert history[-1] < 0.3 * history[0]
+    model.eval()
+    with torch.no_grad():
+        (out,) = model(image)
+    best = box_iou(target["boxes"], out["boxes"][:5]).max(dim=1).values
+    assert (best > 0.5).all()
