@@ -1,0 +1,59 @@
+"""Fixtures: real GeoTIFFs and label files written into tmp_path by the generator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_SCENE = REPO / "sample_data" / "suburb.tif"
+SAMPLE_LABELS = REPO / "sample_data" / "pools.geojson"
+SAMPLE_POINTS = REPO / "sample_data" / "pools_points.geojson"
+
+
+@pytest.fixture
+def make_scene_files(tmp_path):
+    """Factory: write a synthetic scene and its labels; returns a namespace.
+
+    Keyword arguments go to :func:`geodet.synthetic.make_scene` (height,
+    width, seed, bands, dtype, difficulty, nodata_region, density) and to
+    the writers (crs, pixel_size, rotation_deg, tiled, label_crs, kind,
+    label_ext, class_field, name).
+    """
+    from geodet import synthetic
+
+    def factory(
+        height=256, width=256, *, seed=0, bands=3, dtype="uint8", difficulty="easy", nodata_region=False,
+        density=1.0, crs="EPSG:32611", pixel_size=0.4, rotation_deg=0.0, tiled=True, label_crs="EPSG:4326",
+        kind="polygon", label_ext=".geojson", class_field="class", name="scene", object_size_px=None,
+    ):
+        scene = synthetic.make_scene(
+            height, width, seed=seed, bands=bands, dtype=dtype, difficulty=difficulty,
+            nodata_region=nodata_region, density=density, object_size_px=object_size_px,
+        )
+        path = tmp_path / f"{name}.tif"
+        transform = synthetic.write_scene(
+            path, scene, crs=crs, pixel_size=pixel_size, rotation_deg=rotation_deg, tiled=tiled
+        )
+        labels = tmp_path / f"{name}_labels{label_ext}"
+        synthetic.write_labels(labels, scene, transform, crs, to_crs=label_crs, kind=kind, class_field=class_field)
+        return SimpleNamespace(path=str(path), labels=str(labels), scene=scene, transform=transform, crs=crs)
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def sample_scene():
+    return str(SAMPLE_SCENE)
+
+
+@pytest.fixture(scope="session")
+def sample_labels():
+    return str(SAMPLE_LABELS)
+
+
+def tiny_model_overrides() -> dict:
+    """A RetinaNet small enough to train for a few steps on the CPU in seconds."""
+    return dict(backbone_depth=18, fpn_channels=32, head_convs=1)

@@ -1,0 +1,84 @@
+"""The CLI: thin commands, one clear sentence for bad input, no traceback."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from geodet_cli.main import cli
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def test_help_lists_commands():
+    result = run("--help")
+    assert result.exit_code == 0
+    for name in ("tile", "anchors", "train", "detect", "evaluate"):
+        assert name in result.output
+
+
+def test_tile_command(make_scene_files, tmp_path):
+    s = make_scene_files(200, 200)
+    out = tmp_path / "tiles"
+    result = run("tile", s.path, "--labels", s.labels, "--chip-size", 128, "--overlap", 16, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output
+    coco = json.loads((out / "annotations.json").read_text())
+    assert coco["images"] and coco["annotations"]
+
+
+def _assert_one_sentence(result, fragment):
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    assert fragment in result.output, result.output
+
+
+def test_tile_bad_inputs(make_scene_files, tmp_path):
+    s = make_scene_files(256, 256)
+    # imagery without a CRS
+    nocrs = tmp_path / "nocrs.tif"
+    with rasterio.open(nocrs, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8",
+                       transform=rasterio.Affine(1, 0, 0, 0, -1, 8)) as dst:
+        dst.write(np.zeros((1, 8, 8), np.uint8))
+    _assert_one_sentence(run("tile", nocrs, "--labels", s.labels, "-o", tmp_path / "a"), "has no CRS")
+    # corrupt imagery
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"garbage")
+    _assert_one_sentence(run("tile", bad, "--labels", s.labels, "-o", tmp_path / "b"), "not a readable raster")
+    # empty labels
+    empty = tmp_path / "empty.geojson"
+    empty.write_text('{"type": "FeatureCollection", "features": []}')
+    _assert_one_sentence(run("tile", s.path, "--labels", empty, "-o", tmp_path / "c"), "holds no features")
+    # missing class field
+    _assert_one_sentence(
+        run("tile", s.path, "--labels", s.labels, "--class-field", "kind", "-o", tmp_path / "d"), "no field 'kind'"
+    )
+    # non-empty output folder
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    _assert_one_sentence(run("tile", s.path, "--labels", s.labels, "-o", full), "not empty")
+    # bad band list
+    _assert_one_sentence(run("tile", s.path, "--labels", s.labels, "--bands", "1,x", "-o", tmp_path / "e"), "bands")
+    _assert_one_sentence(run("tile", s.path, "--labels", s.labels, "--bands", "1,9", "-o", tmp_path / "f"), "band")
+    for name in "abcdef":
+        assert not (tmp_path / name).exists()
+
+
+def test_labels_without_crs_and_outside(make_scene_files, tmp_path):
+    import geopandas as gpd
+
+    s = make_scene_files(256, 256)
+    frame = gpd.read_file(s.labels)
+    nocrs = tmp_path / "nocrs.shp"  # a shapefile without .prj has no CRS
+    frame.set_crs(None, allow_override=True).to_file(nocrs)
+    _assert_one_sentence(run("tile", s.path, "--labels", nocrs, "-o", tmp_path / "a"), "CRS")
+    far = tmp_path / "far.geojson"
+    frame.set_geometry(frame.translate(xoff=2.0)).to_file(far)
+    _assert_one_sentence(run("tile", s.path, "--labels", far, "-o", tmp_path / "b"), f"0 of {len(frame)} inside")

@@ -1,0 +1,112 @@
+"""Labels: any format and CRS, reprojected, checked, turned into pixel boxes."""
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+
+from geodet.errors import GeodetError
+from geodet.raster import open_scene
+from geodet.vector import check_labels_inside, labels_for_scene, read_labels, write_vector
+
+
+@pytest.mark.parametrize("label_ext", [".geojson", ".gpkg", ".shp"])
+def test_wgs84_labels_land_on_known_pixel_boxes(make_scene_files, label_ext):
+    s = make_scene_files(300, 300, label_ext=label_ext)
+    labels = read_labels(s.labels)
+    boxes = labels_for_scene(labels, open_scene(s.path)).boxes_px
+    assert len(boxes) == len(s.scene.boxes_px)
+    # match each generated box to the nearest read box; within 1 px
+    for b in s.scene.boxes_px:
+        err = np.abs(boxes - b).max(axis=1).min()
+        assert err < 1.0
+
+
+def test_rotated_scene_labels(make_scene_files):
+    s = make_scene_files(200, 200, rotation_deg=20.0)
+    boxes = labels_for_scene(read_labels(s.labels), open_scene(s.path)).boxes_px
+    for b in s.scene.boxes_px:
+        assert np.abs(boxes - b).max(axis=1).min() < 1.0
+
+
+def test_points_become_boxes_of_given_metres(make_scene_files):
+    s = make_scene_files(200, 200, kind="point")
+    info = open_scene(s.path)
+    boxes = labels_for_scene(read_labels(s.labels), info, point_size_m=4.0).boxes_px
+    assert len(boxes) == len(s.scene.boxes_px)
+    np.testing.assert_allclose(boxes[:, 2] - boxes[:, 0], 4.0 / 0.4, atol=0.05)
+    np.testing.assert_allclose(boxes[:, 3] - boxes[:, 1], 4.0 / 0.4, atol=0.05)
+
+
+def test_class_field(make_scene_files, tmp_path):
+    s = make_scene_files(256, 256)
+    assert read_labels(s.labels).class_names == ("pool",)
+    with pytest.raises(GeodetError, match="no field 'kind'"):
+        read_labels(s.labels, class_field="kind")
+    s2 = make_scene_files(256, 256, class_field=None, name="noclass")
+    assert read_labels(s2.labels).class_names == ("object",)
+
+
+def test_empty_and_crsless_files(tmp_path):
+    empty = tmp_path / "empty.geojson"
+    empty.write_text('{"type": "FeatureCollection", "features": []}')
+    with pytest.raises(GeodetError, match="holds no features"):
+        read_labels(str(empty))
+    nocrs = tmp_path / "nocrs.gpkg"
+    gpd.GeoDataFrame({"class": ["a"]}, geometry=[shapely.box(0, 0, 1, 1)]).to_file(nocrs)
+    with pytest.raises(GeodetError, match="has no CRS"):
+        read_labels(str(nocrs))
+    bad = tmp_path / "bad.geojson"
+    bad.write_text("{ not json")
+    with pytest.raises(GeodetError, match="not a readable vector file"):
+        read_labels(str(bad))
+
+
+def test_invalid_geometries_are_repaired(tmp_path, caplog):
+    bowtie = shapely.Polygon([(0, 0), (10, 10), (10, 0), (0, 10), (0, 0)])
+    assert not bowtie.is_valid
+    path = tmp_path / "bowtie.gpkg"
+    gpd.GeoDataFrame({"class": ["a", "a"]}, geometry=[bowtie, shapely.box(0, 0, 2, 2)], crs="EPSG:32611").to_file(path)
+    labels = read_labels(str(path))
+    assert labels.frame.geometry.is_valid.all() and len(labels.frame) == 2
+    assert "repaired" in caplog.text
+
+
+def test_labels_outside_the_scene_say_how_many(make_scene_files, tmp_path):
+    s = make_scene_files(128, 128)
+    far = gpd.read_file(s.labels).translate(xoff=1.0)  # one degree east
+    path = tmp_path / "far.geojson"
+    gpd.GeoDataFrame({"class": ["pool"] * len(far)}, geometry=far.values, crs="EPSG:4326").to_file(path)
+    labels = read_labels(str(path))
+    per = [labels_for_scene(labels, open_scene(s.path))]
+    with pytest.raises(GeodetError, match=rf"0 of {len(labels.frame)} inside"):
+        check_labels_inside(labels, per, [s.path])
+
+
+def test_write_vector_formats_and_crs(tmp_path):
+    frame = gpd.GeoDataFrame(
+        {"class": ["pool"], "score": [0.9], "scene": ["s.tif"]},
+        geometry=[shapely.box(500000, 3760000, 500004, 3760004)], crs="EPSG:32611",
+    )
+    for ext, epsg in ((".geojson", 4326), (".gpkg", 32611), (".shp", 32611), (".parquet", 32611)):
+        out = tmp_path / f"d{ext}"
+        write_vector(frame, str(out))
+        back = gpd.read_parquet(out) if ext == ".parquet" else gpd.read_file(out)
+        assert back.crs.to_epsg() == epsg and len(back) == 1
+        with pytest.raises(GeodetError, match="already exists"):
+            write_vector(frame, str(out))
+    assert not list(tmp_path.glob(".geodet-*"))  # no temp leftovers
+    with pytest.raises(GeodetError, match="output format"):
+        write_vector(frame, str(tmp_path / "d.txt"))
+
+
+def test_write_empty_frame_keeps_schema(tmp_path):
+    from geodet.detection import empty_frame
+
+    for ext in (".geojson", ".gpkg", ".shp", ".parquet"):
+        out = tmp_path / f"empty{ext}"
+        write_vector(empty_frame("EPSG:32611"), str(out))
+        back = gpd.read_parquet(out) if ext == ".parquet" else gpd.read_file(out)
+        assert len(back) == 0
+        if ext != ".geojson":  # GeoJSON has no schema without features
+            assert {"class", "score", "scene"} <= set(back.columns)
