@@ -17,6 +17,10 @@ subprocess so that its peak RSS is its own:
     e  DeepForest ``predict_tile`` (its own RetinaNet class, the same weights),
        run by the DeepForest virtualenv's python given with
        ``--deepforest-python``; skipped without it.
+    f  as (a) with geodet's default ModelConfig (ResNet-18, FPN 128 channels,
+       P3-P7 with COCO anchors).
+    g  as (f) with the levels and anchors ``fit_anchors`` picks for 15-50 px
+       objects (P2-P4; ``--fitted-levels``): the P2 head dominates its cost.
 
 Examples::
 
@@ -56,7 +60,12 @@ VARIANTS = {
     "c": "naive loop, batched",
     "d": "geodet network only (floor)",
     "e": "DeepForest predict_tile",
+    "f": "geodet detect, default model",
+    "g": "geodet detect, default, fitted",
 }
+
+#: The geodet model file each variant runs (b, c and e run its torchvision copy).
+VARIANT_MODEL = {"a": "r50", "b": "r50", "c": "r50", "d": "r50", "e": "r50", "f": "default", "g": "fitted"}
 
 #: Class-logit bias of ``--dense`` models: every anchor scores ~0.88, so every
 #: chip returns its maximum number of detections (stress on NMS and stitching).
@@ -90,6 +99,33 @@ def rss_mb() -> float:
     return float("nan")
 
 
+def cpu_s() -> float:
+    """CPU seconds (user + system, all threads) this process has used so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class RssTrace:
+    """Samples this process's RSS (MiB) every ``every_s`` seconds in a daemon thread."""
+
+    def __init__(self, every_s: float = 1.0) -> None:
+        import threading
+
+        self.samples: List[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every_s,), daemon=True)
+        self._thread.start()
+
+    def _run(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            self.samples.append(round(rss_mb(), 1))
+
+    def stop(self) -> List[float]:
+        self._stop.set()
+        self._thread.join()
+        return self.samples
+
+
 class Clock:
     """Wall-clock timer that waits for queued CUDA work before reading the clock."""
 
@@ -102,6 +138,10 @@ class Clock:
 
             torch.cuda.synchronize()
         return time.perf_counter()
+
+    def span(self):
+        """``(wall s, cpu s)`` now; subtract two spans for the time between them."""
+        return self.now(), cpu_s()
 
 
 # --------------------------------------------------------------------------- scenes and model
@@ -177,27 +217,11 @@ def geodet_to_torchvision(state: Dict) -> Dict:
     return out
 
 
-def make_models(workdir: Path, scene: Path, args) -> Dict[str, str]:
-    """Save the seeded random ResNet-50-FPN as a geodet model file and, under
-    torchvision's names, as a plain state dict; return their paths."""
-    import torch
-    import torchvision
-
-    from geodet.config import ModelConfig
-    from geodet.model import build_model
+def _save(path: Path, net, cfg, info, args) -> str:
     from geodet.modelfile import save_model
-    from geodet.raster import open_scene
 
-    info = open_scene(str(scene))
-    torch.manual_seed(args.seed)
-    cfg = ModelConfig(backbone_depth=50, fpn_channels=256, num_classes=1, in_channels=info.count)
-    net = build_model(cfg).eval()
-    if args.dense:
-        with torch.no_grad():
-            net.head.cls_logits.bias.fill_(DENSE_BIAS)
-    model_path = workdir / "r50_fpn.pt"
     save_model(
-        model_path,
+        path,
         net,
         model_config=cfg,
         class_names=["object"],
@@ -209,33 +233,62 @@ def make_models(workdir: Path, scene: Path, args) -> Dict[str, str]:
         gsd=info.gsd,
         dtype=info.dtype,
     )
-    tv_state = geodet_to_torchvision(net.state_dict())
-    tv_net = torchvision.models.detection.retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=1)
-    tv_net.load_state_dict(tv_state, strict=True)  # proves the two networks are the same
-    tv_path = workdir / "r50_fpn_torchvision.pt"
-    torch.save(tv_state, tv_path)
-    return {"model": str(model_path), "tv_state": str(tv_path)}
+    return str(path)
 
 
-def make_memory_model(workdir: Path, gsd: float, args) -> str:
-    """A small ResNet-18 geodet model file for the memory-scaling runs."""
+def _build(cfg, args):
     import torch
 
-    from geodet.config import AnchorConfig, ModelConfig
     from geodet.model import build_model
-    from geodet.modelfile import save_model
 
     torch.manual_seed(args.seed)
+    net = build_model(cfg).eval()
+    if args.dense:
+        with torch.no_grad():
+            net.head.cls_logits.bias.fill_(DENSE_BIAS)
+    return net
+
+
+def make_models(workdir: Path, scene: Path, args) -> Dict[str, str]:
+    """Save the seeded random models as geodet model files and the ResNet-50-FPN,
+    under torchvision's names, as a plain state dict; return their paths."""
+    import torch
+    import torchvision
+
+    from geodet.config import AnchorConfig, ModelConfig
+    from geodet.raster import open_scene
+
+    info = open_scene(str(scene))
+    paths = {}
+    if any(VARIANT_MODEL[v] == "r50" for v in args.variants):
+        cfg = ModelConfig(backbone_depth=50, fpn_channels=256, num_classes=1, in_channels=info.count)
+        net = _build(cfg, args)
+        paths["r50"] = _save(workdir / "r50_fpn.pt", net, cfg, info, args)
+        tv_state = geodet_to_torchvision(net.state_dict())
+        tv_net = torchvision.models.detection.retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=1)
+        tv_net.load_state_dict(tv_state, strict=True)  # proves the two networks are the same
+        paths["tv_state"] = str(workdir / "r50_fpn_torchvision.pt")
+        torch.save(tv_state, paths["tv_state"])
+    if "f" in args.variants:
+        cfg = ModelConfig(in_channels=info.count)
+        paths["default"] = _save(workdir / "default.pt", _build(cfg, args), cfg, info, args)
+    if "g" in args.variants:
+        levels = args.fitted_levels
+        anchors = AnchorConfig(sizes=tuple(4.0 * 2 ** lv for lv in levels), scales=(1.0,), ratios=(1.0,))
+        cfg = ModelConfig(in_channels=info.count, levels=levels, anchors=anchors)
+        paths["fitted"] = _save(workdir / "default_fitted.pt", _build(cfg, args), cfg, info, args)
+    return paths
+
+
+def make_memory_model(workdir: Path, scene: Path, args) -> str:
+    """A small ResNet-18 geodet model file for the memory-scaling runs."""
+    from geodet.config import AnchorConfig, ModelConfig
+    from geodet.raster import open_scene
+
     cfg = ModelConfig(
         backbone_depth=18, fpn_channels=32, head_convs=1, levels=(3, 4, 5), anchors=AnchorConfig(sizes=(16.0, 32.0, 64.0))
     )
-    net = build_model(cfg).eval()
-    path = workdir / "r18_tiny.pt"
-    save_model(
-        path, net, model_config=cfg, class_names=["object"], bands=[1, 2, 3], band_mean=[127.5] * 3,
-        band_std=[73.9] * 3, chip_size=args.chip_size, overlap=args.overlap, gsd=gsd, dtype="uint8",
-    )
-    return str(path)
+    return _save(workdir / "r18_tiny.pt", _build(cfg, args), cfg, open_scene(str(scene)), args)
 
 
 # --------------------------------------------------------------------------- variants (child side)
@@ -253,6 +306,9 @@ def _scene_windows(scene: str, chip: int, overlap: int):
 def variant_a(args) -> dict:
     """geodet.detect with the model file, then write_detections to GeoJSON."""
     import geodet
+    import geodet.model  # noqa: F401 - imported before the clock starts, as (b) and (c) import torchvision
+    import geodet.predict  # noqa: F401
+    import geodet.stitch  # noqa: F401
     from geodet.config import DetectConfig
     from geodet.detection import write_detections
 
@@ -269,7 +325,8 @@ def variant_a(args) -> dict:
         write_detections(frame, str(out), overwrite=True)
         return frame
 
-    t0 = clock.now()
+    trace = RssTrace() if args.rss_trace else None
+    t0, c0 = clock.span()
     if args.profile:
         import cProfile
         import io
@@ -277,16 +334,17 @@ def variant_a(args) -> dict:
 
         prof = cProfile.Profile()
         frame = prof.runcall(work)
-        t1 = clock.now()
+        t1, c1 = clock.span()
         text = io.StringIO()
         pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(40)
-        prof_path = Path(args.workdir) / "profile_a.txt"
+        prof_path = Path(args.workdir) / f"profile_{Path(args.model).stem}.txt"
         prof_path.write_text(text.getvalue())
     else:
         frame = work()
-        t1 = clock.now()
+        t1, c1 = clock.span()
     out.unlink(missing_ok=True)
-    return dict(wall_s=t1 - t0, chips=len(windows), height=h, width=w, input_px=_padded(args.chip_size),
+    extra = {"rss_trace_mb": trace.stop()} if trace else {}
+    return dict(**extra, wall_s=t1 - t0, cpu_s=c1 - c0, chips=len(windows), height=h, width=w, input_px=_padded(args.chip_size),
                 detections=len(frame), workers=cfg.workers)
 
 
@@ -305,7 +363,7 @@ def _naive(args, batch_size: int) -> dict:
     windows, h, w = _scene_windows(args.scene, args.chip_size, args.overlap)
     device = torch.device(args.device)
     clock = Clock(args.device)
-    t0 = clock.now()
+    t0, c0 = clock.span()
     net = torchvision.models.detection.retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=1)
     net.load_state_dict(torch.load(args.tv_state, map_location="cpu", weights_only=True))
     net.eval().to(device)
@@ -327,8 +385,8 @@ def _naive(args, batch_size: int) -> dict:
         boxes = torch.cat(boxes_all)
         keep = batched_nms(boxes, torch.cat(scores_all), torch.cat(labels_all), args.nms_iou)
         n_det = int(keep.numel())
-    t1 = clock.now()
-    return dict(wall_s=t1 - t0, chips=len(windows), height=h, width=w, input_px=input_px, detections=n_det)
+    t1, c1 = clock.span()
+    return dict(wall_s=t1 - t0, cpu_s=c1 - c0, chips=len(windows), height=h, width=w, input_px=input_px, detections=n_det)
 
 
 def variant_b(args) -> dict:
@@ -396,12 +454,12 @@ def variant_d(args) -> dict:
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     clock = Clock(args.device)
     stages = _stage_timers(net, clock)
-    t0 = clock.now()
+    t0, c0 = clock.span()
     with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
         for batch in batches:
             net(batch)
-    t1 = clock.now()
-    return dict(wall_s=t1 - t0, chips=len(windows), height=h, width=w, input_px=_padded(args.chip_size),
+    t1, c1 = clock.span()
+    return dict(wall_s=t1 - t0, cpu_s=c1 - c0, chips=len(windows), height=h, width=w, input_px=_padded(args.chip_size),
                 stages_s={k: round(v, 3) for k, v in stages.items()})
 
 
@@ -458,15 +516,18 @@ padded = net.transform([torch.zeros(3, a.patch_size, a.patch_size)])[0].tensors
 rss_before = peak_rss_mb()
 if cuda:
     torch.cuda.synchronize()
-t0 = time.perf_counter()
+def cpu_s():
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+t0, c0 = time.perf_counter(), cpu_s()
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     result = model.predict_tile(path=a.scene, patch_size=a.patch_size, patch_overlap=a.overlap / a.patch_size,
                                 dataloader_strategy=a.strategy)
 if cuda:
     torch.cuda.synchronize()
-t1 = time.perf_counter()
-json.dump(dict(wall_s=t1 - t0, chips=len(windows), height=height, width=width,
+t1, c1 = time.perf_counter(), cpu_s()
+json.dump(dict(wall_s=t1 - t0, cpu_s=c1 - c0, chips=len(windows), height=height, width=width,
                input_px=f"{padded.shape[-1]}x{padded.shape[-2]}",
                detections=0 if result is None else len(result), peak_rss_mb=peak_rss_mb(),
                rss_after_setup_mb=rss_before, version=deepforest.__version__, strategy=a.strategy),
@@ -475,8 +536,13 @@ json.dump(dict(wall_s=t1 - t0, chips=len(windows), height=height, width=width,
 
 
 def run_child(args) -> None:
-    """Run one variant in this process and write its figures as JSON."""
+    """Run one variant in this process and write its figures as JSON.
+
+    torch and torchvision are imported before any clock starts (importing
+    torchvision.ops pulls in torch._dynamo: seconds that every variant pays).
+    """
     import torch
+    import torchvision.models.detection  # noqa: F401
 
     torch.set_num_threads(args.threads)
     rss_setup = rss_mb()
@@ -490,9 +556,10 @@ def run_child(args) -> None:
 
 
 def _child_command(args, variant: str, scene: str, paths: Dict[str, str], result: Path) -> List[str]:
+    model = paths.get(variant) or paths[VARIANT_MODEL[variant]]
     cmd = [
-        sys.executable, str(Path(__file__).resolve()), "--variant", variant, "--scene", scene,
-        "--model", paths["model"], "--tv-state", paths.get("tv_state", ""), "--workdir", str(args.workdir),
+        sys.executable, str(Path(__file__).resolve()), "--variant", {"f": "a", "g": "a"}.get(variant, variant),
+        "--scene", scene, "--model", model, "--tv-state", paths.get("tv_state", ""), "--workdir", str(args.workdir),
         "--result", str(result), "--chip-size", str(args.chip_size), "--overlap", str(args.overlap),
         "--threads", str(args.threads), "--batch-size", str(args.batch_size), "--device", args.device,
         "--score-threshold", str(args.score_threshold), "--nms-iou", str(args.nms_iou),
@@ -500,7 +567,9 @@ def _child_command(args, variant: str, scene: str, paths: Dict[str, str], result
     ]
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
-    if args.profile and variant == "a":
+    if args.memory_scaling:
+        cmd.append("--rss-trace")
+    if args.profile and variant in ("a", "f", "g"):
         cmd.append("--profile")
     return cmd
 
@@ -538,27 +607,41 @@ def _derive(fig: dict) -> dict:
 
 
 def print_table(results: Dict[str, dict], args) -> None:
-    head = f"{'variant':<34} {'wall s':>8} {'chips':>6} {'chips/s':>8} {'MP/s':>7} {'input px':>9} {'peak RSS MB':>12}"
+    head = (
+        f"{'variant':<34} {'wall s':>7} {'cpu s':>7} {'chips':>6} {'chips/s':>8} {'MP/s':>7} {'input px':>9} "
+        f"{'peak RSS MB':>12}"
+    )
     print(head)
     print("-" * len(head))
     for key, name in VARIANTS.items():
         fig = results.get(key)
         label = f"({key}) {name}"
         if fig is None:
-            print(f"{label:<34} {'skipped':>8}")
+            print(f"{label:<34} {'skipped':>7}")
             continue
         print(
-            f"{label:<34} {fig['wall_s']:8.1f} {fig['chips']:6d} {fig['chips_per_s']:8.3f} {fig['mp_per_s']:7.3f} "
-            f"{fig['input_px']:>9} {fig['peak_rss_mb']:12.0f}"
+            f"{label:<34} {fig['wall_s']:7.1f} {fig['cpu_s']:7.1f} {fig['chips']:6d} {fig['chips_per_s']:8.3f} "
+            f"{fig['mp_per_s']:7.3f} {fig['input_px']:>9} {fig['peak_rss_mb']:12.0f}"
         )
     a = results.get("a")
     if a:
         print()
         for key in "bcde":
-            if results.get(key):
-                print(f"geodet (a) / ({key}) megapixels/s: {a['mp_per_s'] / results[key]['mp_per_s']:.2f}x")
+            other = results.get(key)
+            if other:
+                print(
+                    f"geodet (a) / ({key}) megapixels/s: {a['mp_per_s'] / other['mp_per_s']:.2f}x by wall time, "
+                    f"{other['cpu_s'] / a['cpu_s'] * a['scene_mp'] / other['scene_mp']:.2f}x by CPU time"
+                )
         if results.get("d"):
-            print(f"end-to-end wall / pure forward wall (a)/(d): {a['wall_s'] / results['d']['wall_s']:.2f}")
+            d = results["d"]
+            print(f"end to end / pure forward (a)/(d): {a['wall_s'] / d['wall_s']:.2f} by wall time, "
+                  f"{a['cpu_s'] / d['cpu_s']:.2f} by CPU time")
+    e = results.get("e")
+    for key in "fg":
+        if e and results.get(key):
+            print(f"geodet default ({key}) / DeepForest (e) megapixels/s: {results[key]['mp_per_s'] / e['mp_per_s']:.2f}x "
+                  f"by wall time, {e['cpu_s'] / results[key]['cpu_s']:.2f}x by CPU time")
     d = results.get("d")
     if d and d.get("stages_s"):
         total = d["wall_s"]
@@ -580,20 +663,31 @@ def run_throughput(args) -> dict:
         f"{args.threads} torch threads, device {args.device}{', dense detections' if args.dense else ''}",
         flush=True,
     )
+    print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
     results: Dict[str, dict] = {}
     for key in args.variants:
         if key == "e" and not args.deepforest_python:
             print("(e) skipped: no --deepforest-python given", flush=True)
             continue
         print(f"running ({key}) {VARIANTS[key]} ...", flush=True)
-        fig = run_variant(args, key, scene, paths)
+        fig = None
+        for _ in range(args.repeat):  # keep the fastest run: other load on the machine only slows a run down
+            run = run_variant(args, key, scene, paths)
+            if run is not None and (fig is None or run["wall_s"] < fig["wall_s"]):
+                peak = max(run["peak_rss_mb"], fig["peak_rss_mb"]) if fig else run["peak_rss_mb"]
+                fig = dict(run, peak_rss_mb=peak)
         if fig is not None:
             results[key] = _derive(fig)
-            print(f"  {fig['wall_s']:.1f} s, {fig['mp_per_s']:.3f} MP/s, peak RSS {fig['peak_rss_mb']:.0f} MB", flush=True)
+            print(
+                f"  {fig['wall_s']:.1f} s wall, {fig['cpu_s']:.1f} s CPU, {fig['mp_per_s']:.3f} MP/s, "
+                f"peak RSS {fig['peak_rss_mb']:.0f} MB, load average {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
+            fig["load_after"] = os.getloadavg()[0]
     print()
     print_table(results, args)
-    if args.profile and (workdir / "profile_a.txt").exists():
-        print(f"\ncProfile of (a): {workdir / 'profile_a.txt'}")
+    for prof in sorted(workdir.glob("profile_*.txt")) if args.profile else ():
+        print(f"cProfile: {prof}")
     return {"scene": scene, "results": results}
 
 
@@ -608,14 +702,14 @@ def run_memory_scaling(args) -> dict:
                 print(f"writing {path.name} ...", flush=True)
                 write_noise_scene(path, size, size, layout=layout)
             scenes[(layout, size)] = str(path)
-    model = make_memory_model(workdir, 0.4, args)
+    model = make_memory_model(workdir, Path(next(iter(scenes.values()))), args)
     env = dict(os.environ)
     if args.gdal_cachemax is not None:
         env["GDAL_CACHEMAX"] = str(args.gdal_cachemax)
     rows = []
     for (layout, size), scene in scenes.items():
         print(f"running geodet detect on {Path(scene).name} ...", flush=True)
-        fig = run_variant(args, "a", scene, {"model": model}, env=env)
+        fig = run_variant(args, "a", scene, {"a": model}, env=env)
         if fig is None:
             continue
         fig = _derive(fig)
@@ -623,11 +717,14 @@ def run_memory_scaling(args) -> dict:
         rows.append(fig)
         print(f"  {fig['wall_s']:.1f} s, peak RSS {fig['peak_rss_mb']:.0f} MB", flush=True)
     print()
-    print(f"{'scene':<22} {'wall s':>8} {'chips':>6} {'MP/s':>7} {'peak RSS MB':>12} {'after imports MB':>17}")
+    print(f"{'scene':<22} {'wall s':>8} {'chips':>6} {'MP/s':>7} {'peak RSS MB':>12} {'after imports MB':>17}  "
+          "RSS MB at 25/50/75/100% of the run")
     for fig in rows:
         name = f"{fig['size']}x{fig['size']} {fig['layout']}"
+        trace = fig.get("rss_trace_mb") or [float("nan")]
+        quarters = "/".join(f"{trace[min(len(trace) - 1, int(q * len(trace)))]:.0f}" for q in (0.25, 0.5, 0.75, 1.0))
         print(f"{name:<22} {fig['wall_s']:8.1f} {fig['chips']:6d} {fig['mp_per_s']:7.2f} {fig['peak_rss_mb']:12.0f} "
-              f"{fig['rss_after_imports_mb']:17.0f}")
+              f"{fig['rss_after_imports_mb']:17.0f}  {quarters}")
     for layout in args.layouts:
         small = next((f for f in rows if f["layout"] == layout and f["size"] == sizes[0]), None)
         big = next((f for f in rows if f["layout"] == layout and f["size"] == sizes[1]), None)
@@ -649,12 +746,14 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--score-threshold", type=float, default=0.3)
     p.add_argument("--nms-iou", type=float, default=0.5)
-    p.add_argument("--variants", default="abcde", help="which of a-e to run, e.g. 'ad'")
+    p.add_argument("--variants", default="abcdefg", help="which of a-g to run, e.g. 'ad'")
+    p.add_argument("--fitted-levels", default="2,3,4", help="pyramid levels of the (g) model")
     p.add_argument("--deepforest-python", help="python of a virtualenv with deepforest installed; enables (e)")
     p.add_argument("--deepforest-strategy", default="single", choices=["single", "window", "batch"],
                    help="predict_tile dataloader_strategy (default: DeepForest's own default)")
     p.add_argument("--dense", action="store_true", help="bias the classifier so every chip returns its maximum detections")
     p.add_argument("--quick", action="store_true", help="small scene for a smoke run")
+    p.add_argument("--repeat", type=int, default=1, help="runs per variant; the fastest is reported")
     p.add_argument("--memory-scaling", action="store_true", help="peak RSS of geodet detect on 3000 vs 12000 px scenes")
     p.add_argument("--layouts", default="striped,tiled", help="GeoTIFF layouts for --memory-scaling")
     p.add_argument("--gdal-cachemax", type=int, help="GDAL_CACHEMAX (MB) in the --memory-scaling runs")
@@ -666,6 +765,7 @@ def parse_args(argv=None):
     # child-process options
     p.add_argument("--variant", choices=list("abcd"), help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--rss-trace", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tv-state", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -673,8 +773,9 @@ def parse_args(argv=None):
         args.size = 960 if args.quick else (8192 if args.device.startswith("cuda") else 2048)
     bad = set(args.variants) - set(VARIANTS)
     if bad:
-        p.error(f"unknown variant(s) {''.join(sorted(bad))}; choose from abcde")
+        p.error(f"unknown variant(s) {''.join(sorted(bad))}; choose from {''.join(VARIANTS)}")
     args.variants = [v for v in VARIANTS if v in args.variants]
+    args.fitted_levels = tuple(int(v) for v in args.fitted_levels.split(","))
     args.layouts = [s.strip() for s in args.layouts.split(",") if s.strip()]
     return args
 

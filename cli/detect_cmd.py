@@ -43,6 +43,10 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
         from geodet.vector import check_output_path
 
         check_output_path(out, overwrite=overwrite)
+        if quicklook:
+            from geodet.plot import check_png_path
+
+            check_png_path(quicklook, overwrite=overwrite)
         paths = expand_scenes(list(scenes))
         cfg = DetectConfig(batch_size=batch_size, overlap=overlap, score_threshold=score_threshold,
                            nms_iou=nms_iou, device=device, workers=workers)

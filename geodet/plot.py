@@ -113,6 +113,7 @@ def _snap_window(src, window) -> "Window":
 
     if window is None:
         return Window(0, 0, src.width, src.height)
+    given = window
     if not isinstance(window, Window):
         try:
             left, bottom, right, top = (float(v) for v in window)
@@ -130,7 +131,7 @@ def _snap_window(src, window) -> "Window":
     r1 = math.ceil(window.row_off + window.height - eps)
     c0, r0, c1, r1 = max(c0, 0), max(r0, 0), min(c1, src.width), min(r1, src.height)
     if c1 <= c0 or r1 <= r0:
-        raise GeodetError(f"the window {window!r} does not overlap the scene {src.name}.")
+        raise GeodetError(f"the window {given!r} does not overlap the scene {src.name}.")
     return Window(c0, r0, c1 - c0, r1 - r0)
 
 
@@ -378,7 +379,7 @@ def plot_object_sizes(
     anchors=None,
     coco: bool = True,
     ax=None,
-    bins: int = 40,
+    bins: int = 30,
 ):
     """Histogram of object sizes ``sqrt(w * h)`` (px) with anchor sizes as vertical lines.
 
@@ -438,7 +439,10 @@ def plot_object_sizes(
     ax.set_xscale("log")
     ax.set_xlim(min(lines) / 1.3, max(lines) * 1.3)
     ax.set_xlabel("object size sqrt(w * h) (px)")
-    ax.set_ylabel("objects" if report is None else "")
+    if report is None:
+        ax.set_ylabel("objects")
+    else:
+        ax.set_yticks([])  # a report holds quantiles only: no counts to show
     ax.set_title("Object sizes and anchor sizes")
     ax.legend(fontsize=8, loc="upper right")
     return ax
@@ -521,7 +525,7 @@ def quicklook(
             missing, unreadable scene, detections without CRS.
     """
     out = os.fspath(out_png)
-    _check_out_path(out, overwrite=overwrite)
+    check_png_path(out, overwrite=overwrite)
     rgba = quicklook_array(scene_path, detections, max_px=max_px, bands=bands)
 
     def write(fh) -> None:
@@ -608,7 +612,13 @@ def _hex_to_rgba(color: str) -> Tuple[int, int, int, int]:
 # --------------------------------------------------------------------------- files
 
 
-def _check_out_path(path: str, *, overwrite: bool) -> None:
+def check_png_path(path: Union[str, os.PathLike], *, overwrite: bool = False) -> None:
+    """Refuse an existing ``path`` without ``overwrite`` and a missing folder (call before long work).
+
+    Raises:
+        GeodetError: with one sentence saying which.
+    """
+    path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
         raise GeodetError(f"{path} already exists; choose another name or pass --overwrite.")
     folder = os.path.dirname(os.path.abspath(path))

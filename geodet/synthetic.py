@@ -42,7 +42,7 @@ from geodet.errors import GeodetError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SyntheticScene", "make_scene", "write_scene", "label_frame", "write_labels"]
+__all__ = ["SyntheticScene", "make_scene", "scene_transform", "write_scene", "label_frame", "write_labels"]
 
 Rect = Tuple[float, float, float, float]  # x0, y0, x1, y1 in scene pixels
 
@@ -102,7 +102,7 @@ _CARS = np.array(
     ],
     np.float32,
 )
-_CAR_WEIGHTS = np.array([0.24, 0.2, 0.16, 0.18, 0.07, 0.07, 0.04, 0.04])
+_CAR_CUMULATIVE = np.cumsum([0.24, 0.2, 0.16, 0.18, 0.07, 0.07, 0.04, 0.04])  # colour frequencies
 _SHADOW = np.array([0.50, 0.52, 0.56, 0.62], np.float32)  # multiplicative darkening
 
 # Occupancy bits of the layout grid.
@@ -156,12 +156,20 @@ def _rect_alpha(rect: Rect) -> Tuple[int, int, np.ndarray]:
     Returns ``(row0, col0, alpha [h, w] float32)`` for the pixel window touched.
     """
     x0, y0, x1, y1 = rect
-    c0, c1, r0, r1 = math.floor(x0), math.ceil(x1), math.floor(y0), math.ceil(y1)
-    cols = np.arange(c0, c1, dtype=np.float64)
-    rows = np.arange(r0, r1, dtype=np.float64)
-    ax = np.clip(np.minimum(cols + 1, x1) - np.maximum(cols, x0), 0, 1)
-    ay = np.clip(np.minimum(rows + 1, y1) - np.maximum(rows, y0), 0, 1)
-    return r0, c0, np.outer(ay, ax).astype(np.float32)
+    c0, r0 = math.floor(x0), math.floor(y0)
+    return r0, c0, np.outer(_coverage_1d(y0, y1, r0), _coverage_1d(x0, x1, c0)).astype(np.float32)
+
+
+def _coverage_1d(a: float, b: float, first: int) -> np.ndarray:
+    """Covered length of each unit cell ``[first + i, first + i + 1]`` by ``[a, b]``."""
+    n = max(math.ceil(b) - first, 1)
+    cover = np.ones(n)
+    if n == 1:
+        cover[0] = b - a
+    else:
+        cover[0] = first + 1 - a
+        cover[-1] = b - (first + n - 1)
+    return cover
 
 
 def _ellipse_alpha(rect: Rect, window: Optional[Tuple[int, int, int, int]] = None, samples: int = 4):
@@ -354,10 +362,17 @@ class _Planner:
             self.occ[r0:r1, c0:c1] |= bit
 
     # -- roads and blocks
-    def road_lines(self, length: int, period_mean: float, jitter: float) -> List[float]:
-        """Start coordinates of roads across one axis, covering beyond both ends."""
+    def road_lines(self, length: int, period_mean: float, jitter: float, road_w: float) -> List[float]:
+        """Start coordinates of roads across one axis, covering beyond both ends.
+
+        A scene shorter than one block along this axis is put inside a block,
+        around its middle (the back yards), so that small scenes hold objects.
+        """
         starts = []
-        pos = -self.rng.uniform(0.2, 0.9) * period_mean
+        u = self.rng.uniform(0.2, 0.9)
+        if length < period_mean - road_w:
+            u = (period_mean + road_w - length) / (2 * period_mean) + (u - 0.55) * (1 - length / period_mean) / 2
+        pos = -u * period_mean
         while pos < length + period_mean:
             starts.append(pos)
             pos += period_mean + self.rng.uniform(-jitter, jitter)
@@ -367,8 +382,8 @@ class _Planner:
         s = self.scale
         road_w = round(20 * s)
         lot_d = 94 * s
-        h_starts = self.road_lines(self.H, 2 * lot_d + road_w, 8 * s)
-        v_starts = self.road_lines(self.W, self.rng.uniform(5.0, 7.0) * 46 * s + road_w, 60 * s)
+        h_starts = self.road_lines(self.H, 2 * lot_d + road_w, 8 * s, road_w)
+        v_starts = self.road_lines(self.W, self.rng.uniform(5.0, 7.0) * 46 * s + road_w, 60 * s, road_w)
         h_roads = [(0.0, float(y), float(self.W), float(y + road_w)) for y in h_starts]
         v_roads = [(float(x), 0.0, float(x + road_w), float(self.H)) for x in v_starts]
         for rect in h_roads + v_roads:
@@ -651,7 +666,7 @@ class _Planner:
     def _car(self, rect: Rect, along_x: bool) -> bool:
         if not self.free(rect, _OCC_CAR | _OCC_CURVE | _OCC_POOL, 0.0, inside=1.0):
             return False
-        colour = _CARS[self.rng.choice(len(_CARS), p=_CAR_WEIGHTS / _CAR_WEIGHTS.sum())]
+        colour = _CARS[np.searchsorted(_CAR_CUMULATIVE, self.rng.random() * _CAR_CUMULATIVE[-1], side="right")]
         colour = (colour * self.rng.uniform(0.92, 1.06)).astype(np.float32)
         self.out.cars.append((rect, colour, along_x))
         self.mark(rect, _OCC_CAR)

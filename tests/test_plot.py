@@ -21,6 +21,7 @@ from geodet.plot import (
     CLASS_COLORS,
     DETECTION_COLOR,
     anchor_sizes_px,
+    check_png_path,
     decimated_shape,
     display_bands,
     plot_object_sizes,
@@ -211,6 +212,11 @@ def test_quicklook_png_has_max_side_and_refuses_overwrite(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["look.png", "scene.tif"]  # no temporary file left
     with pytest.raises(GeodetError, match="does not exist"):
         quicklook(path, dets, tmp_path / "missing" / "look.png")
+    # the check the CLI runs before detecting
+    with pytest.raises(GeodetError, match="already exists"):
+        check_png_path(out)
+    check_png_path(out, overwrite=True)
+    check_png_path(tmp_path / "new.png")
 
 
 def test_quicklook_boxes_sit_on_scaled_pixel_boxes(tmp_path):

@@ -1,0 +1,281 @@
+"""The synthetic scene generator: determinism, labels, bands, nodata, GeoTIFF and label files."""
+
+import warnings
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from affine import Affine
+
+from geodet.errors import GeodetError
+from geodet.synthetic import label_frame, make_scene, write_labels, write_scene
+
+CRS = "EPSG:32611"
+
+
+@pytest.fixture(scope="module")
+def easy():
+    return make_scene(1024, 1024, seed=0)
+
+
+@pytest.fixture(scope="module")
+def hard():
+    return make_scene(512, 512, seed=1, difficulty="hard")
+
+
+def _to_pixel(geoms, transform):
+    """World geometries -> pixel space through the inverse affine."""
+    inv = ~transform
+
+    def f(xy):
+        return np.column_stack([inv.a * xy[:, 0] + inv.b * xy[:, 1] + inv.c, inv.d * xy[:, 0] + inv.e * xy[:, 1] + inv.f])
+
+    return shapely.transform(np.asarray(geoms), f)
+
+
+def _overlap_area(a, b):
+    """Pairwise intersection areas of xyxy boxes a [N, 4] and b [M, 4]."""
+    w = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    h = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    return np.clip(w, 0, None) * np.clip(h, 0, None)
+
+
+# ----------------------------------------------------------------------------- determinism
+@pytest.mark.parametrize("difficulty", ["easy", "hard"])
+def test_same_seed_gives_identical_scene(difficulty):
+    a = make_scene(256, 320, seed=7, difficulty=difficulty)
+    b = make_scene(256, 320, seed=7, difficulty=difficulty)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.boxes_px, b.boxes_px)
+    np.testing.assert_array_equal(a.classes, b.classes)
+    c = make_scene(256, 320, seed=8, difficulty=difficulty)
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_rgb_does_not_depend_on_band_count():
+    rgb = make_scene(200, 200, seed=3, difficulty="hard")
+    rgbn = make_scene(200, 200, seed=3, difficulty="hard", bands=4)
+    np.testing.assert_array_equal(rgbn.image[:3], rgb.image)
+    np.testing.assert_array_equal(rgbn.boxes_px, rgb.boxes_px)
+
+
+# ----------------------------------------------------------------------------- labels
+def test_easy_density_and_classes(easy):
+    assert easy.image.shape == (3, 1024, 1024) and easy.image.dtype == np.uint8
+    assert 150 <= len(easy.boxes_px) <= 250
+    assert set(easy.classes) == {"pool"}
+    assert len(easy.distractors_px) > 0  # blue roofs
+    assert not easy.occluded.any()
+    sparse = make_scene(512, 512, seed=0, density=0.3)
+    dense = make_scene(512, 512, seed=0, density=1.0)
+    assert len(sparse.boxes_px) < 0.6 * len(dense.boxes_px)
+
+
+def test_small_scenes_hold_objects():
+    """A scene smaller than a block is placed over back yards, so it is never empty."""
+    for seed in range(4):
+        assert len(make_scene(96, 128, seed=seed).boxes_px) >= 2
+
+
+@pytest.mark.parametrize("which", ["easy", "hard"])
+def test_boxes_inside_scene_and_not_overlapping(which, request):
+    scene = request.getfixturevalue(which)
+    b = scene.boxes_px
+    assert b.dtype == np.float64 and b.shape == (len(scene.classes), 4) == (len(scene.polygons_px), 4)
+    assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all()
+    assert (b[:, 2] <= scene.width).all() and (b[:, 3] <= scene.height).all()
+    assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
+    overlap = _overlap_area(b, b)
+    np.fill_diagonal(overlap, 0)
+    assert overlap.max() == 0  # no two objects (pools, cars) overlap
+    np.testing.assert_array_equal(np.array([p.bounds for p in scene.polygons_px]), b)
+
+
+def test_pool_sizes_follow_object_size(easy, hard):
+    for scene, (lo, hi) in ((easy, (8, 30)), (hard, (6, 20))):
+        pools = scene.boxes_px[scene.classes == "pool"]
+        w, h = pools[:, 2] - pools[:, 0], pools[:, 3] - pools[:, 1]
+        assert w.min() >= lo - 1e-9 and h.min() >= lo - 1e-9
+        assert w.max() <= hi + 1e-9 and h.max() <= hi + 1e-9
+        assert (w / h).min() >= 0.5 - 1e-9 and (w / h).max() <= 2 + 1e-9
+    big = make_scene(300, 300, seed=2, object_size_px=(20, 40))
+    sides = np.concatenate([big.boxes_px[:, 2] - big.boxes_px[:, 0], big.boxes_px[:, 3] - big.boxes_px[:, 1]])
+    assert len(big.boxes_px) and sides.min() >= 20 - 1e-9 and sides.max() <= 40 + 1e-9
+
+
+def test_boxes_sit_on_the_drawn_pools(easy):
+    """Water at the centre, light rim just inside each side, untouched ground just outside."""
+    img = easy.image.astype(int)
+    H, W = easy.height, easy.width
+    for (x0, y0, x1, y1), poly in zip(easy.boxes_px, easy.polygons_px):
+        cx, cy = int((x0 + x1) / 2), int((y0 + y1) / 2)
+        r, g, b = img[:, cy, cx]
+        assert b > r + 60, "pool centre is not water"
+        c0, r0, c1, r1 = int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1))
+        ring = np.concatenate(
+            [
+                img[:, max(r0 - 1, 0), c0:c1],
+                img[:, min(r1, H - 1), c0:c1],
+                img[:, r0:r1, max(c0 - 1, 0)],
+                img[:, r0:r1, min(c1, W - 1)],
+            ],
+            axis=1,
+        )
+        assert not ((ring[2] > ring[0] + 60) | (ring.min(axis=0) > 200)).any(), "pool pixels outside its box"
+        if len(poly.exterior.coords) == 5:  # rectangle: a light rim lies along each side, inside the box
+            centre = img[:, cy, cx].min()
+            f, g = int(np.floor(x0)), int(np.ceil(x1)) - 1
+            t, u = int(np.floor(y0)), int(np.ceil(y1)) - 1
+            sides = [  # (two pixels just inside the side, the pixel just outside)
+                ((img[:, cy, f], img[:, cy, f + 1]), img[:, cy, f - 1]),
+                ((img[:, cy, g], img[:, cy, g - 1]), img[:, cy, g + 1]),
+                ((img[:, t, cx], img[:, t + 1, cx]), img[:, t - 1, cx]),
+                ((img[:, u, cx], img[:, u - 1, cx]), img[:, u + 1, cx]),
+            ]
+            for inside, outside in sides:
+                assert max(p.min() for p in inside) > max(outside.min(), centre) + 20, "no rim at the box edge"
+
+
+def test_hard_scene_content(hard):
+    assert set(hard.classes) == {"pool", "car"}
+    pools = hard.classes == "pool"
+    assert 0.2 <= hard.occluded[pools].mean() <= 0.5  # about a third under tree crowns
+    assert not hard.occluded[~pools].any()
+    assert len(hard.distractors_px) > 0  # tarps, blue roofs
+    cars = hard.boxes_px[~pools]
+    w, h = cars[:, 2] - cars[:, 0], cars[:, 3] - cars[:, 1]
+    short, long = np.minimum(w, h), np.maximum(w, h)
+    assert short.min() >= 4.3 and short.max() <= 5.5 and long.min() >= 8.9 and long.max() <= 11.1
+    assert (w > h).any() and (h > w).any()  # both orientations
+    # dense rows: many cars have a neighbour 0.5-1 px away along their long side
+    gx = np.maximum(cars[None, :, 0] - cars[:, None, 2], cars[:, None, 0] - cars[None, :, 2])
+    gy = np.maximum(cars[None, :, 1] - cars[:, None, 3], cars[:, None, 1] - cars[None, :, 3])
+    touching = ((gx >= 0.49) & (gx <= 1.01) & (gy < 0)) | ((gy >= 0.49) & (gy <= 1.01) & (gx < 0))
+    assert touching.any(axis=1).mean() > 0.3
+
+
+# ----------------------------------------------------------------------------- bands, dtypes, nodata
+@pytest.mark.parametrize(
+    "bands, dtype, lo, hi",
+    [(1, "uint8", 1, 255), (3, "uint16", 40, 4040), (4, "float32", 0.0, 1.0), (6, "uint8", 1, 255), (2, "uint16", 40, 4040)],
+)
+def test_bands_and_dtypes(bands, dtype, lo, hi):
+    scene = make_scene(128, 160, seed=4, bands=bands, dtype=dtype)
+    assert scene.image.shape == (bands, 128, 160) and scene.image.dtype == np.dtype(dtype)
+    assert scene.image.min() >= lo and scene.image.max() <= hi
+    assert len(scene.band_names) == bands and scene.nodata is None and scene.valid.all()
+
+
+def test_nir_bright_vegetation_dark_water():
+    scene = make_scene(512, 512, seed=0, bands=4, dtype="float32")
+    red, nir = scene.image[0], scene.image[3]
+    centres = ((scene.boxes_px[:, :2] + scene.boxes_px[:, 2:]) / 2).astype(int)
+    water_nir = nir[centres[:, 1], centres[:, 0]]
+    assert np.median(water_nir) < 0.1 < 0.4 < np.median(nir)  # grass dominates the scene
+    assert (water_nir < red[centres[:, 1], centres[:, 0]]).all()
+
+
+@pytest.mark.parametrize("dtype, nodata_value", [("uint8", None), ("uint16", None), ("float32", None), ("float32", -9999.0)])
+def test_nodata_region(dtype, nodata_value):
+    plain = make_scene(300, 400, seed=5, dtype=dtype, difficulty="hard")
+    scene = make_scene(300, 400, seed=5, dtype=dtype, difficulty="hard", nodata_region=True, nodata_value=nodata_value)
+    assert 0.55 <= scene.valid.mean() <= 0.75 and not scene.valid[:, -1].any() and scene.valid[:, 0].all()
+    inside = scene.image[:, ~scene.valid]
+    if dtype == "float32" and nodata_value is None:
+        assert np.isnan(scene.nodata) and np.isnan(inside).all()
+    else:
+        expected = 0 if nodata_value is None else nodata_value
+        assert scene.nodata == expected and (inside == expected).all()
+        assert (scene.image[:, scene.valid] != expected).all()
+    assert not np.isnan(scene.image[:, scene.valid]).any()
+    # objects touching the region are removed; the others are the plain scene's objects
+    for x0, y0, x1, y1 in scene.boxes_px:
+        assert scene.valid[int(y0) : int(np.ceil(y1)), int(x0) : int(np.ceil(x1))].all()
+    kept = {tuple(b) for b in plain.boxes_px}
+    assert {tuple(b) for b in scene.boxes_px} <= kept and len(scene.boxes_px) < len(plain.boxes_px)
+
+
+def test_bad_arguments_raise_geodet_error():
+    for kwargs in (
+        dict(bands=0),
+        dict(dtype="int8"),
+        dict(difficulty="medium"),
+        dict(object_size_px=(10, 5)),
+        dict(density=-1),
+    ):
+        with pytest.raises(GeodetError):
+            make_scene(64, 64, **kwargs)
+    with pytest.raises(GeodetError):
+        make_scene(0, 64)
+
+
+# ----------------------------------------------------------------------------- files
+@pytest.mark.parametrize("rotation_deg", [0.0, 17.0], ids=["north-up", "rotated"])
+def test_geotiff_and_geojson_round_trip(tmp_path, rotation_deg):
+    scene = make_scene(300, 260, seed=3, difficulty="hard")
+    tif, labels = tmp_path / "scene.tif", tmp_path / "labels.geojson"
+    transform = write_scene(tif, scene, crs=CRS, rotation_deg=rotation_deg)
+    write_labels(labels, scene, transform, CRS)
+    with rasterio.open(tif) as ds:
+        assert ds.transform.almost_equals(transform) and ds.crs.to_epsg() == 32611
+        assert ds.block_shapes[0] == (256, 256) and ds.profile["compress"] == "deflate"
+        assert ds.nodata is None and ds.descriptions == ("red", "green", "blue")
+        np.testing.assert_array_equal(ds.read(), scene.image)
+    if rotation_deg == 0:
+        assert transform == Affine(0.4, 0, 500000.0, 0, -0.4, 3760000.0)
+    frame = gpd.read_file(labels)
+    assert frame.crs.to_epsg() == 4326
+    assert list(frame["class"]) == list(scene.classes)
+    boxes = shapely.bounds(_to_pixel(frame.to_crs(CRS).geometry.values, transform))
+    np.testing.assert_allclose(boxes, scene.boxes_px, atol=1e-6, rtol=0)
+
+
+def test_point_labels_are_box_centres(tmp_path):
+    scene = make_scene(256, 256, seed=1)
+    transform = write_scene(tmp_path / "s.tif", scene, rotation_deg=-30.0)
+    path = tmp_path / "points.gpkg"
+    write_labels(path, scene, transform, CRS, kind="point", class_field="label")
+    frame = gpd.read_file(path).to_crs(CRS)
+    assert (frame.geom_type == "Point").all() and list(frame["label"]) == list(scene.classes)
+    xy = shapely.get_coordinates(_to_pixel(frame.geometry.values, transform))
+    centres = (scene.boxes_px[:, :2] + scene.boxes_px[:, 2:]) / 2
+    np.testing.assert_allclose(xy, centres, atol=1e-6, rtol=0)
+
+
+def test_label_frame_options(tmp_path):
+    scene = make_scene(200, 200, seed=0)
+    transform = write_scene(tmp_path / "s.tif", scene)
+    same_crs = label_frame(scene, transform, CRS, to_crs=None, class_field=None)
+    assert list(same_crs.columns) == ["geometry"] and same_crs.crs.to_epsg() == 32611
+    np.testing.assert_allclose(shapely.bounds(_to_pixel(same_crs.geometry.values, transform)), scene.boxes_px, atol=1e-9)
+    write_labels(tmp_path / "pools.shp", scene, transform, CRS)
+    assert len(gpd.read_file(tmp_path / "pools.shp")) == len(scene.boxes_px)
+    with pytest.raises(GeodetError):
+        write_labels(tmp_path / "pools.txt", scene, transform, CRS)
+    with pytest.raises(GeodetError):
+        label_frame(scene, transform, None)
+    with pytest.raises(GeodetError):
+        label_frame(scene, transform, CRS, kind="box")
+
+
+def test_write_scene_variants(tmp_path):
+    scene = make_scene(100, 120, seed=0, bands=4, dtype="float32", nodata_region=True)
+    write_scene(tmp_path / "striped.tif", scene, tiled=False, compress=None)
+    with rasterio.open(tmp_path / "striped.tif") as ds:
+        assert not ds.profile.get("tiled", False) and ds.block_shapes[0][1] == 120
+        assert ds.count == 4 and ds.dtypes[0] == "float32" and np.isnan(ds.nodata)
+        assert np.isnan(ds.read(1)[~scene.valid]).all()
+    write_scene(tmp_path / "no_crs.tif", scene, crs=None)
+    with rasterio.open(tmp_path / "no_crs.tif") as ds:
+        assert ds.crs is None and ds.transform.e == -0.4
+    assert write_scene(tmp_path / "bare.tif", scene, crs=None, origin=None) == Affine.identity()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(tmp_path / "bare.tif") as ds:
+            assert ds.crs is None and ds.transform == Affine.identity()
+    explicit = Affine(2.0, 0, 10.0, 0, -2.0, 20.0)
+    assert write_scene(tmp_path / "explicit.tif", scene, transform=explicit) == explicit
+    with pytest.raises(GeodetError):
+        write_scene(tmp_path / "bad.tif", scene, blocksize=100)
