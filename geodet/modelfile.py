@@ -166,6 +166,9 @@ def save_model(
             torch.save(payload, tmp)
             tmp.flush()
             os.fsync(tmp.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp creates 0600
         os.replace(tmp_name, target)
     except BaseException:
         if os.path.exists(tmp_name):
