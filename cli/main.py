@@ -54,3 +54,7 @@ def cli(verbose: int) -> None:
 
 def main() -> None:  # pragma: no cover - console entry point
     cli()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -404,14 +404,10 @@ def _read_frame(obj, what: str):
     if isinstance(obj, gpd.GeoDataFrame):
         frame, name = obj, f"the {what} GeoDataFrame"
     else:
+        from geodet.vector import read_vector_file
+
         name = os.fspath(obj)
-        if not os.path.exists(name):
-            raise GeodetError(f"{what.capitalize()} file {name} does not exist.")
-        try:
-            frame = gpd.read_file(name, engine="pyogrio")
-        except Exception as exc:  # pyogrio raises several types for bad files
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise GeodetError(f"{name} is not a readable vector file ({first}).") from exc
+        frame = read_vector_file(name, what)
     if frame.crs is None:
         raise GeodetError(f"{name} has no CRS; set one first (e.g. ogr2ogr -a_srs EPSG:XXXX out.gpkg in.gpkg).")
     empty = frame.geometry.isna() | frame.geometry.is_empty

@@ -156,14 +156,9 @@ def _frame_in_crs(obj, crs, what: str):
     import geopandas as gpd
 
     if isinstance(obj, (str, os.PathLike)):
-        path = os.fspath(obj)
-        if not os.path.exists(path):
-            raise GeodetError(f"the {what} file {path} does not exist.")
-        try:
-            frame = gpd.read_file(path, engine="pyogrio")
-        except Exception as exc:  # pyogrio raises several types for bad files
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise GeodetError(f"{path} is not a readable vector file ({first}).") from exc
+        from geodet.vector import read_vector_file
+
+        frame = read_vector_file(obj, what)
     elif isinstance(obj, gpd.GeoDataFrame):
         frame = obj
     elif isinstance(obj, gpd.GeoSeries):

@@ -76,6 +76,18 @@ class SceneLabels:
     class_ids: np.ndarray
 
 
+def read_vector_file(path, what: str = "vector") -> gpd.GeoDataFrame:
+    """Read any vector file geopandas reads; a missing or unreadable file is a
+    :class:`GeodetError` naming ``what`` (e.g. "labels", "predictions")."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise GeodetError(f"the {what} file {path} does not exist.")
+    try:
+        return gpd.read_file(path, engine="pyogrio")
+    except Exception as exc:  # pyogrio raises several types for bad files
+        raise GeodetError(f"{path} is not a readable vector file ({_first_line(exc)}).") from exc
+
+
 def read_labels(
     path: str,
     *,
@@ -95,12 +107,7 @@ def read_labels(
         GeodetError: unreadable file, no CRS, no features, unknown class field,
             no usable geometry.
     """
-    if not os.path.exists(path):
-        raise GeodetError(f"{path} does not exist.")
-    try:
-        frame = gpd.read_file(path, engine="pyogrio")
-    except Exception as exc:  # pyogrio raises several types for bad files
-        raise GeodetError(f"{path} is not a readable vector file ({_first_line(exc)}).") from exc
+    frame = read_vector_file(path, "labels")
     if len(frame) == 0:
         raise GeodetError(f"{path} holds no features.")
     if frame.crs is None:

@@ -12,7 +12,7 @@ import shapely
 from click.testing import CliRunner
 from affine import Affine
 
-from cli.evaluate_cmd import evaluate_cmd
+from geodet_cli.evaluate_cmd import evaluate_cmd
 from geodet.errors import GeodetError
 from geodet.evaluation import best_f1_point, evaluate, evaluate_boxes, valid_pixels
 from geodet.plot import plot_pr_curve
