@@ -25,7 +25,7 @@ from geodet_cli.options import (
               help="Model file to write (the resumable checkpoint goes beside it as NAME.last.pt).")
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True,
               help="Peak learning rate (AdamW, warm-up then cosine).")
 @click.option("--chip-size", type=click.IntRange(min=8), default=256, show_default=True, help="Training chip side (px).")
 @click.option("--overlap", type=click.IntRange(min=0), default=64, show_default=True, help="Chip overlap (px).")

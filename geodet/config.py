@@ -103,7 +103,7 @@ class ModelConfig:
     in_channels: int = 3
     backbone_depth: int = 18
     levels: Tuple[int, ...] = COCO_LEVELS
-    fpn_channels: int = 128
+    fpn_channels: int = 64
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     fg_iou_thresh: float = 0.5
     bg_iou_thresh: float = 0.4
@@ -159,7 +159,7 @@ class TrainConfig:
 
     epochs: int = 20
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 1e-4
     val_fraction: float = 0.2
     negative_ratio: float = 0.25

@@ -82,3 +82,13 @@ def test_labels_without_crs_and_outside(make_scene_files, tmp_path):
     far = tmp_path / "far.geojson"
     frame.set_geometry(frame.translate(xoff=2.0)).to_file(far)
     _assert_one_sentence(run("tile", s.path, "--labels", far, "-o", tmp_path / "b"), f"0 of {len(frame)} inside")
+
+
+def test_anchors_command(sample_scene, sample_labels):
+    result = run("anchors", "--imagery", sample_scene, "--labels", sample_labels, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    text = json.dumps(report)
+    assert "coverage" in text
+    result = run("anchors", "--imagery", sample_scene, "--labels", sample_labels)
+    assert result.exit_code == 0 and "coverage" in result.output.lower()
