@@ -25,6 +25,14 @@ from geodet.windows import chip_windows
 
 log = logging.getLogger(__name__)
 
+#: GDAL block cache (MB) while reading chips: bounds memory on striped scenes,
+#: whose strips span the whole width (GDAL's default is 5% of the RAM).
+GDAL_CACHE_MB = 128
+
+#: GDAL block cache (MB) while reading chips. It bounds memory on striped
+#: scenes, whose strips span the whole width (GDAL's default is 5% of RAM).
+GDAL_CACHE_MB = 128
+
 #: Resample a scene when its pixel size differs from the model's by more than this factor.
 GSD_TOLERANCE = 1.5
 
@@ -240,19 +248,20 @@ def predict_scene(
             labels_all.append(labels)
             chip_idx_all.append(torch.full((len(boxes),), index, dtype=torch.int64))
 
-    for item in reader:
-        done += 1
-        if not item[2].any():
-            skipped += 1
-        else:
-            batch.append(item)
-            if len(batch) == batch_size:
-                run(batch)
-                batch = []
-        if progress:
-            progress(done, total)
-    if batch:
-        run(batch)
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        for item in reader:
+            done += 1
+            if not item[2].any():
+                skipped += 1
+            else:
+                batch.append(item)
+                if len(batch) == batch_size:
+                    run(batch)
+                    batch = []
+            if progress:
+                progress(done, total)
+        if batch:
+            run(batch)
 
     chips_run = total - skipped
     if not boxes_all:
