@@ -20,18 +20,10 @@ import torch
 from rasterio.windows import Window
 
 from geodet.errors import GeodetError
-from geodet.raster import BandStats, SceneInfo, gsd_metres, open_dataset, read_chip, sample_band_stats, scene_info
+from geodet.raster import GDAL_CACHE_MB, BandStats, SceneInfo, gsd_metres, open_dataset, read_chip, sample_band_stats, scene_info
 from geodet.windows import chip_windows
 
 log = logging.getLogger(__name__)
-
-#: GDAL block cache (MB) while reading chips: bounds memory on striped scenes,
-#: whose strips span the whole width (GDAL's default is 5% of the RAM).
-GDAL_CACHE_MB = 128
-
-#: GDAL block cache (MB) while reading chips. It bounds memory on striped
-#: scenes, whose strips span the whole width (GDAL's default is 5% of RAM).
-GDAL_CACHE_MB = 128
 
 #: Resample a scene when its pixel size differs from the model's by more than this factor.
 GSD_TOLERANCE = 1.5

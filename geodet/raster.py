@@ -23,6 +23,10 @@ from geodet.windows import chip_windows
 
 log = logging.getLogger(__name__)
 
+#: GDAL block cache (MB) while geodet reads. It bounds memory on striped
+#: scenes, whose strips span the whole width (GDAL's default is 5% of RAM).
+GDAL_CACHE_MB = 128
+
 #: Normalised values are clipped to this many standard deviations.
 CLIP_SIGMA = 6.0
 
@@ -243,14 +247,15 @@ def sample_band_stats(
     total = np.zeros(len(bands), np.float64)
     total_sq = np.zeros(len(bands), np.float64)
     n = 0
-    for window in windows:
-        data, valid = read_window(src, window, bands)
-        if not valid.any():
-            continue
-        pix = data[:, valid].astype(np.float64)
-        total += pix.sum(axis=1)
-        total_sq += (pix**2).sum(axis=1)
-        n += pix.shape[1]
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        for window in windows:
+            data, valid = read_window(src, window, bands)
+            if not valid.any():
+                continue
+            pix = data[:, valid].astype(np.float64)
+            total += pix.sum(axis=1)
+            total_sq += (pix**2).sum(axis=1)
+            n += pix.shape[1]
     if n == 0:
         raise GeodetError(f"{src.name} holds no valid (non-nodata) pixels in the sampled windows.")
     mean = total / n
