@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Detection throughput: geodet against the loops a user would write, and DeepForest.
 
-Every variant runs the same RetinaNet ResNet-50-FPN weights (random, seeded) on
+Variants a-e run the same RetinaNet ResNet-50-FPN weights (random, seeded) on
 the same chips of the same scene, one variant after another, each in a fresh
 subprocess so that its peak RSS is its own:
 
@@ -18,7 +18,8 @@ subprocess so that its peak RSS is its own:
        run by the DeepForest virtualenv's python given with
        ``--deepforest-python``; skipped without it.
     f  as (a) with geodet's default ModelConfig (ResNet-18, FPN 128 channels,
-       P3-P7 with COCO anchors).
+       P3-P7 with COCO anchors) and default DetectConfig (batch 8, 2 reader
+       threads).
     g  as (f) with the levels and anchors ``fit_anchors`` picks for 15-50 px
        objects (P2-P4; ``--fitted-levels``): the P2 head dominates its cost.
 
@@ -34,7 +35,10 @@ Examples::
 the peak RSS of each run.
 
 Megapixels/s are scene megapixels divided by wall time; chips/s counts the
-chips of the scene (the chip grid is the same for a-d).
+chips of the scene (one chip grid for a-d, f, g; DeepForest's own grid for e).
+CPU seconds (user + system, all threads) are reported beside wall time: other
+load on a shared machine stretches wall time more. ``--repeat N`` runs N
+rounds over the variants and keeps each variant's fastest run.
 """
 
 from __future__ import annotations
@@ -313,10 +317,14 @@ def variant_a(args) -> dict:
     from geodet.detection import write_detections
 
     windows, h, w = _scene_windows(args.scene, args.chip_size, args.overlap)
-    kwargs = {} if args.workers is None else {"workers": args.workers}
-    cfg = DetectConfig(
-        batch_size=args.batch_size, overlap=args.overlap, device=args.device, score_threshold=args.score_threshold, **kwargs
-    )
+    if args.default_detect_config:  # (f), (g): geodet's defaults (batch size, reader threads, model's overlap)
+        cfg = DetectConfig(device=args.device, score_threshold=args.score_threshold)
+    else:
+        kwargs = {} if args.workers is None else {"workers": args.workers}
+        cfg = DetectConfig(
+            batch_size=args.batch_size, overlap=args.overlap, device=args.device, score_threshold=args.score_threshold,
+            **kwargs,
+        )
     out = Path(args.workdir) / f"detections_{os.getpid()}.geojson"
     clock = Clock(args.device)
 
@@ -345,7 +353,7 @@ def variant_a(args) -> dict:
     out.unlink(missing_ok=True)
     extra = {"rss_trace_mb": trace.stop()} if trace else {}
     return dict(**extra, wall_s=t1 - t0, cpu_s=c1 - c0, chips=len(windows), height=h, width=w, input_px=_padded(args.chip_size),
-                detections=len(frame), workers=cfg.workers)
+                detections=len(frame), workers=cfg.workers, batch_size=cfg.batch_size)
 
 
 def _padded(chip: int, multiple: int = 32) -> str:
@@ -569,6 +577,8 @@ def _child_command(args, variant: str, scene: str, paths: Dict[str, str], result
         cmd += ["--workers", str(args.workers)]
     if args.memory_scaling:
         cmd.append("--rss-trace")
+    if variant in ("f", "g"):
+        cmd.append("--default-detect-config")
     if args.profile and variant in ("a", "f", "g"):
         cmd.append("--profile")
     return cmd
@@ -769,6 +779,7 @@ def parse_args(argv=None):
     p.add_argument("--variant", choices=list("abcd"), help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--rss-trace", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--default-detect-config", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tv-state", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
