@@ -240,7 +240,7 @@ def predict_scene(
             labels_all.append(labels)
             chip_idx_all.append(torch.full((len(boxes),), index, dtype=torch.int64))
 
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20):
         for item in reader:
             done += 1
             if not item[2].any():

@@ -23,7 +23,7 @@ from geodet.windows import chip_windows
 
 log = logging.getLogger(__name__)
 
-#: GDAL block cache (MB) while geodet reads. It bounds memory on striped
+#: GDAL block cache (MB; rasterio.Env takes bytes) while geodet reads. It bounds memory on striped
 #: scenes, whose strips span the whole width (GDAL's default is 5% of RAM).
 GDAL_CACHE_MB = 128
 
@@ -247,7 +247,7 @@ def sample_band_stats(
     total = np.zeros(len(bands), np.float64)
     total_sq = np.zeros(len(bands), np.float64)
     n = 0
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20):
         for window in windows:
             data, valid = read_window(src, window, bands)
             if not valid.any():
