@@ -178,6 +178,40 @@ def resolve_bands(info: SceneInfo, bands: Optional[Sequence[int]]) -> Tuple[int,
     return bands
 
 
+def read_raw(
+    src,
+    window: Window,
+    bands: Sequence[int],
+    *,
+    out_shape: Optional[Tuple[int, int]] = None,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Read a window's pixels in their own dtype, and their validity.
+
+    Args:
+        src: open rasterio dataset.
+        window: the window in scene pixels.
+        bands: 1-based band indices.
+        out_shape: ``(height, width)`` to resample to (bilinear for pixels,
+            nearest for the mask), or None for native resolution.
+
+    Returns:
+        ``(pixels [C, h, w] in the file's dtype, valid bool [h, w])``; a pixel
+        is valid when no band is masked (nodata, alpha or internal mask) and
+        no value is NaN.
+    """
+    bands = list(bands)
+    data_kw, mask_kw = {}, {}
+    if out_shape is not None:
+        shape = (len(bands), *out_shape)
+        data_kw = dict(out_shape=shape, resampling=rasterio.enums.Resampling.bilinear)
+        mask_kw = dict(out_shape=shape, resampling=rasterio.enums.Resampling.nearest)
+    data = src.read(bands, window=window, **data_kw)
+    valid = np.all(src.read_masks(bands, window=window, **mask_kw) > 0, axis=0)
+    if data.dtype.kind == "f":
+        valid &= np.all(np.isfinite(data), axis=0)
+    return data, valid
+
+
 def read_window(
     src,
     window: Window,
@@ -185,29 +219,9 @@ def read_window(
     *,
     out_shape: Optional[Tuple[int, int]] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """Read raw pixels of a window and their validity.
-
-    Args:
-        src: open rasterio dataset.
-        window: the window in scene pixels.
-        bands: 1-based band indices.
-        out_shape: ``(height, width)`` to resample to (nearest for the mask,
-            bilinear for pixels), or None for native resolution.
-
-    Returns:
-        ``(pixels float32 [C, h, w], valid bool [h, w])``; a pixel is valid when
-        no band is masked (nodata, alpha or internal mask) and no value is NaN.
-    """
-    kwargs = {}
-    if out_shape is not None:
-        kwargs = dict(out_shape=(len(bands), *out_shape), resampling=rasterio.enums.Resampling.bilinear)
-    data = src.read(list(bands), window=window, **kwargs).astype(np.float32, copy=False)
-    mask_kwargs = {}
-    if out_shape is not None:
-        mask_kwargs = dict(out_shape=(len(bands), *out_shape), resampling=rasterio.enums.Resampling.nearest)
-    masks = src.read_masks(list(bands), window=window, **mask_kwargs)
-    valid = np.all(masks > 0, axis=0) & np.all(np.isfinite(data), axis=0)
-    return data, valid
+    """:func:`read_raw` with the pixels as float32 ``[C, h, w]``."""
+    data, valid = read_raw(src, window, bands, out_shape=out_shape)
+    return data.astype(np.float32, copy=False), valid
 
 
 @dataclass(frozen=True)

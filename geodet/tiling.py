@@ -22,7 +22,7 @@ import rasterio
 from geodet.boxes import clip_boxes_to_window
 from geodet.config import ChipConfig
 from geodet.errors import GeodetError
-from geodet.raster import open_dataset, read_window, resolve_bands, scene_info
+from geodet.raster import open_dataset, read_raw, resolve_bands, scene_info
 from geodet.vector import check_labels_inside, labels_for_scene, read_labels
 from geodet.windows import chip_transform, chip_windows, window_bounds_px
 
@@ -82,7 +82,7 @@ def tile(
         class_field: the labels' class column (see :func:`geodet.vector.read_labels`).
         chip: chip size, overlap, bands, minimum visible fraction, point size.
         overwrite: replace a non-empty ``out_dir``.
-        progress: called with the number of chips done after each chip.
+        progress: called with the number of the scene's chips done after each chip.
 
     Everything is written into a temporary folder beside ``out_dir`` and
     moved into place at the end, so a failure leaves nothing half-written.
@@ -109,11 +109,9 @@ def tile(
             "categories": [{"id": i + 1, "name": n} for i, n in enumerate(label_set.class_names)],
         }
         skipped = 0
-        done = 0
         for info, scene_labels in zip(infos, per_scene):
             bands = resolve_bands(info, chip.bands)
-            skipped += _tile_scene(info, bands, scene_labels, chip, work, coco, progress, done)
-            done = len(coco["images"]) + skipped
+            skipped += _tile_scene(info, bands, scene_labels, chip, work, coco, progress)
         with open(work / "annotations.json", "w") as fh:
             json.dump(coco, fh)
         _swap_into_place(work, target)
@@ -131,21 +129,21 @@ def tile(
     )
 
 
-def _tile_scene(info, bands, scene_labels, chip: ChipConfig, work: Path, coco: dict, progress, done: int) -> int:
+def _tile_scene(info, bands, scene_labels, chip: ChipConfig, work: Path, coco: dict, progress) -> int:
+    """Write one scene's chips and annotations; returns the nodata-only chips skipped."""
     stem = Path(info.path).stem
     skipped = 0
     windows = chip_windows(info.height, info.width, chip.size, chip.overlap)
     with rasterio.open(info.path) as src:
-        for window in windows:
-            data, valid = read_window(src, window, bands)
-            done += 1
+        for done, window in enumerate(windows, start=1):
+            raw, valid = read_raw(src, window, bands)  # one read serves the check and the chip
             if not valid.any():
                 skipped += 1
                 if progress:
                     progress(done)
                 continue
             name = f"chips/{stem}_r{int(window.row_off)}_c{int(window.col_off)}.tif"
-            _write_chip(src, info, window, bands, chip.size, work / name)
+            _write_chip(raw, info, window, chip.size, work / name)
             image_id = len(coco["images"]) + 1
             coco["images"].append(
                 {
@@ -177,9 +175,9 @@ def _tile_scene(info, bands, scene_labels, chip: ChipConfig, work: Path, coco: d
     return skipped
 
 
-def _write_chip(src, info, window, bands, size: int, path: Path) -> None:
-    """Write one chip's raw pixels, padded with nodata (or 0) to ``size``."""
-    data = src.read(list(bands), window=window)
+def _write_chip(data: np.ndarray, info, window, size: int, path: Path) -> None:
+    """Write one chip's raw pixels ``[C, h, w]``, padded with nodata (or 0) to ``size``."""
+    bands = range(data.shape[0])
     fill = info.nodata if info.nodata is not None else 0
     if data.shape[1:] != (size, size):
         padded = np.full((len(bands), size, size), fill, dtype=data.dtype)
