@@ -9,7 +9,8 @@ For each: `geodet train --max-time M` (fitted anchors, and again with
 `--anchors coco` unless --skip-coco), `geodet detect`, `geodet evaluate --json`.
 Prints AP50 per class, mAP50, AP50:95, precision, recall and wall times.
 
-    python bench/accuracy.py [--minutes 15] [--size 2048] [--settings easy,hard] [--skip-coco]
+    python bench/accuracy.py [--minutes 15] [--size 2048] [--settings easy,hard]
+                              [--anchors auto,coco | --skip-coco]
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=15.0)
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--settings", default="easy,hard")
-    ap.add_argument("--skip-coco", action="store_true")
+    ap.add_argument("--skip-coco", action="store_true", help="same as --anchors auto")
+    ap.add_argument("--anchors", default="auto,coco", help="anchor modes to compare, comma-separated")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--geodet", default="geodet", help="the geodet executable")
     args = ap.parse_args()
@@ -47,7 +49,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for setting in args.settings.split(","):
             pair = write_pair(Path(tmp) / setting, size=args.size, difficulty=setting, pixel_size=0.5)
-            for anchors in ["auto"] + ([] if args.skip_coco else ["coco"]):
+            for anchors in ["auto"] if args.skip_coco else args.anchors.split(","):
                 model = f"{tmp}/{setting}_{anchors}.pt"
                 _, train_s = run([args.geodet, "train", "--imagery", pair["train"][0], "--labels", pair["train"][1],
                                   "-o", model, "--max-time", str(args.minutes), "--epochs", "1000",

@@ -17,7 +17,7 @@ subprocess so that its peak RSS is its own:
     e  DeepForest ``predict_tile`` (its own RetinaNet class, the same weights),
        run by the DeepForest virtualenv's python given with
        ``--deepforest-python``; skipped without it.
-    f  as (a) with geodet's default ModelConfig (ResNet-18, FPN 128 channels,
+    f  as (a) with geodet's default ModelConfig (ResNet-18, FPN 64 channels,
        P3-P7 with COCO anchors) and default DetectConfig (batch 8, 2 reader
        threads).
     g  as (f) with the levels and anchors ``fit_anchors`` picks for 15-50 px
@@ -440,12 +440,14 @@ def variant_d(args) -> dict:
     import rasterio
     import torch
 
+    from geodet.model import prepare_for_inference
     from geodet.modelfile import load_model
     from geodet.raster import read_chip, sample_band_stats
 
     windows, h, w = _scene_windows(args.scene, args.chip_size, args.overlap)
     device = torch.device(args.device)
-    net, meta = load_model(args.model, device=device)
+    net, meta = load_model(args.model)
+    net = prepare_for_inference(net, device)  # the very network geodet.detect runs
     bands = list(meta.bands)
     distinct = windows[: args.max_preload]
     with rasterio.open(args.scene) as src:
@@ -455,8 +457,7 @@ def variant_d(args) -> dict:
     for start in range(0, len(windows), args.batch_size):
         idx = [i % len(chips) for i in range(start, min(start + args.batch_size, len(windows)))]
         batch = torch.from_numpy(np.stack([chips[i] for i in idx])).to(device)
-        if device.type == "cuda":
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        batch = batch.contiguous(memory_format=torch.channels_last)
         batches.append(batch)
     use_amp = device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -272,6 +272,73 @@ class _Candidate:
     anchors: AnchorConfig
 
 
+def _candidates(
+    boxes: np.ndarray, chip_size: int, max_levels: int, thresholds: Sequence[float]
+) -> List[Tuple[Tuple[int, ...], _Candidate]]:
+    """Every searched anchor design with the number of boxes it covers at each IoU of ``thresholds``."""
+    ratio_sets = _ratio_sets(box_aspect_ratios(boxes))
+    all_ratios = sorted({r for rs in ratio_sets for r in rs})
+    all_scales = sorted({s for ss in _SCALE_SETS for s in ss})
+
+    # Best IoU of every box with every candidate template: per level an
+    # array [N, k, scale, ratio].
+    per_level: Dict[int, np.ndarray] = {}
+    for level in range(2, 8):
+        stride = 2 ** level
+        sizes = tuple(k * stride for k in _SIZE_FACTORS)
+        cfg = AnchorConfig(sizes=sizes, scales=tuple(all_scales), ratios=tuple(all_ratios))
+        ious = [
+            _best_iou_per_template(boxes, level, templates, chip_size)
+            for templates in anchor_templates(cfg)
+        ]  # each [N, ratio * scale], ratio-major
+        per_level[level] = np.stack(ious, axis=1).reshape(len(boxes), len(sizes), len(all_ratios), len(all_scales))
+
+    out: List[Tuple[Tuple[int, ...], _Candidate]] = []
+    for ki, k in enumerate(_SIZE_FACTORS):
+        for scales in _SCALE_SETS:
+            si = [all_scales.index(s) for s in scales]
+            for ratios in ratio_sets:
+                ri = [all_ratios.index(r) for r in ratios]
+                best_per_level = {
+                    lv: per_level[lv][:, ki][:, ri][:, :, si].reshape(len(boxes), -1).max(axis=1)
+                    for lv in per_level
+                }
+                for low in range(2, 6):
+                    best = np.zeros(len(boxes))
+                    for high in range(low, min(low + max_levels, 8)):
+                        best = np.maximum(best, best_per_level[high])
+                        levels = tuple(range(low, high + 1))
+                        anchors = AnchorConfig(
+                            sizes=tuple(float(k * 2 ** lv) for lv in levels), scales=scales, ratios=ratios
+                        )
+                        count = anchor_count(levels, anchors, chip_size)
+                        covered = tuple(int((best >= t).sum()) for t in thresholds)
+                        out.append((covered, _Candidate(covered=0, count=count, levels=levels, anchors=anchors)))
+    return out
+
+
+def _choose(candidates: List[Tuple[Tuple[int, ...], _Candidate]], i: int, n: int, tolerance: float) -> _Candidate:
+    """Among candidates within ``tolerance`` of the best coverage at threshold ``i``, the one with
+    the fewest anchors (then the higher coverage, then the first searched)."""
+    scored = [replace(c, covered=covered[i]) for covered, c in candidates]
+    best_covered = max(c.covered for c in scored)
+    tied = [c for c in scored if c.covered >= best_covered - tolerance * n]
+    return min(tied, key=lambda c: (c.count, -c.covered))  # min() keeps the first of equals
+
+
+def _log_choice(chosen: _Candidate, n: int, fg_iou: float) -> None:
+    log.info(
+        "fitted anchors: levels %s sizes %s scales %s ratios %s cover %.1f%% of %d boxes at IoU %.2f",
+        chosen.levels,
+        chosen.anchors.sizes,
+        chosen.anchors.scales,
+        chosen.anchors.ratios,
+        100 * chosen.covered / n,
+        n,
+        fg_iou,
+    )
+
+
 def fit_anchors(
     boxes_px: np.ndarray,
     *,
@@ -305,62 +372,48 @@ def fit_anchors(
         GeodetError: when there is no box with a positive area.
     """
     boxes = _valid_boxes(boxes_px)
-    ratio_sets = _ratio_sets(box_aspect_ratios(boxes))
-    all_ratios = sorted({r for rs in ratio_sets for r in rs})
-    all_scales = sorted({s for ss in _SCALE_SETS for s in ss})
-
-    # Best IoU of every box with every candidate template: per level an
-    # array [N, k, scale, ratio].
-    per_level: Dict[int, np.ndarray] = {}
-    for level in range(2, 8):
-        stride = 2 ** level
-        sizes = tuple(k * stride for k in _SIZE_FACTORS)
-        cfg = AnchorConfig(sizes=sizes, scales=tuple(all_scales), ratios=tuple(all_ratios))
-        ious = [
-            _best_iou_per_template(boxes, level, templates, chip_size)
-            for templates in anchor_templates(cfg)
-        ]  # each [N, ratio * scale], ratio-major
-        per_level[level] = np.stack(ious, axis=1).reshape(len(boxes), len(sizes), len(all_ratios), len(all_scales))
-
-    candidates: List[_Candidate] = []
-    for ki, k in enumerate(_SIZE_FACTORS):
-        for scales in _SCALE_SETS:
-            si = [all_scales.index(s) for s in scales]
-            for ratios in ratio_sets:
-                ri = [all_ratios.index(r) for r in ratios]
-                best_per_level = {
-                    lv: per_level[lv][:, ki][:, ri][:, :, si].reshape(len(boxes), -1).max(axis=1)
-                    for lv in per_level
-                }
-                for low in range(2, 6):
-                    best = np.zeros(len(boxes))
-                    for high in range(low, min(low + max_levels, 8)):
-                        best = np.maximum(best, best_per_level[high])
-                        levels = tuple(range(low, high + 1))
-                        anchors = AnchorConfig(
-                            sizes=tuple(float(k * 2 ** lv) for lv in levels), scales=scales, ratios=ratios
-                        )
-                        candidates.append(
-                            _Candidate(
-                                covered=int((best >= fg_iou).sum()),
-                                count=anchor_count(levels, anchors, chip_size),
-                                levels=levels,
-                                anchors=anchors,
-                            )
-                        )
-    best_covered = max(c.covered for c in candidates)
-    tied = [c for c in candidates if c.covered >= best_covered - tolerance * len(boxes)]
-    chosen = min(tied, key=lambda c: (c.count, -c.covered))  # min() keeps the first of equals
-    log.info(
-        "fitted anchors: levels %s sizes %s scales %s ratios %s cover %.1f%% of %d boxes",
-        chosen.levels,
-        chosen.anchors.sizes,
-        chosen.anchors.scales,
-        chosen.anchors.ratios,
-        100 * chosen.covered / len(boxes),
-        len(boxes),
-    )
+    chosen = _choose(_candidates(boxes, chip_size, max_levels, (fg_iou,)), 0, len(boxes), tolerance)
+    _log_choice(chosen, len(boxes), fg_iou)
     return chosen.levels, chosen.anchors
+
+
+#: Foreground IoU thresholds tried by :func:`fit_assignment`, strictest first.
+FG_IOU_CANDIDATES: Tuple[float, ...] = (0.5, 0.45, 0.4)
+#: Gap between the foreground and background IoU thresholds.
+BG_IOU_GAP = 0.1
+
+
+def fit_assignment(
+    boxes_px: np.ndarray,
+    *,
+    chip_size: int = 512,
+    min_coverage: float = 0.95,
+    fg_candidates: Sequence[float] = FG_IOU_CANDIDATES,
+    max_levels: int = 5,
+    tolerance: float = 0.01,
+) -> Tuple[Tuple[int, ...], AnchorConfig, float, float]:
+    """Anchors and the anchor-to-box IoU thresholds of training, fitted together.
+
+    Objects of a few pixels cannot reach IoU 0.5 with any anchor on a grid of
+    stride 4: a 5 x 10 px car half a stride off the nearest anchor centre tops
+    out near 0.4. At a 0.5 threshold such objects get a single low-quality
+    match or none, and the anchors beside it are ignored or called
+    background, so the classifier learns from a hair-thin target. This picks
+    the strictest foreground threshold in ``fg_candidates`` at which the
+    fitted anchors cover at least ``min_coverage`` of the boxes (the last
+    candidate when none does); background is ``BG_IOU_GAP`` below it.
+
+    Returns:
+        ``(levels, AnchorConfig, fg_iou_thresh, bg_iou_thresh)``.
+    """
+    boxes = _valid_boxes(boxes_px)
+    candidates = _candidates(boxes, chip_size, max_levels, fg_candidates)
+    for i, fg in enumerate(fg_candidates):
+        chosen = _choose(candidates, i, len(boxes), tolerance)
+        if chosen.covered >= min_coverage * len(boxes):
+            break
+    _log_choice(chosen, len(boxes), fg)
+    return chosen.levels, chosen.anchors, float(fg), round(float(fg) - BG_IOU_GAP, 4)
 
 
 # --------------------------------------------------------------------------- report

@@ -89,6 +89,8 @@ class ModelConfig:
         bg_iou_thresh: anchors with best IoU < this are background.
         head_convs: 3x3 convolutions in each head before the predictor.
         focal_alpha / focal_gamma: focal loss parameters.
+        box_loss: ``"l1"`` on the encoded box deltas (as torchvision's
+            RetinaNet) or ``"giou"`` on the decoded boxes.
         prior_prob: prior probability used to initialise the classification bias.
         topk_candidates: candidates kept per level before NMS.
         score_thresh: minimum score of a detection.
@@ -110,6 +112,7 @@ class ModelConfig:
     head_convs: int = 4
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    box_loss: str = "l1"
     prior_prob: float = 0.01
     topk_candidates: int = 1000
     score_thresh: float = 0.05
@@ -134,6 +137,8 @@ class ModelConfig:
             )
         if not 0 <= self.frozen_stages <= 5:
             raise ValueError(f"frozen_stages must be in 0..5, got {self.frozen_stages}")
+        if self.box_loss not in ("l1", "giou"):
+            raise ValueError(f"box_loss must be 'l1' or 'giou', got {self.box_loss!r}")
         if self.bg_iou_thresh > self.fg_iou_thresh:
             raise ValueError("bg_iou_thresh must not exceed fg_iou_thresh")
 

@@ -8,6 +8,7 @@ mapped through the scene's affine.
 
 from __future__ import annotations
 
+import copy
 import glob
 import logging
 import os
@@ -59,16 +60,18 @@ def expand_scenes(scenes: Union[str, Sequence[str]]) -> List[str]:
 
 def load(model=None, device: str = "auto"):
     """``(net, meta, torch.device)`` from a path, None (the default model) or a loaded pair."""
+    from geodet.model import prepare_for_inference
     from geodet.modelfile import load_model
     from geodet.training import resolve_device
 
     dev = resolve_device(device)
     if isinstance(model, tuple):
         net, meta = model
-        return net.to(dev).eval(), meta, dev
-    path = default_model_path() if model is None else str(model)
-    net, meta = load_model(path, device=str(dev))
-    return net.eval(), meta, dev
+        net = copy.deepcopy(net)  # folding batch norms must not change the caller's (trainable) model
+    else:
+        path = default_model_path() if model is None else str(model)
+        net, meta = load_model(path, device="cpu")
+    return prepare_for_inference(net, dev), meta, dev
 
 
 def empty_frame(crs) -> gpd.GeoDataFrame:

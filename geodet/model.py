@@ -29,9 +29,10 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.image_list import ImageList
-from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d, sigmoid_focal_loss
+from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d, generalized_box_iou_loss, sigmoid_focal_loss
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 from torchvision.ops.misc import Conv2dNormActivation
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from geodet.anchors import PAD_MULTIPLE_PX, make_anchor_generator
 from geodet.config import ModelConfig
@@ -305,8 +306,10 @@ class RetinaHead(nn.Module):
         prior_prob: float = 0.01,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        box_loss: str = "l1",
     ) -> None:
         super().__init__()
+        self.box_loss = box_loss
         self.num_anchors = num_anchors
         self.num_classes = num_classes
         self.focal_alpha = focal_alpha
@@ -344,8 +347,9 @@ class RetinaHead(nn.Module):
         anchors: List[Tensor],
         matched_idxs: List[Tensor],
     ) -> Dict[str, Tensor]:
-        """Focal loss and L1 box-delta loss, each summed over the batch and
-        divided by the batch's number of foreground anchors (at least 1).
+        """Focal loss and box loss (L1 on deltas, or GIoU on decoded boxes),
+        each summed over the batch and divided by the batch's number of
+        foreground anchors (at least 1).
 
         Args:
             targets: per chip ``boxes`` ``[N, 4]`` xyxy px and ``labels`` ``[N]`` 0-based.
@@ -370,10 +374,14 @@ class RetinaHead(nn.Module):
             valid = matched != det_utils.Matcher.BETWEEN_THRESHOLDS
             logits_valid.append(logits[valid])
             targets_valid.append(gt_classes[valid])
-            deltas_fg.append(deltas[fg_idx])
-            deltas_target.append(
-                self.box_coder.encode_single(target["boxes"][gt_idx].float(), anchors_per_chip[fg_idx])
-            )
+            if self.box_loss == "giou":  # compare decoded boxes with the target boxes
+                deltas_fg.append(self.box_coder.decode_single(deltas[fg_idx], anchors_per_chip[fg_idx]))
+                deltas_target.append(target["boxes"][gt_idx].float())
+            else:
+                deltas_fg.append(deltas[fg_idx])
+                deltas_target.append(
+                    self.box_coder.encode_single(target["boxes"][gt_idx].float(), anchors_per_chip[fg_idx])
+                )
         normaliser = max(1, num_foreground)
         classification = sigmoid_focal_loss(
             torch.cat(logits_valid),
@@ -382,7 +390,10 @@ class RetinaHead(nn.Module):
             gamma=self.focal_gamma,
             reduction="sum",
         )
-        regression = F.l1_loss(torch.cat(deltas_fg), torch.cat(deltas_target), reduction="sum")
+        if self.box_loss == "giou":
+            regression = generalized_box_iou_loss(torch.cat(deltas_fg), torch.cat(deltas_target), reduction="sum")
+        else:
+            regression = F.l1_loss(torch.cat(deltas_fg), torch.cat(deltas_target), reduction="sum")
         return {"classification": classification / normaliser, "bbox_regression": regression / normaliser}
 
 
@@ -442,5 +453,69 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Geod
         prior_prob=cfg.prior_prob,
         focal_alpha=cfg.focal_alpha,
         focal_gamma=cfg.focal_gamma,
+        box_loss=cfg.box_loss,
     )
     return GeodetRetinaNet(cfg, backbone, anchor_generator, head)
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def _fuse_pair(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
+    """A conv whose weights fold in the following (frozen or eval) batch norm."""
+    fused = nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+        dilation=conv.dilation, groups=conv.groups, bias=True,
+    ).to(conv.weight.device)
+    weight, bias = fuse_conv_bn_weights(
+        conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
+    )
+    fused.weight = weight
+    fused.bias = bias
+    fused.requires_grad_(False)
+    return fused
+
+
+def fold_batchnorm(module: nn.Module) -> int:
+    """Fold every batch norm that directly follows a convolution into it (in place).
+
+    Covers the ResNet pattern ``convN`` / ``bnN`` attribute pairs (stem and
+    blocks) and ``Sequential(conv, bn)`` (downsample shortcuts); the batch
+    norm is replaced by ``nn.Identity``. Only for inference: the module must
+    be in eval mode (batch norms use their running statistics).
+
+    Returns:
+        the number of batch norms folded.
+    """
+    if module.training:
+        raise ValueError("fold_batchnorm needs a model in eval mode")
+    norms = (nn.BatchNorm2d, FrozenBatchNorm2d)
+    folded = 0
+    for parent in list(module.modules()):
+        children = dict(parent.named_children())
+        if isinstance(parent, nn.Sequential):
+            names = list(children)
+            pairs = list(zip(names, names[1:]))
+        else:
+            pairs = [(n, "bn" + n[4:]) for n in children if n.startswith("conv") and "bn" + n[4:] in children]
+        for conv_name, norm_name in pairs:
+            conv, norm = children[conv_name], children[norm_name]
+            if type(conv) is nn.Conv2d and isinstance(norm, norms):
+                setattr(parent, conv_name, _fuse_pair(conv, norm))
+                setattr(parent, norm_name, nn.Identity())
+                children[norm_name] = nn.Identity()
+                folded += 1
+    return folded
+
+
+def prepare_for_inference(net: nn.Module, device: torch.device) -> nn.Module:
+    """An inference-only model: eval mode, batch norms folded, channels_last, on ``device``.
+
+    Folding removes a memory pass per convolution and channels_last is the
+    faster convolution layout on both CPU (oneDNN) and CUDA; outputs match the
+    unfolded model up to float rounding (see bench/detect_throughput.py for
+    the figures).
+    """
+    net = net.to(device).eval()
+    fold_batchnorm(net)
+    return net.to(memory_format=torch.channels_last)

@@ -215,8 +215,7 @@ def predict_scene(
 
     def run(batch):
         images = torch.from_numpy(np.stack([b[1] for b in batch])).to(device, non_blocking=True)
-        if device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             outputs = net(images)
         for (index, _chip, valid), out in zip(batch, outputs):

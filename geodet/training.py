@@ -112,15 +112,27 @@ def boxes_in_chip_frame(sources: Sequence[SceneSource], chip_px: int) -> np.ndar
     return np.concatenate(out) if out else np.zeros((0, 4))
 
 
-def _anchor_choice(anchors: AnchorsArg, boxes_px: np.ndarray, fg_iou: float, chip_px: int):
-    from geodet.anchors import fit_anchors
+def _anchor_choice(anchors: AnchorsArg, boxes_px: np.ndarray, overrides: dict, chip_px: int):
+    """``(levels, AnchorConfig, {IoU threshold overrides})`` for the ``anchors`` argument.
+
+    ``auto`` fits the anchors and, unless ``overrides`` sets ``fg_iou_thresh``,
+    the matching thresholds too (:func:`geodet.anchors.fit_assignment`).
+    """
+    from geodet.anchors import fit_anchors, fit_assignment
 
     if isinstance(anchors, tuple):
-        return anchors
+        return anchors[0], anchors[1], {}
     if anchors == "coco":
-        return COCO_LEVELS, COCO_ANCHORS
+        return COCO_LEVELS, COCO_ANCHORS, {}
     if anchors == "auto":
-        return fit_anchors(boxes_px, fg_iou=fg_iou, chip_size=chip_px)
+        if "fg_iou_thresh" in overrides:
+            fg = float(overrides["fg_iou_thresh"])
+            return (*fit_anchors(boxes_px, fg_iou=fg, chip_size=chip_px), {})
+        levels, anchor_cfg, fg, bg = fit_assignment(boxes_px, chip_size=chip_px)
+        thresholds = {"fg_iou_thresh": fg}
+        if "bg_iou_thresh" not in overrides:
+            thresholds["bg_iou_thresh"] = bg
+        return levels, anchor_cfg, thresholds
     raise GeodetError(f"anchors must be 'auto', 'coco' or explicit sizes, got {anchors!r}.")
 
 
@@ -196,13 +208,13 @@ def train(
                 f"{list(label_set.class_names)}."
             )
     else:
-        fg = float(overrides.get("fg_iou_thresh", ModelConfig.fg_iou_thresh))
         if "levels" in overrides and "anchors" in overrides:
             levels, anchor_cfg = tuple(overrides.pop("levels")), overrides.pop("anchors")
             if isinstance(anchor_cfg, dict):
                 anchor_cfg = from_dict(AnchorConfig, anchor_cfg)
         else:
-            levels, anchor_cfg = _anchor_choice(anchors, boxes_px, fg, chip.size)
+            levels, anchor_cfg, thresholds = _anchor_choice(anchors, boxes_px, overrides, chip.size)
+            overrides.update(thresholds)
         overrides.update(
             num_classes=len(label_set.class_names),
             in_channels=len(sources[0].bands),
@@ -213,7 +225,10 @@ def train(
     cov = anchor_coverage(
         boxes_px, model_cfg.levels, model_cfg.anchors, iou_thresh=model_cfg.fg_iou_thresh, chip_size=chip.size
     )
-    log.info("anchors: levels %s sizes %s; coverage %.3f", model_cfg.levels, model_cfg.anchors.sizes, cov)
+    log.info(
+        "anchors: levels %s sizes %s; coverage %.3f; foreground/background IoU %.2f/%.2f",
+        model_cfg.levels, model_cfg.anchors.sizes, cov, model_cfg.fg_iou_thresh, model_cfg.bg_iou_thresh,
+    )
 
     block_px = choose_block_px(sources, chip.size, config.val_fraction)
     train_blocks, val_blocks = split_blocks(spatial_blocks(sources, block_px), config.val_fraction, config.seed)

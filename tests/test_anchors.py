@@ -21,6 +21,7 @@ from geodet.anchors import (
     coverage_report,
     feature_grid_size,
     fit_anchors,
+    fit_assignment,
     format_coverage_report,
     make_anchor_generator,
     strides_for_levels,
@@ -195,6 +196,30 @@ def test_fit_anchors_without_boxes_is_a_user_error():
         fit_anchors(np.zeros((0, 4)))
     with pytest.raises(GeodetError):
         fit_anchors(np.array([[5.0, 5.0, 5.0, 9.0]]))  # zero width
+
+
+def test_fit_assignment_relaxes_the_threshold_only_for_tiny_objects():
+    # cars of about 5 x 10 px: no anchor on a stride-4 grid reaches IoU 0.5 for many of them
+    rng = np.random.default_rng(7)
+    w, h = rng.uniform(4, 6, 2000), rng.uniform(9, 11, 2000)
+    cx, cy = rng.uniform(10, 500, 2000), rng.uniform(10, 500, 2000)
+    cars = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+    assert anchor_coverage(cars, *fit_anchors(cars, fg_iou=0.5), iou_thresh=0.5) < 0.95
+    levels, anchors, fg, bg = fit_assignment(cars)
+    assert fg < 0.5 and bg == pytest.approx(fg - 0.1)
+    assert anchor_coverage(cars, levels, anchors, iou_thresh=fg) >= 0.95
+    assert ModelConfig(levels=levels, anchors=anchors, fg_iou_thresh=fg, bg_iou_thresh=bg).fg_iou_thresh == fg
+    # pools of 12-30 px are covered at the usual 0.5 / 0.4
+    pools = random_boxes(1000, 12, 30, seed=2)
+    levels, anchors, fg, bg = fit_assignment(pools)
+    assert (fg, bg) == (0.5, 0.4)
+    assert (levels, anchors) == fit_anchors(pools, fg_iou=0.5)
+
+
+def test_fit_assignment_falls_back_to_the_loosest_threshold():
+    boxes = np.array([[0.0, 0.0, 1.0, 1.0], [100.0, 100.0, 101.5, 101.0]])  # 1 px objects: nothing covers them
+    _, _, fg, bg = fit_assignment(boxes, chip_size=256)
+    assert (fg, bg) == (0.4, 0.3)
 
 
 def test_coverage_report_and_text():

@@ -90,5 +90,8 @@ def test_anchors_command(sample_scene, sample_labels):
     report = json.loads(result.output)
     text = json.dumps(report)
     assert "coverage" in text
+    assert report["fg_iou"] in (0.5, 0.45, 0.4)  # fitted as training fits it
     result = run("anchors", "--imagery", sample_scene, "--labels", sample_labels)
     assert result.exit_code == 0 and "coverage" in result.output.lower()
+    result = run("anchors", "--imagery", sample_scene, "--labels", sample_labels, "--json", "--fg-iou", "0.3")
+    assert json.loads(result.output)["fg_iou"] == 0.3

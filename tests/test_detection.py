@@ -57,6 +57,26 @@ def test_detect_lands_on_objects(make_scene_files, default_model):
     assert int((iou > 0.5).sum()) == 0
 
 
+def test_loaded_model_is_left_trainable(make_scene_files, default_model):
+    """detect() folds batch norms into a copy: the caller's model keeps its layers and its outputs."""
+    from torch import nn
+    from torchvision.ops import FrozenBatchNorm2d
+
+    from geodet.modelfile import load_model
+
+    def count_norms(net):
+        return sum(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in net.modules())
+
+    s = make_scene_files(256, 256, seed=3)
+    net, meta = load_model(default_model)
+    norms = count_norms(net)
+    from_pair = detect(s.path, model=(net, meta), config=DetectConfig(score_threshold=0.3))
+    assert count_norms(net) == norms > 0
+    from_file = detect(s.path, model=default_model, config=DetectConfig(score_threshold=0.3))
+    assert len(from_pair) == len(from_file) > 0
+    np.testing.assert_allclose(from_pair.score.to_numpy(), from_file.score.to_numpy(), atol=1e-4)
+
+
 @pytest.mark.parametrize("ext,epsg", [(".geojson", 4326), (".gpkg", 32611), (".shp", 32611), (".parquet", 32611)])
 def test_output_formats(make_scene_files, default_model, tmp_path, ext, epsg):
     s = make_scene_files(256, 256, seed=3)

@@ -13,7 +13,7 @@ from torchvision.ops import FrozenBatchNorm2d, box_iou
 from geodet.anchors import anchor_count, feature_grid_size, make_anchor_generator
 from geodet.config import AnchorConfig, ModelConfig
 from geodet.errors import GeodetError
-from geodet.model import build_model
+from geodet.model import build_model, fold_batchnorm, prepare_for_inference
 
 P2_P4 = dict(levels=(2, 3, 4), anchors=AnchorConfig(sizes=(8.0, 16.0, 32.0)))
 P3_P5 = dict(levels=(3, 4, 5), anchors=AnchorConfig(sizes=(8.0, 16.0, 32.0)))
@@ -267,3 +267,47 @@ def test_overfits_one_chip():
         (out,) = model(image)
     best = box_iou(target["boxes"], out["boxes"][:5]).max(dim=1).values
     assert (best > 0.5).all()
+
+
+def test_giou_box_loss_trains():
+    model = build_model(tiny_config(box_loss="giou")).train()
+    losses = model(torch.randn(2, 3, 64, 64), two_targets())
+    assert 0 < losses["bbox_regression"] <= 2  # GIoU loss per foreground anchor lies in [0, 2]
+    sum(losses.values()).backward()
+    assert model.head.bbox_reg.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="box_loss"):
+        tiny_config(box_loss="smooth")
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_folding_batch_norms_keeps_the_outputs(depth):
+    model = build_model(tiny_config(backbone_depth=depth, score_thresh=0.0, detections_per_chip=50))
+    # give the frozen batch norms non-trivial statistics, as trained weights have
+    for m in model.modules():
+        if isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5) if isinstance(m.weight, nn.Parameter) else m.weight.uniform_(0.5, 1.5)
+    model.eval()
+    image = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        features_before = model.backbone(image)
+        (before, _) = model(image)
+    norms = sum(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in model.modules())
+    assert fold_batchnorm(model) == norms  # every ResNet batch norm follows a convolution
+    assert not any(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in model.modules())
+    with torch.no_grad():
+        features_after = model.backbone(image)
+        (after, _) = model(image)
+    for key in features_before:
+        torch.testing.assert_close(features_after[key], features_before[key], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(after["scores"], before["scores"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(after["boxes"], before["boxes"], atol=1e-3, rtol=1e-4)
+
+
+def test_folding_needs_eval_mode_and_prepare_gives_channels_last():
+    with pytest.raises(ValueError, match="eval"):
+        fold_batchnorm(build_model(tiny_config()).train())
+    net = prepare_for_inference(build_model(tiny_config()).train(), torch.device("cpu"))
+    assert not net.training
+    assert net.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)

@@ -113,6 +113,9 @@ def test_model_with_backbone_weights_loads_without_the_weights_file(tmp_path):
     weights.unlink()
     loaded, meta = load_model(path)
     assert meta.model_config.in_channels == 1
+    # built on the meta device, then given the file's tensors: none left on meta, frozen stages still frozen
+    assert not any(t.is_meta for t in (*loaded.parameters(), *loaded.buffers()))
+    assert [p.requires_grad for p in loaded.parameters()] == [p.requires_grad for p in model.parameters()]
     torch.testing.assert_close(loaded.backbone.body.conv1.weight, model.backbone.body.conv1.weight)
 
 

@@ -30,6 +30,8 @@ def test_short_training_writes_safe_model_that_predicts(small_scene, tmp_path):
     assert raw["gsd"] == pytest.approx(0.4)
     net, meta = load_model(str(out))
     assert meta.model_config.levels[0] <= 3  # anchors fitted to small objects
+    cfg = meta.model_config  # matching thresholds fitted with the anchors, kept in the file
+    assert cfg.fg_iou_thresh in (0.5, 0.45, 0.4) and cfg.bg_iou_thresh == pytest.approx(cfg.fg_iou_thresh - 0.1)
     with torch.inference_mode():
         pred = net(torch.zeros(1, 3, 128, 128))
     assert set(pred[0]) == {"boxes", "scores", "labels"}
