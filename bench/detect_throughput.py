@@ -318,12 +318,12 @@ def variant_a(args) -> dict:
 
     windows, h, w = _scene_windows(args.scene, args.chip_size, args.overlap)
     if args.default_detect_config:  # (f), (g): geodet's defaults (batch size, reader threads, model's overlap)
-        cfg = DetectConfig(device=args.device, score_threshold=args.score_threshold)
+        cfg = DetectConfig(device=args.device, score_threshold=args.score_threshold, precision=args.precision)
     else:
         kwargs = {} if args.workers is None else {"workers": args.workers}
         cfg = DetectConfig(
             batch_size=args.batch_size, overlap=args.overlap, device=args.device, score_threshold=args.score_threshold,
-            **kwargs,
+            precision=args.precision, **kwargs,
         )
     out = Path(args.workdir) / f"detections_{os.getpid()}.geojson"
     clock = Clock(args.device)
@@ -459,8 +459,10 @@ def variant_d(args) -> dict:
         batch = torch.from_numpy(np.stack([chips[i] for i in idx])).to(device)
         batch = batch.contiguous(memory_format=torch.channels_last)
         batches.append(batch)
-    use_amp = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    from geodet.predict import autocast_dtype
+
+    amp_dtype = autocast_dtype(device, args.precision)  # as geodet.detect runs it
+    use_amp = amp_dtype is not None
     clock = Clock(args.device)
     stages = _stage_timers(net, clock)
     t0, c0 = clock.span()
@@ -572,7 +574,7 @@ def _child_command(args, variant: str, scene: str, paths: Dict[str, str], result
         "--result", str(result), "--chip-size", str(args.chip_size), "--overlap", str(args.overlap),
         "--threads", str(args.threads), "--batch-size", str(args.batch_size), "--device", args.device,
         "--score-threshold", str(args.score_threshold), "--nms-iou", str(args.nms_iou),
-        "--max-preload", str(args.max_preload),
+        "--max-preload", str(args.max_preload), "--precision", args.precision,
     ]
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
@@ -758,6 +760,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1), help="torch.set_num_threads")
     p.add_argument("--workers", type=int, help="geodet reader threads (default: DetectConfig's)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="geodet's forward-pass precision, for (a), (d), (f), (g) (DetectConfig.precision)")
     p.add_argument("--score-threshold", type=float, default=0.3)
     p.add_argument("--nms-iou", type=float, default=0.5)
     p.add_argument("--variants", default="abcdefg", help="which of a-g to run, e.g. 'ad'")

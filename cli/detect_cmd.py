@@ -20,13 +20,17 @@ from geodet_cli.options import ProgressBar, bands_option, device_option, overwri
 @click.option("--nms-iou", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @device_option
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Reader threads.")
+@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True,
+              help="Forward-pass arithmetic. auto: bf16 on a GPU (fp16 where bf16 is missing) and on CPUs with "
+                   "native bf16 (AVX-512 BF16, AMX); float32 elsewhere.")
 @bands_option
 @click.option("--quicklook", type=click.Path(dir_okay=False), default=None,
               help="Also write a downsampled PNG of the scene with the detections drawn.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @overwrite_option
-def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_threshold, nms_iou, device, workers, bands,
-               quicklook, quiet, overwrite):
+def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_threshold, nms_iou, device, workers,
+               precision, bands, quicklook, quiet, overwrite):
     """Detect objects in SCENES (GeoTIFFs or glob patterns) and write them to OUT.
 
     Several scenes give one output with a `scene` column.
@@ -49,7 +53,7 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
             check_png_path(quicklook, overwrite=overwrite)
         paths = expand_scenes(list(scenes))
         cfg = DetectConfig(batch_size=batch_size, overlap=overlap, score_threshold=score_threshold,
-                           nms_iou=nms_iou, device=device, workers=workers)
+                           nms_iou=nms_iou, device=device, workers=workers, precision=precision)
         bar = ProgressBar("detect", enabled=not quiet)
         try:
             frame = detect(paths, model, config=cfg, bands=bands, chip_size=chip_size, progress=bar)

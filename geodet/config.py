@@ -187,6 +187,10 @@ class DetectConfig:
         nms_iou: IoU of the cross-chip class-wise NMS.
         device: "auto", "cpu" or "cuda".
         workers: reader threads prefetching chips.
+        precision: arithmetic of the forward pass: "auto" (bf16 autocast on
+            CUDA, fp16 where bf16 is missing; on the CPU bf16 autocast only
+            when the CPU computes bf16 natively (AVX-512 BF16 or AMX), else
+            float32), "float32", "bfloat16" or "float16".
     """
 
     batch_size: int = 8
@@ -195,6 +199,15 @@ class DetectConfig:
     nms_iou: float = 0.5
     device: str = "auto"
     workers: int = 2
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+
+#: Values of ``DetectConfig.precision``.
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -129,7 +129,8 @@ def detect(
         dets = predict_scene(
             net, path, bands=use_bands, chip_px=chip_px, overlap_px=overlap, model_gsd_m=meta.gsd,
             device=device, batch_size=config.batch_size, workers=config.workers,
-            score_threshold=config.score_threshold, nms_iou=config.nms_iou, progress=progress,
+            score_threshold=config.score_threshold, nms_iou=config.nms_iou, precision=config.precision,
+            progress=progress,
         )
         log.info("%s: %d detections from %d chips (%d nodata chips skipped)", path, len(dets.scores), dets.chips, dets.skipped)
         if len(dets.scores) == 0:

@@ -463,10 +463,10 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Geod
 
 def _fuse_pair(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
     """A conv whose weights fold in the following (frozen or eval) batch norm."""
-    fused = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-        dilation=conv.dilation, groups=conv.groups, bias=True,
-    ).to(conv.weight.device)
+    fused = torch.nn.utils.skip_init(  # no random initialisation: every weight is set below
+        nn.Conv2d, conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+        dilation=conv.dilation, groups=conv.groups, bias=True, device=conv.weight.device,
+    )
     weight, bias = fuse_conv_bn_weights(
         conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
     )

@@ -145,6 +145,36 @@ class ChipReader:
         self._handles.clear()
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX)."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # private probes: absent from some torch releases
+        return False
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> Optional[torch.dtype]:
+    """The autocast dtype of the forward pass, or None for plain float32.
+
+    ``auto``: bf16 on CUDA (fp16 where the GPU lacks bf16); on the CPU bf16
+    only where it is native, since emulated bf16 is slower than float32.
+    Boxes and scores leave the model in float32 either way.
+    """
+    if precision == "float32":
+        return None
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if precision == "float16":
+        return torch.float16
+    if precision != "auto":
+        raise ValueError(f"unknown precision {precision!r}")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
 def check_scene_for_model(info: SceneInfo, bands: Sequence[int], n_model_bands: int) -> None:
     """One clear sentence when a scene cannot feed the model."""
     if info.count < max(bands):
@@ -174,7 +204,7 @@ def predict_scene(
     workers: int = 2,
     score_threshold: float = 0.3,
     nms_iou: float = 0.5,
-    amp: bool = True,
+    precision: str = "auto",
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> SceneDetections:
     """Detect objects in one scene; boxes in scene pixels, merged across chips.
@@ -189,7 +219,7 @@ def predict_scene(
         workers: reader threads.
         score_threshold: minimum score kept.
         nms_iou: IoU of the cross-chip class-wise NMS.
-        amp: mixed precision on CUDA.
+        precision: see :class:`geodet.config.DetectConfig` (:func:`autocast_dtype`).
         progress: called with (chips done, chips total).
     """
     from geodet.stitch import merge_detections
@@ -202,8 +232,10 @@ def predict_scene(
     if plan.scale != 1.0:
         log.info("%s: pixel size differs from the model's; reading at %.3fx", path, plan.scale)
     reader = ChipReader(path, bands, stats, plan, workers=workers, prefetch=max(2 * batch_size, 4))
-    use_amp = amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = autocast_dtype(device, precision)
+    use_amp = amp_dtype is not None
+    if use_amp:
+        log.info("%s: forward pass under %s autocast on %s", path, str(amp_dtype).replace("torch.", ""), device.type)
 
     boxes_all: List[torch.Tensor] = []
     scores_all: List[torch.Tensor] = []
@@ -216,8 +248,7 @@ def predict_scene(
     def run(batch):
         images = torch.from_numpy(np.stack([b[1] for b in batch])).to(device, non_blocking=True)
         images = images.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-            outputs = net(images)
+        outputs = net(images)  # under inference_mode and autocast (entered once, below)
         for (index, _chip, valid), out in zip(batch, outputs):
             keep = out["scores"] >= score_threshold
             boxes = out["boxes"][keep].float().cpu()
@@ -239,7 +270,10 @@ def predict_scene(
             labels_all.append(labels)
             chip_idx_all.append(torch.full((len(boxes),), index, dtype=torch.int64))
 
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20):
+    # one inference-mode and autocast region for the whole scene, not one per batch
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20), torch.inference_mode(), torch.autocast(
+        device.type, dtype=amp_dtype, enabled=use_amp
+    ):
         for item in reader:
             done += 1
             if not item[2].any():

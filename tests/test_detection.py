@@ -77,11 +77,40 @@ def test_loaded_model_is_left_trainable(make_scene_files, default_model):
     np.testing.assert_allclose(from_pair.score.to_numpy(), from_file.score.to_numpy(), atol=1e-4)
 
 
+def test_precision_choice():
+    import torch
+
+    from geodet.predict import autocast_dtype, cpu_has_native_bf16
+
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "float32") is None
+    assert autocast_dtype(cpu, "bfloat16") is torch.bfloat16
+    assert autocast_dtype(cpu, "auto") is (torch.bfloat16 if cpu_has_native_bf16() else None)
+    with pytest.raises(ValueError, match="precision"):
+        DetectConfig(precision="int8")
+
+
+def test_bfloat16_finds_what_float32_finds(make_scene_files, default_model):
+    from torchvision.ops import box_iou
+    import torch
+
+    s = make_scene_files(512, 512, seed=11)
+    full = detect(s.path, model=default_model, config=DetectConfig(score_threshold=0.5, precision="float32"))
+    half = detect(s.path, model=default_model, config=DetectConfig(score_threshold=0.5, precision="bfloat16"))
+    assert abs(len(half) - len(full)) <= max(1, len(full) // 50)
+    a = torch.tensor(full.geometry.bounds.to_numpy())
+    b = torch.tensor(half.geometry.bounds.to_numpy())
+    best = box_iou(a, b).max(dim=1).values
+    assert float(best.median()) > 0.95 and float((best > 0.7).float().mean()) > 0.97
+
+
 @pytest.mark.parametrize("ext,epsg", [(".geojson", 4326), (".gpkg", 32611), (".shp", 32611), (".parquet", 32611)])
 def test_output_formats(make_scene_files, default_model, tmp_path, ext, epsg):
     s = make_scene_files(256, 256, seed=3)
     out = tmp_path / f"d{ext}"
-    res = CliRunner().invoke(cli, ["detect", s.path, "-o", str(out), "-m", default_model, "--quiet"])
+    precision = "float32" if ext == ".gpkg" else "auto"
+    res = CliRunner().invoke(cli, ["detect", s.path, "-o", str(out), "-m", default_model, "--quiet",
+                                   "--precision", precision])
     assert res.exit_code == 0, res.output
     back = gpd.read_parquet(out) if ext == ".parquet" else gpd.read_file(out)
     assert back.crs.to_epsg() == epsg
