@@ -751,6 +751,8 @@ def run_memory_scaling(args) -> dict:
 
 
 def parse_args(argv=None):
+    from geodet.config import PRECISIONS  # a light module: dataclasses only
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scene", help="GeoTIFF to run on (default: a noise scene of --size px is written)")
     p.add_argument("--size", type=int, help="side of the generated scene in px (default 2048 on CPU, 8192 on CUDA)")
@@ -760,7 +762,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1), help="torch.set_num_threads")
     p.add_argument("--workers", type=int, help="geodet reader threads (default: DetectConfig's)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="geodet's forward-pass precision, for (a), (d), (f), (g) (DetectConfig.precision)")
     p.add_argument("--score-threshold", type=float, default=0.3)
     p.add_argument("--nms-iou", type=float, default=0.5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from geodet.config import PRECISIONS
 from geodet_cli.options import ProgressBar, bands_option, device_option, overwrite_option, user_errors
 
 
@@ -20,7 +21,7 @@ from geodet_cli.options import ProgressBar, bands_option, device_option, overwri
 @click.option("--nms-iou", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @device_option
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Reader threads.")
-@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
               show_default=True,
               help="Forward-pass arithmetic. auto: bf16 on a GPU (fp16 where bf16 is missing) and on CPUs with "
                    "native bf16 (AVX-512 BF16, AMX); float32 elsewhere.")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -266,7 +266,7 @@ def _ratio_sets(ratios: np.ndarray) -> List[Tuple[float, ...]]:
 
 @dataclass(frozen=True)
 class _Candidate:
-    covered: int
+    covered: Tuple[int, ...]  # boxes covered at each searched IoU threshold
     count: int
     levels: Tuple[int, ...]
     anchors: AnchorConfig
@@ -274,7 +274,7 @@ class _Candidate:
 
 def _candidates(
     boxes: np.ndarray, chip_size: int, max_levels: int, thresholds: Sequence[float]
-) -> List[Tuple[Tuple[int, ...], _Candidate]]:
+) -> List[_Candidate]:
     """Every searched anchor design with the number of boxes it covers at each IoU of ``thresholds``."""
     ratio_sets = _ratio_sets(box_aspect_ratios(boxes))
     all_ratios = sorted({r for rs in ratio_sets for r in rs})
@@ -293,7 +293,7 @@ def _candidates(
         ]  # each [N, ratio * scale], ratio-major
         per_level[level] = np.stack(ious, axis=1).reshape(len(boxes), len(sizes), len(all_ratios), len(all_scales))
 
-    out: List[Tuple[Tuple[int, ...], _Candidate]] = []
+    out: List[_Candidate] = []
     for ki, k in enumerate(_SIZE_FACTORS):
         for scales in _SCALE_SETS:
             si = [all_scales.index(s) for s in scales]
@@ -313,27 +313,26 @@ def _candidates(
                         )
                         count = anchor_count(levels, anchors, chip_size)
                         covered = tuple(int((best >= t).sum()) for t in thresholds)
-                        out.append((covered, _Candidate(covered=0, count=count, levels=levels, anchors=anchors)))
+                        out.append(_Candidate(covered=covered, count=count, levels=levels, anchors=anchors))
     return out
 
 
-def _choose(candidates: List[Tuple[Tuple[int, ...], _Candidate]], i: int, n: int, tolerance: float) -> _Candidate:
+def _choose(candidates: List[_Candidate], i: int, n: int, tolerance: float) -> _Candidate:
     """Among candidates within ``tolerance`` of the best coverage at threshold ``i``, the one with
     the fewest anchors (then the higher coverage, then the first searched)."""
-    scored = [replace(c, covered=covered[i]) for covered, c in candidates]
-    best_covered = max(c.covered for c in scored)
-    tied = [c for c in scored if c.covered >= best_covered - tolerance * n]
-    return min(tied, key=lambda c: (c.count, -c.covered))  # min() keeps the first of equals
+    best_covered = max(c.covered[i] for c in candidates)
+    tied = [c for c in candidates if c.covered[i] >= best_covered - tolerance * n]
+    return min(tied, key=lambda c: (c.count, -c.covered[i]))  # min() keeps the first of equals
 
 
-def _log_choice(chosen: _Candidate, n: int, fg_iou: float) -> None:
+def _log_choice(chosen: _Candidate, covered: int, n: int, fg_iou: float) -> None:
     log.info(
         "fitted anchors: levels %s sizes %s scales %s ratios %s cover %.1f%% of %d boxes at IoU %.2f",
         chosen.levels,
         chosen.anchors.sizes,
         chosen.anchors.scales,
         chosen.anchors.ratios,
-        100 * chosen.covered / n,
+        100 * covered / n,
         n,
         fg_iou,
     )
@@ -373,7 +372,7 @@ def fit_anchors(
     """
     boxes = _valid_boxes(boxes_px)
     chosen = _choose(_candidates(boxes, chip_size, max_levels, (fg_iou,)), 0, len(boxes), tolerance)
-    _log_choice(chosen, len(boxes), fg_iou)
+    _log_choice(chosen, chosen.covered[0], len(boxes), fg_iou)
     return chosen.levels, chosen.anchors
 
 
@@ -410,9 +409,9 @@ def fit_assignment(
     candidates = _candidates(boxes, chip_size, max_levels, fg_candidates)
     for i, fg in enumerate(fg_candidates):
         chosen = _choose(candidates, i, len(boxes), tolerance)
-        if chosen.covered >= min_coverage * len(boxes):
+        if chosen.covered[i] >= min_coverage * len(boxes):
             break
-    _log_choice(chosen, len(boxes), fg)
+    _log_choice(chosen, chosen.covered[i], len(boxes), fg)
     return chosen.levels, chosen.anchors, float(fg), round(float(fg) - BG_IOU_GAP, 4)
 
 

@@ -176,6 +176,10 @@ class TrainConfig:
     amp: bool = True
 
 
+#: Values of ``DetectConfig.precision``.
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
 @dataclass(frozen=True)
 class DetectConfig:
     """Inference settings.
@@ -205,9 +209,6 @@ class DetectConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
-
-#: Values of ``DetectConfig.precision``.
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -360,7 +360,7 @@ class RetinaHead(nn.Module):
         """
         cls_logits = head_outputs["cls_logits"]
         bbox_regression = head_outputs["bbox_regression"]
-        logits_valid, targets_valid, deltas_fg, deltas_target = [], [], [], []
+        logits_valid, targets_valid, deltas_fg, anchors_fg, boxes_fg = [], [], [], [], []
         num_foreground = 0
         for target, logits, deltas, anchors_per_chip, matched in zip(
             targets, cls_logits, bbox_regression, anchors, matched_idxs
@@ -374,14 +374,9 @@ class RetinaHead(nn.Module):
             valid = matched != det_utils.Matcher.BETWEEN_THRESHOLDS
             logits_valid.append(logits[valid])
             targets_valid.append(gt_classes[valid])
-            if self.box_loss == "giou":  # compare decoded boxes with the target boxes
-                deltas_fg.append(self.box_coder.decode_single(deltas[fg_idx], anchors_per_chip[fg_idx]))
-                deltas_target.append(target["boxes"][gt_idx].float())
-            else:
-                deltas_fg.append(deltas[fg_idx])
-                deltas_target.append(
-                    self.box_coder.encode_single(target["boxes"][gt_idx].float(), anchors_per_chip[fg_idx])
-                )
+            deltas_fg.append(deltas[fg_idx])
+            anchors_fg.append(anchors_per_chip[fg_idx])
+            boxes_fg.append(target["boxes"][gt_idx].float())
         normaliser = max(1, num_foreground)
         classification = sigmoid_focal_loss(
             torch.cat(logits_valid),
@@ -390,10 +385,12 @@ class RetinaHead(nn.Module):
             gamma=self.focal_gamma,
             reduction="sum",
         )
-        if self.box_loss == "giou":
-            regression = generalized_box_iou_loss(torch.cat(deltas_fg), torch.cat(deltas_target), reduction="sum")
-        else:
-            regression = F.l1_loss(torch.cat(deltas_fg), torch.cat(deltas_target), reduction="sum")
+        deltas_fg, anchors_fg, boxes_fg = torch.cat(deltas_fg), torch.cat(anchors_fg), torch.cat(boxes_fg)
+        if self.box_loss == "giou":  # decoded boxes against the target boxes
+            predicted = self.box_coder.decode_single(deltas_fg, anchors_fg)
+            regression = generalized_box_iou_loss(predicted, boxes_fg, reduction="sum")
+        else:  # deltas against the target boxes encoded on their anchors
+            regression = F.l1_loss(deltas_fg, self.box_coder.encode_single(boxes_fg, anchors_fg), reduction="sum")
         return {"classification": classification / normaliser, "bbox_regression": regression / normaliser}
 
 
@@ -503,7 +500,6 @@ def fold_batchnorm(module: nn.Module) -> int:
             if type(conv) is nn.Conv2d and isinstance(norm, norms):
                 setattr(parent, conv_name, _fuse_pair(conv, norm))
                 setattr(parent, norm_name, nn.Identity())
-                children[norm_name] = nn.Identity()
                 folded += 1
     return folded
 

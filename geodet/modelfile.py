@@ -268,17 +268,16 @@ def _model_with_weights(cfg, state_dict: Dict[str, Tensor]) -> nn.Module:
 
     The network is built on the meta device and the file's tensors are
     assigned to it, which skips the random initialisation of every layer
-    (0.6 s of a 1.3 s load for ResNet-50-FPN on 2 CPU cores). Should any tensor
-    not come from the file, the model is built again the ordinary way.
+    (construction 0.33-0.62 s -> 0.05-0.09 s for ResNet-50-FPN on 2 CPU
+    cores). ``strict`` loading fills every parameter and persistent buffer;
+    the model has no other tensors (tests/test_modelfile.py checks that none
+    is left on the meta device).
     """
     from geodet.model import build_model
 
     with torch.device("meta"):
         model = build_model(cfg, load_backbone_weights=False)
     model.load_state_dict(state_dict, strict=True, assign=True)
-    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
-        model = build_model(cfg, load_backbone_weights=False)
-        model.load_state_dict(state_dict, strict=True)
     return model
 
 

@@ -77,6 +77,24 @@ def test_loaded_model_is_left_trainable(make_scene_files, default_model):
     np.testing.assert_allclose(from_pair.score.to_numpy(), from_file.score.to_numpy(), atol=1e-4)
 
 
+def test_nodata_chips_skip_the_network(make_scene_files, default_model):
+    """Chips with no valid pixel never reach the model; no detection is centred on nodata."""
+    from geodet.detection import load
+    from geodet.predict import predict_scene
+
+    s = make_scene_files(256, 1024, seed=4, nodata_region=True)  # about the right 35% is nodata
+    net, meta, device = load(default_model, "cpu")
+    calls = []
+    net.register_forward_pre_hook(lambda _m, args: calls.append(len(args[0])))
+    dets = predict_scene(net, s.path, bands=meta.bands, chip_px=128, overlap_px=32, device=device,
+                         score_threshold=0.3)
+    assert dets.skipped >= 2 and sum(calls) == dets.chips  # only chips with data went through the network
+    assert len(dets.scores) > 0
+    cx = ((dets.boxes_px[:, 0] + dets.boxes_px[:, 2]) / 2).astype(int)
+    cy = ((dets.boxes_px[:, 1] + dets.boxes_px[:, 3]) / 2).astype(int)
+    assert s.scene.valid[cy, cx].all()
+
+
 def test_precision_choice():
     import torch
 
@@ -85,18 +103,20 @@ def test_precision_choice():
     cpu = torch.device("cpu")
     assert autocast_dtype(cpu, "float32") is None
     assert autocast_dtype(cpu, "bfloat16") is torch.bfloat16
+    assert autocast_dtype(cpu, "float16") is torch.float16
     assert autocast_dtype(cpu, "auto") is (torch.bfloat16 if cpu_has_native_bf16() else None)
     with pytest.raises(ValueError, match="precision"):
         DetectConfig(precision="int8")
 
 
-def test_bfloat16_finds_what_float32_finds(make_scene_files, default_model):
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_half_precision_finds_what_float32_finds(make_scene_files, default_model, precision):
     from torchvision.ops import box_iou
     import torch
 
     s = make_scene_files(512, 512, seed=11)
     full = detect(s.path, model=default_model, config=DetectConfig(score_threshold=0.5, precision="float32"))
-    half = detect(s.path, model=default_model, config=DetectConfig(score_threshold=0.5, precision="bfloat16"))
+    half = detect(s.path, model=default_model, config=DetectConfig(score_threshold=0.5, precision=precision))
     assert abs(len(half) - len(full)) <= max(1, len(full) // 50)
     a = torch.tensor(full.geometry.bounds.to_numpy())
     b = torch.tensor(half.geometry.bounds.to_numpy())
