@@ -5,7 +5,14 @@ from __future__ import annotations
 import click
 
 from geodet.config import PRECISIONS
-from geodet_cli.options import ProgressBar, bands_option, device_option, overwrite_option, user_errors
+from geodet_cli.options import (
+    ProgressBar,
+    bands_option,
+    device_option,
+    exit_on_failed_scenes,
+    overwrite_option,
+    user_errors,
+)
 
 
 @click.command("detect")
@@ -34,7 +41,9 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
                precision, bands, quicklook, quiet, overwrite):
     """Detect objects in SCENES (GeoTIFFs or glob patterns) and write them to OUT.
 
-    Several scenes give one output with a `scene` column.
+    Several scenes give one output with a `scene` column. A scene that cannot
+    be read is reported and left out; the others are still written, and the
+    command then exits with status 1, naming the failed scenes.
 
     \b
     Examples:
@@ -57,14 +66,17 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
                            nms_iou=nms_iou, device=device, workers=workers, precision=precision)
         bar = ProgressBar("detect", enabled=not quiet)
         try:
-            frame = detect(paths, model, config=cfg, bands=bands, chip_size=chip_size, progress=bar)
+            frame = detect(paths, model, config=cfg, bands=bands, chip_size=chip_size, progress=bar,
+                           on_error="skip")
         finally:
             bar.close()
         write_detections(frame, out, overwrite=overwrite)
+        failed = frame.attrs.get("failed_scenes", {})
         if quicklook:
             from geodet.plot import quicklook as make_quicklook
 
-            make_quicklook(paths[0], frame, quicklook, overwrite=overwrite)
+            make_quicklook(next(p for p in paths if p not in failed), frame, quicklook, overwrite=overwrite)
     counts = frame["class"].value_counts().to_dict() if len(frame) else {}
     detail = ", ".join(f"{n} {c}" for c, n in sorted(counts.items())) or "nothing found"
-    click.echo(f"wrote {len(frame)} detections ({detail}) from {len(paths)} scene(s) to {out}")
+    click.echo(f"wrote {len(frame)} detections ({detail}) from {len(paths) - len(failed)} scene(s) to {out}")
+    exit_on_failed_scenes(failed, len(paths))

@@ -49,6 +49,16 @@ def user_errors():
         raise click.ClickException(str(exc)) from None
 
 
+def exit_on_failed_scenes(failed: dict, n_scenes: int) -> None:
+    """After a many-scene run: name the scenes that failed (path -> reason) and exit with status 1."""
+    if not failed:
+        return
+    click.echo(f"{len(failed)} of {n_scenes} scene(s) failed and were left out:", err=True)
+    for path, reason in failed.items():
+        click.echo(f"  {path}: {reason}", err=True)
+    raise SystemExit(1)
+
+
 def load_config_file(ctx, param, value):
     """Eager ``--config FILE`` callback: YAML or TOML values become defaults.
 

@@ -8,6 +8,7 @@ from geodet_cli.options import (
     bands_option,
     chip_size_option,
     class_field_option,
+    exit_on_failed_scenes,
     overlap_option,
     overwrite_option,
     user_errors,
@@ -53,3 +54,4 @@ def tile_cmd(imagery, labels, class_field, chip_size, overlap, bands, min_visibl
         f"{summary.labels_inside} of {summary.labels_total} labels inside the imagery; "
         f"{summary.skipped_nodata} nodata-only chips skipped"
     )
+    exit_on_failed_scenes(summary.failed, len(imagery))

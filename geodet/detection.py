@@ -13,7 +13,7 @@ import glob
 import logging
 import os
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import geopandas as gpd
 import numpy as np
@@ -91,6 +91,7 @@ def detect(
     bands: Optional[Sequence[int]] = None,
     chip_size: Optional[int] = None,
     progress: Optional[Callable[[int, int], None]] = None,
+    on_error: str = "raise",
 ) -> gpd.GeoDataFrame:
     """Detect objects in one or more scenes.
 
@@ -102,6 +103,11 @@ def detect(
         bands: 1-based scene bands to feed the model (default: the model's).
         chip_size: chip side in pixels (default: the model's).
         progress: called with (chips done, chips total) per scene.
+        on_error: what a scene that cannot be opened or read (a damaged file,
+            wrong bands) does: ``"raise"`` its :class:`GeodetError`, or
+            ``"skip"`` it and go on with the others; skipped scenes are listed
+            in ``frame.attrs["failed_scenes"]`` (path -> reason) and logged.
+            With ``"skip"``, a run where every scene failed still raises.
 
     Returns:
         GeoDataFrame with columns ``class``, ``score``, ``scene`` and box
@@ -110,8 +116,25 @@ def detect(
     """
     from geodet.predict import predict_scene
 
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     paths = expand_scenes(scenes)
-    infos = [open_scene(p) for p in paths]
+    failed: Dict[str, str] = {}
+
+    def scene_failed(path: str, exc: GeodetError) -> None:
+        if on_error == "raise":
+            raise exc
+        failed[path] = str(exc)
+        log.warning("skipped %s: %s", path, exc)
+
+    infos = {}
+    for path in paths:
+        try:
+            infos[path] = open_scene(path)
+        except GeodetError as exc:
+            scene_failed(path, exc)
+    if not infos:
+        raise GeodetError("no scene could be read: " + "; ".join(failed.values()))
     net, meta, device = load(model, config.device)
     use_bands = tuple(bands) if bands is not None else tuple(meta.bands)
     chip_px = int(chip_size or meta.chip_size)
@@ -122,16 +145,20 @@ def detect(
     if warn:
         log.warning(warn)
 
-    crs_set = {info.crs.to_string() for info in infos}
-    out_crs = infos[0].crs if len(crs_set) == 1 else "EPSG:4326"
+    crs_set = {info.crs.to_string() for info in infos.values()}
+    out_crs = next(iter(infos.values())).crs if len(crs_set) == 1 else "EPSG:4326"
     frames = []
-    for path, info in zip(paths, infos):
-        dets = predict_scene(
-            net, path, bands=use_bands, chip_px=chip_px, overlap_px=overlap, model_gsd_m=meta.gsd,
-            device=device, batch_size=config.batch_size, workers=config.workers,
-            score_threshold=config.score_threshold, nms_iou=config.nms_iou, precision=config.precision,
-            progress=progress,
-        )
+    for path, info in infos.items():
+        try:
+            dets = predict_scene(
+                net, path, bands=use_bands, chip_px=chip_px, overlap_px=overlap, model_gsd_m=meta.gsd,
+                device=device, batch_size=config.batch_size, workers=config.workers,
+                score_threshold=config.score_threshold, nms_iou=config.nms_iou, precision=config.precision,
+                progress=progress,
+            )
+        except GeodetError as exc:
+            scene_failed(path, exc)
+            continue
         log.info("%s: %d detections from %d chips (%d nodata chips skipped)", path, len(dets.scores), dets.chips, dets.skipped)
         if len(dets.scores) == 0:
             continue
@@ -145,12 +172,17 @@ def detect(
             crs=info.crs,
         )
         frames.append(frame.to_crs(out_crs) if len(crs_set) > 1 else frame)
+    if len(failed) == len(paths):
+        raise GeodetError("no scene could be read: " + "; ".join(failed.values()))
     if not frames:
-        return empty_frame(out_crs)
-    out = pd.concat(frames, ignore_index=True)
-    return gpd.GeoDataFrame(out, geometry="geometry", crs=out_crs).sort_values(
-        ["scene", "score"], ascending=[True, False], ignore_index=True
-    )
+        out = empty_frame(out_crs)
+    else:
+        out = pd.concat(frames, ignore_index=True)
+        out = gpd.GeoDataFrame(out, geometry="geometry", crs=out_crs).sort_values(
+            ["scene", "score"], ascending=[True, False], ignore_index=True
+        )
+    out.attrs["failed_scenes"] = failed
+    return out
 
 
 def _overlap_warning(meta, overlap_px: int) -> Optional[str]:

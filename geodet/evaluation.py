@@ -432,7 +432,9 @@ def _class_names(frame, field: str, name: str) -> np.ndarray:
     missing = int(values.isna().sum())
     if missing:
         raise GeodetError(f"{name} has {missing} feature(s) without a value in its class field {field!r}.")
-    return np.asarray(values.astype(str).to_numpy(), dtype=object)
+    from geodet.vector import class_name_strings
+
+    return np.asarray(class_name_strings(values).to_numpy(), dtype=object)
 
 
 def _resolve_classes(pred_frame, truth_frame, class_field, pred_name, truth_name):
@@ -536,6 +538,8 @@ def valid_pixels(src, rows: np.ndarray, cols: np.ndarray, *, block_px: int = MAS
     """
     from rasterio.windows import Window
 
+    from geodet.raster import read_errors
+
     rows = np.asarray(rows, np.int64)
     cols = np.asarray(cols, np.int64)
     out = np.zeros(len(rows), bool)
@@ -548,6 +552,8 @@ def valid_pixels(src, rows: np.ndarray, cols: np.ndarray, *, block_px: int = MAS
     for sel in np.split(order, bounds):
         r0, r1 = int(rows[sel].min()), int(rows[sel].max()) + 1
         c0, c1 = int(cols[sel].min()), int(cols[sel].max()) + 1
-        mask = src.dataset_mask(window=Window(c0, r0, c1 - c0, r1 - r0))
+        window = Window(c0, r0, c1 - c0, r1 - r0)
+        with read_errors(src, window):
+            mask = src.dataset_mask(window=window)
         out[sel] = mask[rows[sel] - r0, cols[sel] - c0] > 0
     return out

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -177,15 +176,9 @@ def _adapt_conv1(weight_rgb: Tensor, in_channels: int) -> Tensor:
 
 def _load_backbone_weights(net: nn.Module, path: str, depth: int, in_channels: int) -> None:
     """Load a torchvision ResNet state dict from ``path`` into ``net`` (fc ignored)."""
-    file = Path(path)
-    if not file.is_file():
-        raise GeodetError(f"backbone weights file {path} does not exist")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means an unreadable file
-        raise GeodetError(
-            f"backbone weights file {path} is not a readable torch state dict ({exc.__class__.__name__})"
-        ) from exc
+    from geodet.modelfile import load_plain
+
+    state = load_plain(path, "backbone weights file")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):

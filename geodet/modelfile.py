@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
@@ -23,14 +22,15 @@ from torch import Tensor, nn
 import geodet
 from geodet.config import ModelConfig, from_dict, to_dict
 from geodet.errors import GeodetError
+from geodet.outputs import staged_file
 
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "geodet-model"
 FORMAT_VERSION = 1
 
-#: Phrases of torch's weights-only unpickler when a file names a Python global.
-_UNSAFE_MARKERS = ("Unsupported global", "Unsupported class", "not an allowed global")
+#: What torch's weights-only unpickler says (any case) when a file names a Python global (code, a class).
+_UNSAFE_MARKER = "global"
 
 _REQUIRED_KEYS = (
     "config",
@@ -109,11 +109,12 @@ def save_model(
     gsd: float,
     dtype: str,
     extra: Optional[dict] = None,
+    overwrite: bool = True,
 ) -> Path:
     """Write ``model`` and its description to ``path`` atomically.
 
     The file is written to a temporary file in the same directory and then
-    moved over ``path`` with ``os.replace``, so a reader never sees half a file.
+    published (:mod:`geodet.outputs`), so a reader never sees half a file.
 
     Args:
         path: destination file (conventionally ``*.pt``).
@@ -126,6 +127,8 @@ def save_model(
         gsd: ground sample distance in CRS units per pixel.
         dtype: raster data type name, e.g. ``"uint8"``.
         extra: more plain values to store (no arbitrary objects).
+        overwrite: replace an existing ``path``; False publishes without clobbering, so a
+            file that appeared meanwhile (another run) is kept and this call fails.
 
     Returns:
         the path written.
@@ -133,6 +136,7 @@ def save_model(
     Raises:
         ValueError: the description does not match ``model_config``.
         TypeError: ``extra`` holds something other than plain values and tensors.
+        GeodetError: ``path`` exists and ``overwrite`` is False.
     """
     if len(class_names) != model_config.num_classes:
         raise ValueError(f"{len(class_names)} class names for a model with {model_config.num_classes} classes")
@@ -160,22 +164,38 @@ def save_model(
     _check_plain(payload["config"], "config")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            torch.save(payload, tmp)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp creates 0600
-        os.replace(tmp_name, target)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    with staged_file(target, overwrite=overwrite) as tmp, open(tmp, "wb") as fh:
+        torch.save(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
     log.info("saved model to %s", target)
     return target
+
+
+def load_plain(path: Union[str, os.PathLike], what: str) -> Any:
+    """``torch.load(path, weights_only=True)``, every failure one sentence naming the file.
+
+    Args:
+        path: a file written by ``torch.save``.
+        what: what the file should be, for messages (``"model file"``, ``"backbone weights file"``).
+
+    Raises:
+        GeodetError: missing file; a file whose pickle names Python code or objects (never
+            loaded: the weights-only unpickler stops at the first one); a corrupt, truncated or
+            foreign file.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise GeodetError(f"the {what} {file} does not exist.")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every failure is reported as one sentence
+        if _UNSAFE_MARKER in str(exc).lower():
+            raise GeodetError(
+                f"{file} holds Python code or objects that geodet will not load: a geodet {what} holds "
+                "only weights and plain values, so this one was not written by geodet or was altered."
+            ) from None
+        raise GeodetError(f"{file} is not a readable {what}: it is corrupt, truncated or of another kind.") from None
 
 
 def read_model_file(path: Union[str, os.PathLike]) -> dict:
@@ -185,18 +205,7 @@ def read_model_file(path: Union[str, os.PathLike]) -> dict:
         GeodetError: missing, unreadable, unsafe or non-geodet file.
     """
     file = Path(path)
-    if not file.is_file():
-        raise GeodetError(f"model file {file} does not exist")
-    try:
-        data = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - every failure is reported as one sentence
-        if any(marker in str(exc) for marker in _UNSAFE_MARKERS):
-            raise GeodetError(
-                f"{file.name} is not a safe geodet model file: it contains arbitrary Python objects"
-            ) from exc
-        raise GeodetError(
-            f"{file.name} is not a readable model file: it is corrupt, truncated or of another kind"
-        ) from exc
+    data = load_plain(file, "model file")
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise GeodetError(f"{file.name} is not a geodet model file")
     version = data.get("format_version")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
@@ -528,7 +527,7 @@ def quicklook(
 
         imsave(fh, rgba, format="png")
 
-    _write_atomic(out, write)
+    _write_atomic(out, write, overwrite=overwrite)
     log.info("wrote quicklook %s (%d x %d px)", out, rgba.shape[1], rgba.shape[0])
     return out
 
@@ -608,32 +607,22 @@ def _hex_to_rgba(color: str) -> Tuple[int, int, int, int]:
 
 
 def check_png_path(path: Union[str, os.PathLike], *, overwrite: bool = False) -> None:
-    """Refuse an existing ``path`` without ``overwrite`` and a missing folder (call before long work).
+    """Check before long work that ``path`` can be written (see :func:`geodet.outputs.check_output`).
 
     Raises:
-        GeodetError: with one sentence saying which.
+        GeodetError: with one sentence saying why not.
     """
-    path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise GeodetError(f"{path} already exists; choose another name or pass --overwrite.")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise GeodetError(f"the folder {folder} does not exist.")
+    from geodet.outputs import check_output
+
+    check_output(path, overwrite=overwrite)
 
 
-def _write_atomic(path: str, write: Callable) -> None:
-    """Call ``write(binary file)`` on a temporary file beside ``path``, then move it into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def _write_atomic(path: str, write: Callable, *, overwrite: bool = True) -> None:
+    """Call ``write(binary file)`` on a temporary file beside ``path``, then publish it."""
+    from geodet.outputs import staged_file
+
+    with staged_file(path, overwrite=overwrite) as tmp, open(tmp, "wb") as fh:
+        write(fh)
 
 
 def _draw_or_save(draw: Callable, path_or_ax, *, figsize: Tuple[float, float]):

@@ -6,6 +6,7 @@ whether the GeoTIFF is internally tiled or striped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -178,6 +179,24 @@ def resolve_bands(info: SceneInfo, bands: Optional[Sequence[int]]) -> Tuple[int,
     return bands
 
 
+@contextlib.contextmanager
+def read_errors(src, window: Window):
+    """Turn a failed read of ``window`` into one sentence naming the file, window and GDAL's reason.
+
+    A file whose header is intact but whose data blocks are cut off or corrupt (a half-downloaded
+    COG, a bad disk) opens fine and fails only here.
+    """
+    try:
+        yield
+    except RasterioIOError as exc:
+        cause = exc.__cause__ or exc.__context__
+        reason = (_first_line(cause) if cause is not None else _first_line(exc)).rstrip(".")
+        raise GeodetError(
+            f"{src.name} is damaged or incomplete: reading the window at column {int(window.col_off)}, "
+            f"row {int(window.row_off)} ({int(window.width)} x {int(window.height)} px) failed ({reason})."
+        ) from None
+
+
 def read_raw(
     src,
     window: Window,
@@ -205,8 +224,9 @@ def read_raw(
         shape = (len(bands), *out_shape)
         data_kw = dict(out_shape=shape, resampling=rasterio.enums.Resampling.bilinear)
         mask_kw = dict(out_shape=shape, resampling=rasterio.enums.Resampling.nearest)
-    data = src.read(bands, window=window, **data_kw)
-    valid = np.all(src.read_masks(bands, window=window, **mask_kw) > 0, axis=0)
+    with read_errors(src, window):
+        data = src.read(bands, window=window, **data_kw)
+        valid = np.all(src.read_masks(bands, window=window, **mask_kw) > 0, axis=0)
     if data.dtype.kind == "f":
         valid &= np.all(np.isfinite(data), axis=0)
     return data, valid

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import rasterio
@@ -22,6 +19,7 @@ import rasterio
 from geodet.boxes import clip_boxes_to_window
 from geodet.config import ChipConfig
 from geodet.errors import GeodetError
+from geodet.outputs import check_output, staged_folder
 from geodet.raster import open_dataset, read_raw, resolve_bands, scene_info
 from geodet.vector import check_labels_inside, labels_for_scene, read_labels
 from geodet.windows import chip_transform, chip_windows, window_bounds_px
@@ -41,6 +39,7 @@ class TileSummary:
         labels_inside: labels that intersect the imagery.
         labels_total: labels in the file.
         class_names: the categories, in COCO id order (id = index + 1).
+        failed: scenes left out because they could not be read: path -> reason.
     """
 
     out_dir: str
@@ -50,17 +49,13 @@ class TileSummary:
     labels_inside: int
     labels_total: int
     class_names: tuple
+    failed: Dict[str, str] = field(default_factory=dict)
 
 
 def prepare_out_dir(out_dir: str, *, overwrite: bool) -> None:
-    """Refuse a non-empty existing output folder unless ``overwrite``."""
-    path = Path(out_dir)
-    if path.exists() and not path.is_dir():
-        raise GeodetError(f"{out_dir} exists and is not a folder.")
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise GeodetError(f"{out_dir} exists and is not empty; choose another folder or pass --overwrite.")
-    if not path.parent.exists():
-        raise GeodetError(f"the folder {path.parent} does not exist.")
+    """Check before any work that ``out_dir`` can be written: refuse a non-empty existing
+    folder unless ``overwrite`` (see :func:`geodet.outputs.check_output`)."""
+    check_output(out_dir, overwrite=overwrite, folder=True)
 
 
 def tile(
@@ -86,47 +81,68 @@ def tile(
 
     Everything is written into a temporary folder beside ``out_dir`` and
     moved into place at the end, so a failure leaves nothing half-written.
+    A scene that cannot be opened or read (damaged file) is left out, with its
+    chips, and named in ``TileSummary.failed``; the others are still written.
+
+    Raises:
+        GeodetError: bad labels or settings, or no scene could be tiled.
     """
     if not imagery:
         raise GeodetError("no imagery given.")
     prepare_out_dir(out_dir, overwrite=overwrite)
+    failed: Dict[str, str] = {}
     infos = []
     for path in imagery:
-        with open_dataset(path) as src:
-            infos.append(scene_info(src))
+        try:
+            with open_dataset(path) as src:
+                infos.append(scene_info(src))
+        except GeodetError as exc:
+            _scene_failed(failed, path, exc, len(imagery))
     label_set = read_labels(labels, class_field=class_field)
     per_scene = [labels_for_scene(label_set, info, point_size_m=chip.point_size_m) for info in infos]
-    check_labels_inside(label_set, per_scene, imagery)
+    check_labels_inside(label_set, per_scene, [info.path for info in infos])
 
-    target = Path(out_dir).resolve()
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    coco = {
+        "info": {"description": "geodet tile export", "labels": str(labels)},
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(label_set.class_names)],
+    }
+    skipped = 0
+    with staged_folder(out_dir, overwrite=overwrite) as work:
         (work / "chips").mkdir()
-        coco = {
-            "info": {"description": "geodet tile export", "labels": str(labels)},
-            "images": [],
-            "annotations": [],
-            "categories": [{"id": i + 1, "name": n} for i, n in enumerate(label_set.class_names)],
-        }
-        skipped = 0
         for info, scene_labels in zip(infos, per_scene):
-            bands = resolve_bands(info, chip.bands)
-            skipped += _tile_scene(info, bands, scene_labels, chip, work, coco, progress)
+            marks = len(coco["images"]), len(coco["annotations"])
+            try:
+                bands = resolve_bands(info, chip.bands)
+                skipped += _tile_scene(info, bands, scene_labels, chip, work, coco, progress)
+            except GeodetError as exc:
+                _scene_failed(failed, info.path, exc, len(imagery))
+                for image in coco["images"][marks[0]:]:  # this scene's chips go with it
+                    (work / image["file_name"]).unlink(missing_ok=True)
+                del coco["images"][marks[0]:], coco["annotations"][marks[1]:]
+        if failed and len(failed) == len(imagery):
+            raise GeodetError("no scene could be tiled: " + "; ".join(failed.values()))
         with open(work / "annotations.json", "w") as fh:
             json.dump(coco, fh)
-        _swap_into_place(work, target)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return TileSummary(
-        out_dir=str(target),
+        out_dir=str(Path(out_dir).resolve()),
         chips=len(coco["images"]),
         skipped_nodata=skipped,
         annotations=len(coco["annotations"]),
         labels_inside=sum(len(s.boxes_px) for s in per_scene),
         labels_total=len(label_set.frame),
         class_names=label_set.class_names,
+        failed=failed,
     )
+
+
+def _scene_failed(failed: Dict[str, str], path: str, exc: GeodetError, n_scenes: int) -> None:
+    """Record a scene that could not be tiled; with one scene there is nothing else to do."""
+    if n_scenes == 1:
+        raise exc
+    failed[str(path)] = str(exc)
+    log.warning("skipped %s: %s", path, exc)
 
 
 def _tile_scene(info, bands, scene_labels, chip: ChipConfig, work: Path, coco: dict, progress) -> int:
@@ -198,14 +214,3 @@ def _write_chip(data: np.ndarray, info, window, size: int, path: Path) -> None:
         profile.update(tiled=True, blockxsize=min(size, 256), blockysize=min(size, 256))
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
-
-
-def _swap_into_place(work: Path, target: Path) -> None:
-    old: List[Path] = []
-    if target.exists():
-        aside = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, aside)
-        old.append(aside)
-    os.replace(work, target)
-    for path in old:
-        shutil.rmtree(path, ignore_errors=True)

@@ -184,13 +184,14 @@ def train(
     from geodet.model import build_model
     from geodet.modelfile import save_model
 
+    from geodet.outputs import check_output
+
     last_path = last_checkpoint_path(out)
     if resume and not os.path.exists(last_path):
         raise GeodetError(f"cannot resume: {last_path} does not exist.")
     if not resume and os.path.exists(out) and not overwrite:
         raise GeodetError(f"{out} already exists; choose another name, pass --overwrite, or --resume.")
-    if not Path(out).resolve().parent.exists():
-        raise GeodetError(f"the folder {Path(out).parent} does not exist.")
+    check_output(out, overwrite=True)  # the folder exists and can be written
 
     device = resolve_device(config.device)
     _seed_everything(config.seed)
@@ -295,6 +296,7 @@ def train(
     )
     t0 = time.monotonic()
     stop = False
+    claimed = resume or overwrite  # may the best-model file at ``out`` be replaced?
     epoch = start_epoch
     for epoch in range(start_epoch, config.epochs):
         train_ds.set_epoch(epoch)
@@ -349,7 +351,9 @@ def train(
         score = record["val_map50"] if val_ds is not None else -record["loss"]
         if score > best:
             best = score
-            save_model(out, net, extra={"history": history}, **meta)
+            # the first write of a new run never replaces a file that appeared meanwhile (another run)
+            save_model(out, net, extra={"history": history}, overwrite=claimed, **meta)
+            claimed = True
         train_state = {
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else {},
@@ -429,17 +433,18 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _load_checkpoint_state(path: str) -> dict:
-    """The raw contents of a last checkpoint, loaded safely (weights_only)."""
+    """The training state of a last checkpoint, read by :func:`geodet.modelfile.read_model_file`."""
+    from geodet.modelfile import read_model_file
+
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise GeodetError(f"cannot resume: {path} is not a readable geodet checkpoint ({exc}).") from exc
+        raw = read_model_file(path)
+    except GeodetError as exc:
+        raise GeodetError(f"cannot resume: {exc}") from None
     extra = raw.get("extra") or {}
     if "train_state" not in extra:
         raise GeodetError(f"cannot resume: {path} holds no training state.")
-    cfg = dict(raw["config"])
     return {
-        "model_config": from_dict(ModelConfig, cfg),
+        "model_config": from_dict(ModelConfig, dict(raw["config"])),
         "class_names": list(raw["class_names"]),
         "state_dict": raw["state_dict"],
         "train_state": extra["train_state"],

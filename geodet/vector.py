@@ -3,14 +3,13 @@
 Reading validates what users get wrong (no CRS, empty file, missing class
 field, invalid geometries, labels off the imagery) and converts labels to
 pixel boxes of a scene. Writing picks the format from the file extension and
-is atomic (temp file, then rename).
+is atomic and never replaces a file without ``overwrite`` (:mod:`geodet.outputs`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import shapely
 
 from geodet.boxes import box_area, geometries_to_pixel_boxes
 from geodet.errors import GeodetError
+from geodet.outputs import check_output, publish_file, publish_files, scratch_folder
 from geodet.raster import SceneInfo
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def read_labels(
     if field is None:
         names = frame.assign(class_name=DEFAULT_CLASS)["class_name"]
     else:
-        names = frame[field].astype(str).where(frame[field].notna(), None)
+        names = class_name_strings(frame[field])
         missing = int(names.isna().sum())
         if missing:
             log.warning("%s: %d feature(s) without a value in %r dropped", path, missing, field)
@@ -146,6 +146,21 @@ def read_labels(
     if len(frame) == 0:
         raise GeodetError(f"{path} holds no usable labels after cleaning.")
     return LabelSet(path=str(path), frame=frame.reset_index(drop=True), class_names=found, class_field=field)
+
+
+def class_name_strings(values) -> "pd.Series":
+    """Class names as text, None where missing: ``1``, not ``1.0``, for a whole-number column.
+
+    A column of integers with some nulls reaches pandas as float64; its values are written back
+    as the integers they were, so the class of ``1`` is ``"1"`` in labels, models and outputs.
+    """
+    import pandas as pd
+
+    values = pd.Series(values)
+    present = values.notna()
+    if pd.api.types.is_float_dtype(values) and np.all(np.mod(values[present].to_numpy(), 1) == 0):
+        values = values.astype("Int64")
+    return values.astype(str).where(present, None)
 
 
 def _first_line(exc: Exception) -> str:
@@ -235,21 +250,18 @@ def check_labels_inside(labels: LabelSet, per_scene: Sequence[SceneLabels], scen
 
 
 def check_output_path(path: str, *, overwrite: bool = False) -> str:
-    """The output driver for ``path``; refuse an existing file unless ``overwrite``.
+    """The output driver for ``path``, after checking (before any work) that it can be written.
 
     Raises:
-        GeodetError: unknown extension, or the file exists and ``overwrite`` is False.
+        GeodetError: unknown extension, a missing or unwritable folder, or the file exists and
+            ``overwrite`` is False (see :func:`geodet.outputs.check_output`).
     """
     ext = Path(path).suffix.lower()
     if ext not in OUTPUT_DRIVERS:
         raise GeodetError(
             f"cannot tell the output format of {path}: use one of {', '.join(sorted(OUTPUT_DRIVERS))}."
         )
-    if os.path.exists(path) and not overwrite:
-        raise GeodetError(f"{path} already exists; choose another name or pass --overwrite.")
-    parent = Path(path).parent
-    if not parent.exists():
-        raise GeodetError(f"the folder {parent} does not exist.")
+    check_output(path, overwrite=overwrite)
     return OUTPUT_DRIVERS[ext]
 
 
@@ -264,23 +276,16 @@ def write_vector(frame: gpd.GeoDataFrame, path: str, *, overwrite: bool = False)
     target = Path(path)
     if driver == "GeoJSON":
         frame = frame.to_crs("EPSG:4326") if frame.crs is not None else frame
-    tmpdir = tempfile.mkdtemp(prefix=".geodet-", dir=target.parent)
-    try:
-        tmp = Path(tmpdir) / target.name
+    with scratch_folder(target) as tmpdir:
+        tmp = tmpdir / target.name
         if driver == "parquet":
             frame.to_parquet(tmp)
         elif driver == "GeoJSON":
             frame.to_file(tmp, driver=driver, engine="pyogrio", RFC7946="YES", WRITE_BBOX="NO")
         else:
             frame.to_file(tmp, driver=driver, engine="pyogrio")
-        if driver == "ESRI Shapefile":
-            for ext in _SHAPEFILE_SIDECARS:
-                part = tmp.with_suffix(ext)
-                if part.exists():
-                    os.replace(part, target.with_suffix(ext))
+        if driver == "ESRI Shapefile":  # the .shp first: it claims the name
+            parts = [tmp.with_suffix(ext) for ext in _SHAPEFILE_SIDECARS if tmp.with_suffix(ext).exists()]
+            publish_files([(part, target.with_suffix(part.suffix)) for part in parts], overwrite=overwrite)
         else:
-            os.replace(tmp, target)
-    finally:
-        for leftover in Path(tmpdir).glob("*"):
-            leftover.unlink()
-        os.rmdir(tmpdir)
+            publish_file(tmp, target, overwrite=overwrite)
