@@ -52,12 +52,6 @@ class TileSummary:
     failed: Dict[str, str] = field(default_factory=dict)
 
 
-def prepare_out_dir(out_dir: str, *, overwrite: bool) -> None:
-    """Check before any work that ``out_dir`` can be written: refuse a non-empty existing
-    folder unless ``overwrite`` (see :func:`geodet.outputs.check_output`)."""
-    check_output(out_dir, overwrite=overwrite, folder=True)
-
-
 def tile(
     imagery: Sequence[str],
     labels: str,
@@ -89,7 +83,7 @@ def tile(
     """
     if not imagery:
         raise GeodetError("no imagery given.")
-    prepare_out_dir(out_dir, overwrite=overwrite)
+    check_output(out_dir, overwrite=overwrite, folder=True)  # before any work
     failed: Dict[str, str] = {}
     infos = []
     for path in imagery:
