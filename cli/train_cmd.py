@@ -63,6 +63,9 @@ _DEFAULTS = TrainConfig()
 @click.option("--levels", default=None, help="Pyramid levels, e.g. 2,3,4 (default: fitted, or 3..7).")
 @click.option("--point-size", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True,
               help="Side in metres of the box drawn around a point label.")
+@click.option("--ema-decay", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=_DEFAULTS.ema_decay,
+              help="Keep an exponential moving average of the weights (e.g. 0.999 per step); it is validated "
+                   "and saved as the model.")
 @click.option("--no-augment", is_flag=True,
               help="Turn off augmentation (dihedral flips/rotations, scale, colour, blur, noise, chip shift).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -70,7 +73,7 @@ _DEFAULTS = TrainConfig()
 def train_cmd(imagery, labels, class_field, out, epochs, batch_size, lr, chip_size, overlap, bands, backbone,
               backbone_weights, device, val_fraction, negative_ratio, repeat_thresh, seed, resume, workers,
               max_time, anchors,
-              anchor_sizes, anchor_scales, anchor_ratios, levels, point_size, no_augment, quiet, overwrite):
+              anchor_sizes, anchor_scales, anchor_ratios, levels, point_size, ema_decay, no_augment, quiet, overwrite):
     """Train a RetinaNet on GeoTIFFs and vector labels.
 
     Anchors are fitted to the objects by default; the model file carries its
@@ -108,7 +111,7 @@ def train_cmd(imagery, labels, class_field, out, epochs, batch_size, lr, chip_si
         chip = ChipConfig(size=chip_size, overlap=overlap, bands=bands, point_size_m=point_size)
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
                           negative_ratio=negative_ratio, repeat_thresh=repeat_thresh, seed=seed, workers=workers,
-                          max_time_min=max_time, device=device, augment=not no_augment)
+                          max_time_min=max_time, device=device, augment=not no_augment, ema_decay=ema_decay)
 
         def show_epoch(record):
             click.echo(format_epoch(record, cfg.epoch_limit), err=True)

@@ -349,6 +349,9 @@ def train(
     use_amp = config.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    ema = _ema_model(net, config.ema_decay)
+    # the weights validated and kept as the model: the moving average when it is on
+    eval_net = net if ema is None else ema.module
 
     epoch_limit = config.epoch_limit
     steps_per_epoch = math.ceil(sampler.expected_len() / config.batch_size)
@@ -363,6 +366,10 @@ def train(
         optimizer.load_state_dict(ts["optimizer"])
         if ts.get("scaler"):
             scaler.load_state_dict(ts["scaler"])
+        if ema is not None:
+            if ts.get("ema") is None:
+                raise GeodetError(f"cannot resume with an EMA of weights: {last_path} was trained without one.")
+            ema.load_state_dict(ts["ema"])
         start_epoch, step = int(ts["epoch"]), int(ts["step"])
         elapsed_before, best = float(ts["elapsed_s"]), float(ts["best"])
         history = list(ts["history"])
@@ -420,6 +427,8 @@ def train(
             torch.nn.utils.clip_grad_norm_(params, 10.0)
             scaler.step(optimizer)
             scaler.update()
+            if ema is not None:
+                ema.update_parameters(net)
             step += 1
             seen += len(images)
             loss_sum += float(loss.detach()) * len(images)
@@ -442,7 +451,7 @@ def train(
             "complete": not stop,
         }
         if val_ds is not None:
-            metrics = validate(net, val_ds, device, batch_size=config.batch_size, amp_dtype=amp_dtype if use_amp else None)
+            metrics = validate(eval_net, val_ds, device, batch_size=config.batch_size, amp_dtype=amp_dtype if use_amp else None)
             record.update(
                 val_map50=metrics["map_50"], val_map=metrics["map"],
                 val_ap50={class_names[c]: ap for c, ap in metrics["ap50_per_class"].items()},
@@ -458,7 +467,7 @@ def train(
         score = record["val_map50"] if val_ds is not None else -record["loss"]
         if score > best:
             best = score
-            save_model(out, net, extra={"history": history}, **meta)
+            save_model(out, eval_net, extra={"history": history}, **meta)
         train_state = {
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else {},
@@ -468,6 +477,7 @@ def train(
             "best": best,
             "history": history,
             "rng": _get_rng_state(),
+            "ema": None if ema is None else ema.state_dict(),
         }
         save_model(last_path, net, extra={"history": history, "train_state": train_state}, **meta)
         if stop:
@@ -514,6 +524,15 @@ def validate(net, dataset, device, *, batch_size: int = 8, amp_dtype=None) -> Di
             truths.append({k: v.numpy() for k, v in t.items()})
     net.train()
     return coco_map(preds, truths)
+
+
+def _ema_model(net, decay: Optional[float]):
+    """An exponential moving average of ``net``'s weights and buffers, or None when ``decay`` is None."""
+    if decay is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _progress_bar(enabled: bool, total: int, desc: str):

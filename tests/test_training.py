@@ -212,3 +212,19 @@ def test_max_time_without_epochs_trains_until_time_is_up(make_scene_files, tmp_p
     # cosine schedule driven by time has fallen below half the peak
     assert result.history[-1]["lr"] < 0.5e-3
     assert result.history[-1]["progress"] == 1.0
+
+
+def test_ema_weights_are_validated_and_saved(small_scene, tmp_path):
+    out = tmp_path / "m.pt"
+    train([small_scene.path], small_scene.labels, str(out), chip=ChipConfig(size=128, overlap=32),
+          model=tiny_model_overrides(), anchors="coco",
+          config=TrainConfig(epochs=1, batch_size=2, val_fraction=0.25, ema_decay=0.5))
+    best = torch.load(out, weights_only=True)["state_dict"]
+    last = torch.load(last_checkpoint_path(str(out)), weights_only=True)
+    raw, ema = last["state_dict"], last["extra"]["train_state"]["ema"]
+    assert int(ema["n_averaged"]) > 1
+    conv = next(k for k in raw if k.endswith("weight") and raw[k].dim() == 4)
+    assert not torch.equal(raw[conv], ema["module." + conv])  # the average lags the raw weights
+    assert all(torch.equal(best[k], ema["module." + k]) for k in best)  # the model file holds the EMA
+    _, meta = load_model(str(out))
+    assert list(meta.class_names) == ["pool"]
