@@ -228,3 +228,29 @@ def test_ema_weights_are_validated_and_saved(small_scene, tmp_path):
     assert all(torch.equal(best[k], ema["module." + k]) for k in best)  # the model file holds the EMA
     _, meta = load_model(str(out))
     assert list(meta.class_names) == ["pool"]
+
+
+def test_training_on_two_scenes(tmp_path):
+    """Repeated --imagery: chips come from both scenes, one labels file covers both."""
+    import pandas as pd
+
+    from geodet import synthetic
+    from geodet.dataset import ChipDataset, spatial_blocks
+    from geodet.training import load_sources
+
+    frames, paths = [], []
+    for i, origin in enumerate([(500000.0, 3760000.0), (500000.0 + 200.0, 3760000.0)]):  # side by side
+        scene = synthetic.make_scene(128, 128, seed=i + 1)
+        path = tmp_path / f"s{i}.tif"
+        transform = synthetic.write_scene(path, scene, origin=origin)
+        frames.append(synthetic.label_frame(scene, transform, "EPSG:32611"))
+        paths.append(str(path))
+    labels = tmp_path / "labels.gpkg"
+    pd.concat(frames).to_file(labels)
+    _, _, sources = load_sources(paths, str(labels), None, ChipConfig(size=64, overlap=16))
+    assert [len(s.boxes_px) for s in sources] == [len(f) for f in frames]
+    ds = ChipDataset(sources, spatial_blocks(sources, 64), 64, 16, negative_ratio=0.0)
+    assert {block.scene for block, _ in ds.items} == {0, 1}
+    result = train(paths, str(labels), str(tmp_path / "m.pt"), chip=ChipConfig(size=64, overlap=16),
+                   model=tiny_model_overrides(), anchors="coco", config=TrainConfig(epochs=1, batch_size=4))
+    assert len(result.history) == 1 and result.history[0]["chips"] > 0
