@@ -11,10 +11,10 @@ position, epoch, RNG).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
-import itertools
 import random
 import time
 from dataclasses import dataclass, field, replace
@@ -215,7 +215,9 @@ def format_epoch(record: Dict[str, Any], epoch_limit: Optional[int] = None) -> s
         per_class = record.get("val_ap50") or {}
         if len(per_class) > 1:
             line += " (" + ", ".join(f"{k} {v:.3f}" for k, v in per_class.items()) + ")"
-    line += f", {record['chips']} chips in {record['seconds']:.1f} s"
+    if "chips" in record:
+        line += f", {record['chips']} chips"
+    line += f" in {record['seconds']:.1f} s"
     return line
 
 

@@ -11,7 +11,7 @@ from conftest import tiny_model_overrides
 from geodet.config import DEFAULT_EPOCHS, ChipConfig, TrainConfig
 from geodet.errors import GeodetError
 from geodet.modelfile import load_model
-from geodet.training import format_epoch, label_warnings, last_checkpoint_path, train
+from geodet.training import budget_progress, format_epoch, label_warnings, last_checkpoint_path, train
 
 
 @pytest.fixture
@@ -186,6 +186,17 @@ def test_label_warnings():
     msgs = label_warnings(["pool", "car"], [500, 4], [50, 0], min_objects=10)
     assert len(msgs) == 2 and "'car' has only 4" in msgs[0] and "'car' object lies" in msgs[1]
     assert "no validation split" in label_warnings(["pool"], [500], None, min_objects=10)[0]
+
+
+def test_budget_progress_and_epoch_line():
+    assert budget_progress(5, 10, 30.0, None) == 0.5
+    assert budget_progress(2, None, 30.0, 60.0) == 0.5
+    assert budget_progress(2, 10, 45.0, 60.0) == 0.75  # whichever is further along
+    assert budget_progress(12, 10, 0.0, None) == 1.0
+    record = {"epoch": 3, "loss": 0.41234, "val_map50": 0.5, "val_ap50": {"car": 0.02, "pool": 0.98},
+              "chips": 40, "seconds": 12.34}
+    assert format_epoch(record, 20) == "epoch 3/20: loss 0.4123, val mAP50 0.500 (car 0.020, pool 0.980), 40 chips in 12.3 s"
+    assert format_epoch({"epoch": 3, "loss": 0.5, "chips": 4, "seconds": 1.0}) == "epoch 3: loss 0.5000, 4 chips in 1.0 s"
 
 
 def test_epochs_default_lives_in_train_config():
