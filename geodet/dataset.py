@@ -317,13 +317,28 @@ def dihedral(chip: np.ndarray, boxes_px: np.ndarray, k: int) -> Tuple[np.ndarray
     return chip, b
 
 
+def _linear_taps(n_out: int, n_in: int, scale: float, shift: float):
+    """Bilinear taps along one axis for ``x_out = scale * x_in + shift`` (pixel edges).
+
+    Returns ``(i0 [n_out], i1 [n_out], w1 float32 [n_out])``: indices into the
+    input padded by one zero pixel at each end (samples beyond it read a zero
+    pad) and the weight of ``i1``.
+    """
+    p = (np.arange(n_out) + 0.5 - shift) / scale - 0.5  # input pixel-centre index of each sample
+    first = np.floor(p)
+    w1 = (p - first).astype(np.float32)
+    first = first.astype(np.int64)
+    return np.clip(first + 1, 0, n_in + 1), np.clip(first + 2, 0, n_in + 1), w1
+
+
 def rescale(
     chip: np.ndarray, boxes_px: np.ndarray, scale: float, shift_px: Tuple[float, float]
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Zoom a chip: pixel-edge point (x, y) -> (scale * x + dx, scale * y + dy).
 
-    Bilinear resampling into a chip of the same size; what falls outside
-    the source is 0 (the band mean in normalised units).
+    Separable bilinear resampling into a chip of the same size (the result of
+    ``torch.nn.functional.grid_sample`` with ``align_corners=False``, in numpy);
+    what falls outside the source is 0 (the band mean in normalised units).
 
     Args:
         chip: float32 [C, H, W].
@@ -334,18 +349,13 @@ def rescale(
     Returns:
         (chip float32 [C, H, W], boxes [N, 4] xyxy output pixels, not clipped).
     """
-    import torch.nn.functional as F
-
     _, h, w = chip.shape
     dx, dy = shift_px
-    # affine_grid maps output to input in [-1, 1] coordinates of pixel edges (align_corners=False)
-    theta = torch.tensor(
-        [[[1 / scale, 0.0, (1 - 2 * dx / w) / scale - 1], [0.0, 1 / scale, (1 - 2 * dy / h) / scale - 1]]],
-        dtype=torch.float32,
-    )
-    x = torch.from_numpy(np.ascontiguousarray(chip, np.float32))[None]
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0].numpy()
+    padded = np.pad(np.asarray(chip, np.float32), ((0, 0), (1, 1), (1, 1)))
+    c0, c1, wc = _linear_taps(w, w, scale, dx)
+    cols = padded[:, :, c0] * (1 - wc) + padded[:, :, c1] * wc
+    r0, r1, wr = _linear_taps(h, h, scale, dy)
+    out = cols[:, r0, :] * (1 - wr)[:, None] + cols[:, r1, :] * wr[:, None]
     b = np.asarray(boxes_px, np.float64).reshape(-1, 4) * scale + np.array([dx, dy, dx, dy])
     return out, b
 

@@ -118,6 +118,20 @@ def test_augmentation_keeps_boxes_on_objects(seed):
     assert mask.sum() == 15 * 4 + 4 * 30
 
 
+def test_rescale_equals_torch_grid_sample():
+    import torch
+    import torch.nn.functional as F
+
+    chip = np.random.default_rng(0).random((3, 40, 32)).astype(np.float32)
+    for scale, (dx, dy) in [(0.75, (10.0, 3.5)), (1.33, (-20.0, -12.0)), (0.8, (-2.5, 4.0))]:
+        ours, _ = rescale(chip, np.zeros((0, 4)), scale, (dx, dy))
+        h, w = chip.shape[1:]  # output -> input in the [-1, 1] pixel-edge frame of align_corners=False
+        theta = torch.tensor([[[1 / scale, 0, (1 - 2 * dx / w) / scale - 1], [0, 1 / scale, (1 - 2 * dy / h) / scale - 1]]])
+        grid = F.affine_grid(theta, [1, 3, h, w], align_corners=False)
+        ref = F.grid_sample(torch.from_numpy(chip)[None], grid, align_corners=False)[0].numpy()
+        assert np.allclose(ours, ref, atol=1e-4)
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_augmentation_with_scale_jitter_keeps_boxes_on_objects(seed):
     size = 96
