@@ -106,12 +106,15 @@ def two_class_scene(make_scene_files):
     return make_scene_files(256, 256, seed=1, difficulty="hard")  # pools and cars
 
 
-def test_resume_reproduces_uninterrupted_run(two_class_scene, tmp_path):
+def test_resume_reproduces_uninterrupted_run(make_scene_files, tmp_path):
     """Repeat-factor sampling, augmentation and the schedule resume exactly: a run
     stopped after epoch 1 and resumed ends with the uninterrupted run's weights."""
-    kw = dict(chip=ChipConfig(size=128, overlap=32), model=tiny_model_overrides(), anchors="coco",
+    kw = dict(chip=ChipConfig(size=64, overlap=16), model=tiny_model_overrides(), anchors="coco",
               config=TrainConfig(epochs=2, batch_size=4, repeat_thresh=0.9))
-    whole = train([two_class_scene.path], two_class_scene.labels, str(tmp_path / "a.pt"), **kw)
+    scene = make_scene_files(192, 192, seed=1, difficulty="hard")
+    whole = train([scene.path], scene.labels, str(tmp_path / "a.pt"), **kw)
+    # 7 training chips with repeat factors 1.25 and 1.45: copies are drawn
+    assert max(h["chips"] for h in whole.history) > 7
 
     def crash_in_epoch_2(record):
         if record["epoch"] == 2:
@@ -119,8 +122,8 @@ def test_resume_reproduces_uninterrupted_run(two_class_scene, tmp_path):
 
     out = str(tmp_path / "b.pt")
     with pytest.raises(Interrupted):
-        train([two_class_scene.path], two_class_scene.labels, out, on_epoch=crash_in_epoch_2, **kw)
-    resumed = train([two_class_scene.path], two_class_scene.labels, out, resume=True, **kw)
+        train([scene.path], scene.labels, out, on_epoch=crash_in_epoch_2, **kw)
+    resumed = train([scene.path], scene.labels, out, resume=True, **kw)
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
     assert whole.history[0]["chips"] > 0
     a = torch.load(last_checkpoint_path(str(tmp_path / "a.pt")), weights_only=True)["state_dict"]
