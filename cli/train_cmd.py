@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from geodet.config import DEFAULT_EPOCHS, TrainConfig
 from geodet_cli.options import (
     bands_option,
     class_field_option,
@@ -15,6 +16,10 @@ from geodet_cli.options import (
 )
 
 
+#: TrainConfig's defaults, shown and used by the flags (one home for each default).
+_DEFAULTS = TrainConfig()
+
+
 @click.command("train")
 @config_option
 @click.option("--imagery", multiple=True, required=True, type=click.Path(dir_okay=False),
@@ -23,9 +28,10 @@ from geodet_cli.options import (
 @class_field_option
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
               help="Model file to write (the resumable checkpoint goes beside it as NAME.last.pt).")
-@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True,
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help=f"Epochs to train [default: {DEFAULT_EPOCHS}, or until --max-time is spent when it is given].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_DEFAULTS.lr, show_default=True,
               help="Peak learning rate (AdamW, warm-up then cosine).")
 @click.option("--chip-size", type=click.IntRange(min=8), default=256, show_default=True, help="Training chip side (px).")
 @click.option("--overlap", type=click.IntRange(min=0), default=64, show_default=True, help="Chip overlap (px).")
@@ -35,15 +41,20 @@ from geodet_cli.options import (
 @click.option("--backbone-weights", type=click.Path(dir_okay=False), default=None,
               help="Local torchvision ResNet state dict to start from (never downloaded).")
 @device_option
-@click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=0.2, show_default=True,
+@click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=_DEFAULTS.val_fraction, show_default=True,
               help="Share of spatial blocks held out for validation.")
-@click.option("--negative-ratio", type=click.FloatRange(min=0), default=0.25, show_default=True,
+@click.option("--negative-ratio", type=click.FloatRange(min=0), default=_DEFAULTS.negative_ratio, show_default=True,
               help="Chips without objects kept per chip with objects.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--repeat-thresh", type=click.FloatRange(min=0), default=_DEFAULTS.repeat_thresh, show_default=True,
+              help="Repeat-factor sampling: chips of a class found on fewer than this share of the training "
+                   "chips are drawn more often (0 = off).")
+@click.option("--seed", type=click.IntRange(min=0), default=_DEFAULTS.seed, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint beside -o.")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Data loader processes.")
+@click.option("--workers", type=click.IntRange(min=0), default=_DEFAULTS.workers, show_default=True,
+              help="Data loader processes.")
 @click.option("--max-time", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Stop cleanly after this many minutes, keeping the best and last checkpoints.")
+              help="Train for this many minutes (the learning-rate schedule follows the clock unless --epochs "
+                   "is given, then whichever ends first), keeping the best and last checkpoints.")
 @click.option("--anchors", type=click.Choice(["auto", "coco"]), default="auto", show_default=True,
               help="Fit anchors to the labels (auto) or use torchvision's COCO defaults.")
 @click.option("--anchor-sizes", default=None, help="Explicit anchor size per pyramid level, e.g. 8,16,32.")
@@ -52,28 +63,35 @@ from geodet_cli.options import (
 @click.option("--levels", default=None, help="Pyramid levels, e.g. 2,3,4 (default: fitted, or 3..7).")
 @click.option("--point-size", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True,
               help="Side in metres of the box drawn around a point label.")
-@click.option("--no-augment", is_flag=True, help="Turn off flips, rotations and radiometric jitter.")
+@click.option("--ema-decay", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=_DEFAULTS.ema_decay,
+              help="Keep an exponential moving average of the weights (e.g. 0.999 per step); it is validated "
+                   "and saved as the model.")
+@click.option("--no-augment", is_flag=True,
+              help="Turn off augmentation (dihedral flips/rotations, scale, colour, blur, noise, chip shift).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @overwrite_option
 def train_cmd(imagery, labels, class_field, out, epochs, batch_size, lr, chip_size, overlap, bands, backbone,
-              backbone_weights, device, val_fraction, negative_ratio, seed, resume, workers, max_time, anchors,
-              anchor_sizes, anchor_scales, anchor_ratios, levels, point_size, no_augment, quiet, overwrite):
+              backbone_weights, device, val_fraction, negative_ratio, repeat_thresh, seed, resume, workers,
+              max_time, anchors,
+              anchor_sizes, anchor_scales, anchor_ratios, levels, point_size, ema_decay, no_augment, quiet, overwrite):
     """Train a RetinaNet on GeoTIFFs and vector labels.
 
     Anchors are fitted to the objects by default; the model file carries its
     config, class names, bands, band statistics, chip size and pixel size.
+    Each epoch prints its loss and validation mAP50 (with AP50 per class when
+    there are several classes).
 
     \b
     Examples:
       geodet train --imagery sample_data/suburb.tif --labels sample_data/pools.geojson -o pools.pt
       geodet train --imagery a.tif --imagery b.tif --labels cars.gpkg --class-field type \\
-          --epochs 30 --max-time 60 --device cuda -o cars.pt
+          --max-time 60 --device cuda -o cars.pt
       geodet train --config train.yaml -o model.pt
     """
     ctx = click.get_current_context()
     with user_errors():
-        from geodet.config import AnchorConfig, ChipConfig, TrainConfig
-        from geodet.training import train
+        from geodet.config import AnchorConfig, ChipConfig
+        from geodet.training import format_epoch, train
 
         model = dict((ctx.default_map or {}).get("_model_overrides", {}))
         model["backbone_depth"] = int(backbone.replace("resnet", ""))
@@ -92,10 +110,15 @@ def train_cmd(imagery, labels, class_field, out, epochs, batch_size, lr, chip_si
             anchor_arg = (lv, AnchorConfig(sizes=sizes, scales=scales or base.scales, ratios=ratios or base.ratios))
         chip = ChipConfig(size=chip_size, overlap=overlap, bands=bands, point_size_m=point_size)
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
-                          negative_ratio=negative_ratio, seed=seed, workers=workers, max_time_min=max_time,
-                          device=device, augment=not no_augment)
+                          negative_ratio=negative_ratio, repeat_thresh=repeat_thresh, seed=seed, workers=workers,
+                          max_time_min=max_time, device=device, augment=not no_augment, ema_decay=ema_decay)
+
+        def show_epoch(record):
+            click.echo(format_epoch(record, cfg.epoch_limit), err=True)
+
         result = train(list(imagery), labels, out, class_field=class_field, chip=chip, model=model, config=cfg,
-                       anchors=anchor_arg, resume=resume, overwrite=overwrite, progress=not quiet)
+                       anchors=anchor_arg, resume=resume, overwrite=overwrite, progress=not quiet,
+                       on_epoch=None if quiet else show_epoch)
     last = result.history[-1] if result.history else {}
     summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float))
     click.echo(f"wrote {result.model_path} (last checkpoint {result.last_path}); "

@@ -143,37 +143,128 @@ class ModelConfig:
             raise ValueError("bg_iou_thresh must not exceed fg_iou_thresh")
 
 
+#: Epochs of a run that sets neither ``TrainConfig.epochs`` nor ``max_time_min``.
+DEFAULT_EPOCHS = 20
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation for overhead imagery (chips normalised per band,
+    so radiometric magnitudes are in band standard deviations).
+
+    Attributes:
+        dihedral: draw one of the 8 dihedral transforms (flips and 90 degree
+            rotations) uniformly: overhead scenes have no up.
+        scale_p: probability of a scale jitter.
+        scale_range: (min, max) zoom factor, drawn log-uniformly; boxes are
+            scaled exactly, the chip is resampled bilinearly.
+        colour_p: probability of the brightness / contrast / per-band jitter.
+        brightness: offset added to every band, drawn from +-brightness.
+        contrast: factor about the chip mean, drawn from 1 +- contrast.
+        band_gain: per-band gain 1 +- band_gain and offset +- band_gain.
+        blur_p: probability of a Gaussian blur.
+        blur_sigma: (min, max) blur sigma in pixels.
+        noise_p: probability of additive Gaussian noise.
+        noise_std: largest noise standard deviation (drawn from 0..noise_std).
+    """
+
+    dihedral: bool = True
+    scale_p: float = 0.5
+    scale_range: Tuple[float, float] = (0.75, 1.33)
+    colour_p: float = 0.8
+    brightness: float = 0.1
+    contrast: float = 0.2
+    band_gain: float = 0.1
+    blur_p: float = 0.2
+    blur_sigma: Tuple[float, float] = (0.3, 1.0)
+    noise_p: float = 0.2
+    noise_std: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name in ("scale_p", "colour_p", "blur_p", "noise_p"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        lo, hi = self.scale_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale_range must be 0 < min <= max, got {self.scale_range}")
+        if not 0 <= self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ValueError(f"blur_sigma must be 0 <= min <= max, got {self.blur_sigma}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Training loop settings.
 
     Attributes:
-        epochs: maximum number of epochs.
+        epochs: number of epochs; ``None`` trains until ``max_time_min`` is
+            spent (the learning-rate schedule then follows the clock), or for
+            :data:`DEFAULT_EPOCHS` when there is no time limit either.
         batch_size: chips per optimisation step.
         lr: peak learning rate of AdamW (one-cycle schedule).
         weight_decay: AdamW weight decay.
+        warmup: share of the run spent warming the learning rate up.
         val_fraction: share of spatial blocks held out for validation.
         negative_ratio: chips without objects kept per chip with objects.
+        repeat_thresh: repeat-factor sampling threshold t (LVIS): a class on
+            a fraction f < t of the training chips has its chips repeated
+            sqrt(t / f) times per epoch; 0 turns it off. 0.3 because chips
+            hold many objects: a common class sits on most chips (f >= 0.3)
+            and is left alone, a class on 3% of the chips is drawn about 3x
+            and one on 1% about 5.5x, so an epoch grows only by what the rare
+            chips add (LVIS's t = 0.001 is for ~1,200 classes on photos).
         seed: seed of every random choice.
         workers: DataLoader worker processes.
         max_time_min: stop cleanly after this many minutes (None = no limit).
         device: "auto", "cpu" or "cuda".
-        augment: flips, 90 degree rotations and radiometric jitter.
+        augment: turn the augmentation of ``augmentation`` on.
+        augmentation: what the augmentation does.
+        ema_decay: keep an exponential moving average of the weights with
+            this decay per step, validated and saved in place of the raw
+            weights (None = off).
         amp: mixed precision on CUDA.
+        min_objects_per_class: warn when a class has fewer labelled objects.
+        weak_class_ap50: warn when a class's validation AP50 is still below
+            this at half the budget.
     """
 
-    epochs: int = 20
+    epochs: Optional[int] = None
     batch_size: int = 8
     lr: float = 2e-3
     weight_decay: float = 1e-4
+    warmup: float = 0.05
     val_fraction: float = 0.2
     negative_ratio: float = 0.25
+    repeat_thresh: float = 0.3
     seed: int = 0
     workers: int = 0
     max_time_min: Optional[float] = None
     device: str = "auto"
     augment: bool = True
+    augmentation: AugmentConfig = field(default_factory=AugmentConfig)
+    ema_decay: Optional[float] = None
     amp: bool = True
+    min_objects_per_class: int = 10
+    weak_class_ap50: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.max_time_min is not None and self.max_time_min <= 0:
+            raise ValueError(f"max_time_min must be positive, got {self.max_time_min}")
+        if self.repeat_thresh < 0:
+            raise ValueError(f"repeat_thresh must be >= 0, got {self.repeat_thresh}")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"warmup must be in [0, 1), got {self.warmup}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+
+    @property
+    def epoch_limit(self) -> Optional[int]:
+        """Epochs to run: ``epochs``, else None (until the time limit), else
+        :data:`DEFAULT_EPOCHS`."""
+        if self.epochs is not None:
+            return self.epochs
+        return None if self.max_time_min is not None else DEFAULT_EPOCHS
 
 
 #: Values of ``DetectConfig.precision``.
@@ -238,6 +329,8 @@ def from_dict(cls: Type[T], data: dict) -> T:
     for key, value in data.items():
         if key == "anchors" and isinstance(value, dict):
             value = from_dict(AnchorConfig, value)
+        elif key == "augmentation" and isinstance(value, dict):
+            value = from_dict(AugmentConfig, value)
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[key] = value

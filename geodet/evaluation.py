@@ -150,8 +150,8 @@ def evaluate_boxes(
     return {"iou": float(iou), "classes": classes, "overall": overall}
 
 
-def coco_map(preds: Sequence[dict], truths: Sequence[dict]) -> Dict[str, float]:
-    """mAP50 and mAP50:95 over a set of chips (training validation).
+def coco_map(preds: Sequence[dict], truths: Sequence[dict]) -> Dict[str, Any]:
+    """mAP50 and mAP50:95 over a set of chips (training validation), and AP50 per class.
 
     Args:
         preds: per chip ``{"boxes": [N, 4] xyxy px, "scores": [N], "labels": [N]}``.
@@ -161,7 +161,9 @@ def coco_map(preds: Sequence[dict], truths: Sequence[dict]) -> Dict[str, float]:
     chips can never match, and scored with :func:`evaluate_boxes`.
 
     Returns:
-        ``{"map_50": float, "map": float}`` (0.0 when there is no truth).
+        ``{"map_50": float, "map": float, "ap50_per_class": {label (int): float}}``;
+        the maps are 0.0 when there is no truth, and ``ap50_per_class`` holds
+        only the labels that have truth.
     """
     width = 1.0 + max(
         [float(np.max(d["boxes"][:, 2])) for d in list(preds) + list(truths) if len(d["boxes"])] or [1.0]
@@ -171,17 +173,22 @@ def coco_map(preds: Sequence[dict], truths: Sequence[dict]) -> Dict[str, float]:
         shift = np.array([i * width, 0, i * width, 0])
         pb.append(np.asarray(p["boxes"], np.float64).reshape(-1, 4) + shift)
         ps.append(np.asarray(p["scores"], np.float64).reshape(-1))
-        pc.append(np.asarray(p["labels"]).reshape(-1).astype(str))
+        pc.append(np.asarray(p["labels"]).reshape(-1).astype(np.int64).astype(str))
         tb.append(np.asarray(t["boxes"], np.float64).reshape(-1, 4) + shift)
-        tc.append(np.asarray(t["labels"]).reshape(-1).astype(str))
+        tc.append(np.asarray(t["labels"]).reshape(-1).astype(np.int64).astype(str))
     true_boxes = np.concatenate(tb) if tb else np.zeros((0, 4))
     if len(true_boxes) == 0:
-        return {"map_50": 0.0, "map": 0.0}
+        return {"map_50": 0.0, "map": 0.0, "ap50_per_class": {}}
     report = evaluate_boxes(
         np.concatenate(pb), np.concatenate(ps), np.concatenate(pc), true_boxes, np.concatenate(tc), iou=0.5
     )
     overall = report["overall"]
-    return {"map_50": float(overall["ap50"] or 0.0), "map": float(overall["ap50_95"] or 0.0)}
+    per_class = {int(name): float(m["ap50"]) for name, m in report["classes"].items() if m["n_true"] > 0}
+    return {
+        "map_50": float(overall["ap50"] or 0.0),
+        "map": float(overall["ap50_95"] or 0.0),
+        "ap50_per_class": dict(sorted(per_class.items())),
+    }
 
 
 def best_f1_point(scores: np.ndarray, is_tp: np.ndarray, n_true: int) -> Dict[str, Any]:

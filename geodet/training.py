@@ -1,13 +1,17 @@
 """The training loop: scenes + labels -> self-describing model file.
 
-AMP and cudnn autotune on CUDA; AdamW with warm-up and cosine decay driven by
-progress (steps or wall time, whichever is further along, so a ``max_time``
-run still anneals); validation mAP each epoch; best and last checkpoints;
-resumable with nothing lost (model, optimizer, schedule position, epoch, RNG).
+AMP and cudnn autotune on CUDA; repeat-factor sampling of chips holding rare
+classes; AdamW with warm-up and cosine decay driven by progress (steps or wall
+time, whichever is further along, so a ``max_time`` run still anneals; wall
+time alone when no epoch count is set); validation mAP and per-class AP50
+each epoch, with warnings for classes that are not being learned; best and
+last checkpoints; resumable with nothing lost (model, optimizer, schedule
+position, epoch, RNG).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -15,7 +19,7 @@ import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -31,7 +35,16 @@ from geodet.config import (
     from_dict,
     to_dict,
 )
-from geodet.dataset import ChipDataset, SceneSource, choose_block_px, collate, spatial_blocks, split_blocks
+from geodet.dataset import (
+    ChipDataset,
+    RepeatFactorSampler,
+    SceneSource,
+    choose_block_px,
+    collate,
+    repeat_factors,
+    spatial_blocks,
+    split_blocks,
+)
 from geodet.errors import GeodetError
 from geodet.raster import gsd_metres, open_dataset, resolve_bands, sample_band_stats, scene_info
 from geodet.vector import check_labels_inside, labels_for_scene, read_labels
@@ -49,8 +62,11 @@ class TrainResult:
         model_path: the best checkpoint (by validation mAP50; the last one
             when there is no validation split).
         last_path: the last checkpoint (resumable).
-        history: one dict per epoch: epoch, loss, val_map50, val_map, lr,
-            seconds, chips_per_s.
+        history: one dict per epoch: epoch, loss, lr, seconds, chips_per_s,
+            chips (drawn this epoch), complete, progress (share of the
+            budget spent, 0..1) and, with a validation split, val_map50,
+            val_map and val_ap50 (``{class name: AP50}`` of the classes
+            with validation objects).
         model_config: the config the model was built with.
     """
 
@@ -136,13 +152,73 @@ def _anchor_choice(anchors: AnchorsArg, boxes_px: np.ndarray, overrides: dict, c
     raise GeodetError(f"anchors must be 'auto', 'coco' or explicit sizes, got {anchors!r}.")
 
 
-def _lr_at(progress: float, peak: float, warmup: float = 0.05) -> float:
+def _lr_at(progress: float, peak: float, warmup: float = TrainConfig.warmup) -> float:
     """Linear warm-up then cosine decay to 1% of ``peak``; ``progress`` in [0, 1]."""
     progress = min(max(progress, 0.0), 1.0)
     if progress < warmup:
         return peak * (0.1 + 0.9 * progress / warmup)
     t = (progress - warmup) / (1 - warmup)
     return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def label_warnings(
+    class_names: Sequence[str],
+    n_labelled: Sequence[int],
+    n_validation: Optional[Sequence[int]],
+    *,
+    min_objects: int,
+) -> List[str]:
+    """Warnings about labels too thin to learn from or to validate on.
+
+    Args:
+        class_names: [K] class names.
+        n_labelled: [K] labelled objects per class (all scenes).
+        n_validation: [K] objects per class in the validation chips, or None
+            when there is no validation split.
+        min_objects: fewer labelled objects than this draws a warning.
+    """
+    out = []
+    for name, n in zip(class_names, n_labelled):
+        if n < min_objects:
+            out.append(
+                f"class {name!r} has only {int(n)} labelled object(s); a detector needs tens to hundreds "
+                f"per class to learn it (at least {min_objects} advised)."
+            )
+    if n_validation is None:
+        out.append("there is no validation split (too few blocks or --val-fraction 0): nothing measures "
+                   "whether the model learns; the last epoch is kept.")
+    else:
+        for name, n in zip(class_names, n_validation):
+            if n == 0:
+                out.append(f"no labelled {name!r} object lies in the validation blocks, so its validation AP "
+                           f"is meaningless; label more of the scene or raise --val-fraction.")
+    return out
+
+
+def budget_progress(epochs_done: int, epoch_limit: Optional[int], elapsed_s: float,
+                    max_time_s: Optional[float]) -> float:
+    """Share (0..1) of the training budget spent: epochs or time, whichever is further along."""
+    parts = []
+    if epoch_limit is not None:
+        parts.append(epochs_done / epoch_limit)
+    if max_time_s is not None:
+        parts.append(elapsed_s / max_time_s)
+    return min(1.0, max(parts or [0.0]))
+
+
+def format_epoch(record: Dict[str, Any], epoch_limit: Optional[int] = None) -> str:
+    """One line for a history record: loss, validation mAP50 and AP50 per class, time."""
+    total = f"/{epoch_limit}" if epoch_limit is not None else ""
+    line = f"epoch {record['epoch']}{total}: loss {record['loss']:.4f}"
+    if "val_map50" in record:
+        line += f", val mAP50 {record['val_map50']:.3f}"
+        per_class = record.get("val_ap50") or {}
+        if len(per_class) > 1:
+            line += " (" + ", ".join(f"{k} {v:.3f}" for k, v in per_class.items()) + ")"
+    if "chips" in record:
+        line += f", {record['chips']} chips"
+    line += f" in {record['seconds']:.1f} s"
+    return line
 
 
 def train(
@@ -158,6 +234,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None,
 ) -> TrainResult:
     """Train a RetinaNet on scenes and vector labels; write the model file.
 
@@ -176,6 +253,8 @@ def train(
         resume: continue from ``<stem>.last.pt``.
         overwrite: replace an existing ``out``.
         progress: show a progress bar with the running loss (stderr).
+        on_epoch: called with each epoch's history record (the CLI prints
+            :func:`format_epoch` of it).
 
     Returns:
         :class:`TrainResult` with the model path and per-epoch history.
@@ -235,7 +314,8 @@ def train(
     train_blocks, val_blocks = split_blocks(spatial_blocks(sources, block_px), config.val_fraction, config.seed)
     train_ds = ChipDataset(
         sources, train_blocks, chip.size, chip.overlap, min_visible=chip.min_visible,
-        negative_ratio=config.negative_ratio, augment=config.augment, seed=config.seed,
+        negative_ratio=config.negative_ratio, augment=config.augment, augmentation=config.augmentation,
+        seed=config.seed,
     )
     val_ds = ChipDataset(
         sources, val_blocks, chip.size, chip.overlap, min_visible=chip.min_visible,
@@ -248,6 +328,20 @@ def train(
         len(train_ds), train_ds.positives, len(val_ds) if val_ds else 0,
         len(train_blocks) + len(val_blocks), block_px,
     )
+    class_names = list(label_set.class_names)
+    n_classes = len(class_names)
+    n_labelled = np.bincount(np.concatenate([s.class_ids for s in sources]).astype(np.int64), minlength=n_classes)
+    n_val = None
+    if val_ds is not None:
+        n_val = np.bincount(np.concatenate(val_ds.item_class_ids + [np.zeros(0, np.int64)]), minlength=n_classes)
+    for message in label_warnings(class_names, n_labelled, n_val, min_objects=config.min_objects_per_class):
+        log.warning(message)
+    factors = repeat_factors(train_ds.item_class_ids, config.repeat_thresh)
+    sampler = RepeatFactorSampler(factors, config.seed)
+    log.info(
+        "repeat-factor sampling (t=%g): %.1f chip draws per epoch from %d chips, largest factor %.2f",
+        config.repeat_thresh, sampler.expected_len(), len(train_ds), float(factors.max(initial=1.0)),
+    )
 
     net = build_model(model_cfg).to(device)
     if device.type == "cuda":
@@ -258,9 +352,13 @@ def train(
     use_amp = config.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    ema = _ema_model(net, config.ema_decay)
+    # the weights validated and kept as the model: the moving average when it is on
+    eval_net = net if ema is None else ema.module
 
-    steps_per_epoch = math.ceil(len(train_ds) / config.batch_size)
-    total_steps = max(1, steps_per_epoch * config.epochs)
+    epoch_limit = config.epoch_limit
+    steps_per_epoch = math.ceil(sampler.expected_len() / config.batch_size)
+    total_steps = None if epoch_limit is None else max(1, steps_per_epoch * epoch_limit)
     max_time_s = None if config.max_time_min is None else 60.0 * config.max_time_min
 
     history: List[dict] = []
@@ -271,6 +369,10 @@ def train(
         optimizer.load_state_dict(ts["optimizer"])
         if ts.get("scaler"):
             scaler.load_state_dict(ts["scaler"])
+        if ema is not None:
+            if ts.get("ema") is None:
+                raise GeodetError(f"cannot resume with an EMA of weights: {last_path} was trained without one.")
+            ema.load_state_dict(ts["ema"])
         start_epoch, step = int(ts["epoch"]), int(ts["step"])
         elapsed_before, best = float(ts["elapsed_s"]), float(ts["best"])
         history = list(ts["history"])
@@ -289,7 +391,7 @@ def train(
         dtype=infos[0].dtype,
     )
     loader = torch.utils.data.DataLoader(
-        train_ds, batch_size=config.batch_size, shuffle=True, collate_fn=collate,
+        train_ds, batch_size=config.batch_size, sampler=sampler, collate_fn=collate,
         num_workers=config.workers, persistent_workers=config.workers > 0, drop_last=False,
         generator=torch.Generator().manual_seed(config.seed),
         pin_memory=device.type == "cuda",
@@ -298,16 +400,22 @@ def train(
     stop = False
     claimed = resume or overwrite  # may the best-model file at ``out`` be replaced?
     epoch = start_epoch
-    for epoch in range(start_epoch, config.epochs):
+    epochs = range(start_epoch, epoch_limit) if epoch_limit is not None else itertools.count(start_epoch)
+    lr = _lr_at(0.0, config.lr, config.warmup)
+    for epoch in epochs:
         train_ds.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         loader.generator.manual_seed(config.seed + epoch)
         net.train()
         t_epoch, seen, loss_sum = time.monotonic(), 0, 0.0
-        bar = _progress_bar(progress, steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}")
+        total = f"/{epoch_limit}" if epoch_limit is not None else ""
+        bar = _progress_bar(progress, len(loader), f"epoch {epoch + 1}{total}")
         for images, targets in loader:
             elapsed = elapsed_before + time.monotonic() - t0
-            frac = step / total_steps if max_time_s is None else max(step / total_steps, elapsed / max_time_s)
-            lr = _lr_at(frac, config.lr)
+            fracs = [] if total_steps is None else [step / total_steps]
+            if max_time_s is not None:
+                fracs.append(elapsed / max_time_s)
+            lr = _lr_at(max(fracs), config.lr, config.warmup)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             images = images.to(device, non_blocking=True)
@@ -323,6 +431,8 @@ def train(
             torch.nn.utils.clip_grad_norm_(params, 10.0)
             scaler.step(optimizer)
             scaler.update()
+            if ema is not None:
+                ema.update_parameters(net)
             step += 1
             seen += len(images)
             loss_sum += float(loss.detach()) * len(images)
@@ -341,18 +451,28 @@ def train(
             "lr": lr,
             "seconds": seconds,
             "chips_per_s": seen / max(seconds, 1e-9),
+            "chips": seen,
             "complete": not stop,
         }
         if val_ds is not None:
-            metrics = validate(net, val_ds, device, batch_size=config.batch_size, amp_dtype=amp_dtype if use_amp else None)
-            record.update(val_map50=metrics["map_50"], val_map=metrics["map"])
+            metrics = validate(eval_net, val_ds, device, batch_size=config.batch_size, amp_dtype=amp_dtype if use_amp else None)
+            record.update(
+                val_map50=metrics["map_50"], val_map=metrics["map"],
+                val_ap50={class_names[c]: ap for c, ap in metrics["ap50_per_class"].items()},
+            )
+        record["progress"] = budget_progress(
+            epoch + 1, epoch_limit, elapsed_before + time.monotonic() - t0, max_time_s
+        )
+        _warn_weak_classes(record, history, config.weak_class_ap50)
         history.append(record)
-        log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
+        log.info("%s", format_epoch(record, epoch_limit))
+        if on_epoch is not None:
+            on_epoch(record)
         score = record["val_map50"] if val_ds is not None else -record["loss"]
         if score > best:
             best = score
             # the first write of a new run never replaces a file that appeared meanwhile (another run)
-            save_model(out, net, extra={"history": history}, overwrite=claimed, **meta)
+            save_model(out, eval_net, extra={"history": history}, overwrite=claimed, **meta)
             claimed = True
         train_state = {
             "optimizer": optimizer.state_dict(),
@@ -363,17 +483,39 @@ def train(
             "best": best,
             "history": history,
             "rng": _get_rng_state(),
+            "ema": None if ema is None else ema.state_dict(),
         }
         save_model(last_path, net, extra={"history": history, "train_state": train_state}, **meta)
         if stop:
             log.info("time limit of %.1f min reached; stopped after %d steps", config.max_time_min, step)
             break
+    if history and history[-1].get("val_map50") == 0.0:
+        log.warning(
+            "training ended with validation mAP50 still 0.0 after %d epoch(s): the model finds none of the "
+            "validation objects; give it more labelled objects, more epochs or time, or check that the labels "
+            "lie on the objects (geodet tile).", len(history),
+        )
     return TrainResult(model_path=str(out), last_path=last_path, history=history, model_config=model_cfg)
 
 
+def _warn_weak_classes(record: Dict[str, Any], history: Sequence[dict], threshold: float) -> None:
+    """Warn, once, about classes whose validation AP50 is below ``threshold``
+    at the epoch where the budget passes its half."""
+    before = history[-1].get("progress", 0.0) if history else 0.0
+    if "val_ap50" not in record or not before < 0.5 <= record["progress"]:
+        return
+    for name, ap in record["val_ap50"].items():
+        if ap < threshold:
+            log.warning(
+                "class %r is not being learned: validation AP50 %.3f at half the training budget (epoch %d); "
+                "it needs more labelled objects, or check its labels and anchors.", name, ap, record["epoch"],
+            )
+
+
 @torch.inference_mode()
-def validate(net, dataset, device, *, batch_size: int = 8, amp_dtype=None) -> Dict[str, float]:
-    """mAP of the model on a dataset's chips (COCO definition, pycocotools)."""
+def validate(net, dataset, device, *, batch_size: int = 8, amp_dtype=None) -> Dict[str, Any]:
+    """mAP and AP50 per class label of the model on a dataset's chips
+    (COCO definition, pycocotools; see :func:`geodet.evaluation.coco_map`)."""
     from geodet.evaluation import coco_map
 
     net.eval()
@@ -388,6 +530,15 @@ def validate(net, dataset, device, *, batch_size: int = 8, amp_dtype=None) -> Di
             truths.append({k: v.numpy() for k, v in t.items()})
     net.train()
     return coco_map(preds, truths)
+
+
+def _ema_model(net, decay: Optional[float]):
+    """An exponential moving average of ``net``'s weights and buffers, or None when ``decay`` is None."""
+    if decay is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _progress_bar(enabled: bool, total: int, desc: str):

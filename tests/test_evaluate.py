@@ -337,3 +337,30 @@ def test_geo_empty_predictions_file(tmp_path, truth_gpkg):
                      '{"name": "urn:ogc:def:crs:EPSG::32633"}}, "features": []}')
     r = evaluate(str(empty), str(truth_gpkg), class_field="kind")
     assert r["overall"]["fn"] == 3 and r["overall"]["n_pred"] == 0 and r["overall"]["ap50"] == 0.0
+
+
+def test_coco_map_per_class_ap50_over_chips():
+    from geodet.evaluation import coco_map
+
+    # chip 0: the hand-computed case as class 0, plus a class-0 prediction scored 0.95
+    # lying on truth C's place in chip 1, where there is no class-0 truth: it must not
+    # match across chips, so it is a false positive ranked first:
+    #   cumulative (recall, precision): (0, 0), (1/3, 1/2), (1/3, 1/3), (2/3, 1/2), (2/3, 2/5)
+    #   interpolated precision is 1/2 for r in {0.00 .. 0.66} (67 points), 0 above: AP50 = 33.5 / 101
+    # chip 1: one class-1 object found exactly (AP50 1); a class-2 prediction without truth is
+    # left out of the per-class AP and of the mean.
+    preds = [
+        {"boxes": np.array(PREDS, float), "scores": np.array(SCORES), "labels": np.zeros(4, int)},
+        {"boxes": np.array([[40, 0, 50, 10], [5, 5, 15, 15], [60, 60, 70, 70]], float),
+         "scores": np.array([0.95, 0.9, 0.5]), "labels": np.array([0, 1, 2])},
+    ]
+    truths = [
+        {"boxes": np.array(TRUTH, float), "labels": np.zeros(3, int)},
+        {"boxes": np.array([[5, 5, 15, 15]], float), "labels": np.array([1])},
+    ]
+    r = coco_map(preds, truths)
+    assert r["ap50_per_class"] == {0: pytest.approx(33.5 / 101), 1: pytest.approx(1.0)}
+    assert r["map_50"] == pytest.approx((33.5 / 101 + 1.0) / 2)
+    empty = coco_map([{"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, int)}],
+                     [{"boxes": np.zeros((0, 4)), "labels": np.zeros(0, int)}])
+    assert empty == {"map_50": 0.0, "map": 0.0, "ap50_per_class": {}}
