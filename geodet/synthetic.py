@@ -26,6 +26,11 @@ Typical use::
     scene = make_scene(1024, 1024, seed=0)
     transform = write_scene("scene.tif", scene)
     write_labels("pools.geojson", scene, transform, "EPSG:32611")
+
+Benchmarks draw the look of each scene at random per seed instead
+(:func:`draw_params` gives a frozen :class:`SceneParams`)::
+
+    scene = make_scene(2048, 2048, seed=101, params=draw_params(101, "hard"))
 """
 
 from __future__ import annotations
@@ -894,7 +899,10 @@ class _Planner:
         rng = self.rng
         if rng.random() > 0.65 * self.density:
             return
-        cw, cl = self._car_size() if self.params.car_width_px is not None else (rng.uniform(4.5, 5.3), rng.uniform(9.0, 11.0))
+        if self.params.car_width_px is not None:
+            cw, cl = self._car_size()
+        else:
+            cw, cl = rng.uniform(4.5, 5.3), rng.uniform(9.0, 11.0)
         gap = rng.uniform(0.5, 1.0)
         yy = setback - 0.7 - cl
         if yy < 0.5:
