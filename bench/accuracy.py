@@ -1,16 +1,27 @@
-"""End-to-end accuracy through the CLI: train, detect, evaluate.
+"""End-to-end accuracy through the CLI on scenes the team does not tune to.
 
-Two settings, each with a train and a test scene of different seeds
-(about 2048 x 2048 px at 0.5 m):
-  easy: one class, pools 8-30 px among houses, trees, roads and blue roofs;
-  hard: pools 6-20 px, low contrast, a third under tree crowns, blue tarps,
-        cars of about 5 x 10 px in dense rows, gradient, haze, blur, noise.
-For each: `geodet train --max-time M` (fitted anchors, and again with
-`--anchors coco` unless --skip-coco), `geodet detect`, `geodet evaluate --json`.
-Prints AP50 per class, mAP50, AP50:95, precision, recall and wall times.
+Settings (comma-separated in --settings):
+  easy, hard  synthetic scenes whose parameters are DRAWN AT RANDOM per seed
+              (geodet.synthetic.draw_params: object sizes, class shares with
+              one class at 10-15 % of objects in hard, car orientation mix,
+              contrast, haze, blur, noise, density). Run i trains on the draw
+              of seed S + 2i and tests on the draw of seed S + 2i + 1, a
+              different scene with different parameters (S = --seed-start,
+              default 100: the held-out seeds; tune on seeds below 100 only).
+  real        a real 10 cm RGB scene with hand-drawn tree crowns (--real-data):
+              train on the west two thirds, test on the east third.
+  real-cv     the same scene in three vertical strips: train on two, test on
+              the third, for each strip.
+  easy-fixed, hard-fixed
+              the former fixed pairs (seed 1 train, seed 2 test, fixed
+              parameters): a development aid, not a result.
+For each run: `geodet train --max-time M`, `geodet detect`, `geodet evaluate
+--json`. Prints per run the setting, seeds or fold, per-class AP50, mAP50,
+P/R and wall times; then per setting the mean and the worst AP50 per class
+over seeds or folds.
 
-    python bench/accuracy.py [--minutes 15] [--size 2048] [--settings easy,hard]
-                              [--anchors auto,coco | --skip-coco]
+    python bench/accuracy.py [--minutes 15] [--size 2048] [--settings easy,hard,real,real-cv]
+                             [--seeds 3] [--seed-start 100] [--json out.json] [--device auto]
 """
 
 from __future__ import annotations
@@ -23,56 +34,182 @@ import tempfile
 import time
 from pathlib import Path
 
-from scenes import write_pair
+import real_data
+from scenes import HELD_OUT_SEED, write_drawn_scene, write_pair
+
+SYNTHETIC_CLASS_FIELD = "class"
+DRAWN = ("easy", "hard")
+FIXED = {"easy-fixed": "easy", "hard-fixed": "hard"}
+REAL = {"real": "holdout", "real-cv": "cv"}
+PIXEL_SIZE_M = 0.5
+
+
+class StepFailed(RuntimeError):
+    pass
 
 
 def run(cmd) -> tuple:
+    """Run a CLI command; ``(stdout, wall seconds)``; StepFailed with its output on failure."""
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
+        raise StepFailed(f"failed: {' '.join(map(str, cmd))}\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout, time.time() - t0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--minutes", type=float, default=15.0)
-    ap.add_argument("--size", type=int, default=2048)
-    ap.add_argument("--settings", default="easy,hard")
-    ap.add_argument("--skip-coco", action="store_true", help="same as --anchors auto")
-    ap.add_argument("--anchors", default="auto,coco", help="anchor modes to compare, comma-separated")
+# --------------------------------------------------------------------------- the jobs of a setting
+def jobs_for(setting: str, args, work: Path) -> list:
+    """The runs of one setting: dicts with train tifs, labels, test tif, labels, class field, names."""
+    folder = work / setting
+    if setting in DRAWN:
+        jobs = []
+        for i in range(args.seeds):
+            a, b = args.seed_start + 2 * i, args.seed_start + 2 * i + 1
+            train = write_drawn_scene(folder, size=args.size, setting=setting, seed=a, pixel_size=PIXEL_SIZE_M,
+                                      name=f"seed{a}")
+            test = write_drawn_scene(folder, size=args.size, setting=setting, seed=b, pixel_size=PIXEL_SIZE_M,
+                                     name=f"seed{b}")
+            jobs.append({
+                "id": f"seeds {a}->{b}", "train": [train["tif"]], "train_labels": train["labels"],
+                "test": test["tif"], "test_labels": test["labels"], "class_field": SYNTHETIC_CLASS_FIELD,
+                "train_seed": a, "test_seed": b, "train_params": train["params"], "test_params": test["params"],
+                "train_counts": train["counts"], "test_counts": test["counts"],
+            })
+        return jobs
+    if setting in FIXED:
+        pair = write_pair(folder, size=args.size, difficulty=FIXED[setting], pixel_size=PIXEL_SIZE_M)
+        return [{"id": "seeds 1->2 (fixed)", "train": [pair["train"][0]], "train_labels": pair["train"][1],
+                 "test": pair["test"][0], "test_labels": pair["test"][1], "class_field": SYNTHETIC_CLASS_FIELD,
+                 "train_seed": 1, "test_seed": 2}]
+    if setting in REAL:
+        folds = real_data.write_layout(args.real_data, folder, REAL[setting])
+        return [{"id": f"{f['name']} (train {f['n_train']}, test {f['n_test']} crowns)", "train": f["train"],
+                 "train_labels": f["train_labels"], "test": f["test"], "test_labels": f["test_labels"],
+                 "class_field": f["class_field"], "train_seed": 0, "fold": f["name"]} for f in folds]
+    raise SystemExit(f"unknown setting {setting!r}: use {', '.join(list(DRAWN) + list(REAL) + list(FIXED))}")
+
+
+def run_job(job: dict, setting: str, anchors: str, args, work: Path) -> dict:
+    """Train, detect and evaluate one job through the CLI; the run's record."""
+    stem = work / f"{setting}_{job.get('fold', job['train_seed'])}_{anchors}"
+    model, dets = f"{stem}.pt", f"{stem}.gpkg"
+    cmd = [args.geodet, "train"]
+    for tif in job["train"]:
+        cmd += ["--imagery", tif]
+    cmd += ["--labels", job["train_labels"], "--class-field", job["class_field"], "-o", model,
+            "--max-time", str(args.minutes), "--epochs", "1000", "--anchors", anchors, "--device", args.device,
+            "--seed", str(job["train_seed"]), "--quiet"]
+    _, train_s = run(cmd)
+    _, detect_s = run([args.geodet, "detect", job["test"], "-m", model, "-o", dets, "--score-threshold", "0.05",
+                       "--device", args.device, "--quiet"])
+    out, eval_s = run([args.geodet, "evaluate", dets, job["test_labels"], "--imagery", job["test"],
+                       "--class-field", job["class_field"], "--json"])
+    rep = json.loads(out)
+    record = {k: v for k, v in job.items() if k not in ("train", "test", "train_labels", "test_labels")}
+    record.update(setting=setting, anchors=anchors, train_s=train_s, detect_s=detect_s, eval_s=eval_s,
+                  classes=rep["classes"], overall=rep["overall"], excluded=rep.get("excluded"))
+    return record
+
+
+# --------------------------------------------------------------------------- reporting
+def format_run(r: dict) -> str:
+    if "error" in r:
+        return f"{r['setting']:8} {r['id']:24} anchors={r['anchors']}: FAILED ({r['error'].splitlines()[0]})"
+    per_class = ", ".join(f"{c} {m['ap50']:.3f}" for c, m in sorted(r["classes"].items()))
+    o = r["overall"]
+    return (f"{r['setting']:8} {r['id']:24} anchors={r['anchors']} | AP50 {per_class} | mAP50 {o['ap50']:.3f} "
+            f"AP50:95 {o['ap50_95']:.3f} P {o['precision']:.3f} R {o['recall']:.3f} | train {r['train_s']:.0f} s, "
+            f"detect {r['detect_s']:.1f} s, evaluate {r['eval_s']:.1f} s")
+
+
+def summarise(runs: list) -> list:
+    """Per (setting, anchors): mean and worst AP50 per class and of mAP50 over seeds or folds."""
+    out = []
+    for key in dict.fromkeys((r["setting"], r["anchors"]) for r in runs):
+        group = [r for r in runs if (r["setting"], r["anchors"]) == key]
+        done = [r for r in group if "error" not in r]
+        entry = {"setting": key[0], "anchors": key[1], "runs": len(group), "failed": len(group) - len(done),
+                 "classes": {}}
+        for name in sorted({c for r in done for c in r["classes"]}):
+            values = [(r["classes"][name]["ap50"], r["id"]) for r in done if name in r["classes"]]
+            worst = min(values)
+            entry["classes"][name] = {"mean_ap50": sum(v for v, _ in values) / len(values), "worst_ap50": worst[0],
+                                      "worst_run": worst[1], "n": len(values)}
+        if done:
+            maps = [(r["overall"]["ap50"], r["id"]) for r in done]
+            entry["map50"] = {"mean": sum(v for v, _ in maps) / len(maps), "worst": min(maps)[0],
+                              "worst_run": min(maps)[1]}
+        out.append(entry)
+    return out
+
+
+def format_summary(s: dict) -> str:
+    head = f"{s['setting']:8} anchors={s['anchors']} over {s['runs'] - s['failed']} run(s)"
+    if s["failed"]:
+        head += f" ({s['failed']} failed)"
+    if "map50" not in s:
+        return head + ": no results"
+    per_class = ", ".join(f"{c} mean {m['mean_ap50']:.3f} worst {m['worst_ap50']:.3f}" for c, m in s["classes"].items())
+    m = s["map50"]
+    return f"{head} | AP50 {per_class} | mAP50 mean {m['mean']:.3f} worst {m['worst']:.3f}"
+
+
+# --------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--minutes", type=float, default=15.0, help="training budget per run (geodet train --max-time)")
+    ap.add_argument("--size", type=int, default=2048, help="synthetic scene side in px (0.5 m pixels)")
+    ap.add_argument("--settings", default="easy,hard,real,real-cv")
+    ap.add_argument("--seeds", type=int, default=3, help="train/test draws per synthetic setting")
+    ap.add_argument("--seed-start", type=int, default=HELD_OUT_SEED,
+                    help=f"first seed; reported figures use >= {HELD_OUT_SEED}, tuning only seeds below")
+    ap.add_argument("--anchors", default="auto", help="anchor modes to compare, comma-separated (auto, coco)")
+    ap.add_argument("--skip-coco", action="store_true", help="same as --anchors auto (the default)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--real-data", type=Path, default=real_data.DEFAULT_DATA_DIR,
+                    help="folder with scene.tif and crowns.gpkg (class field 'kind')")
+    ap.add_argument("--json", dest="json_out", type=Path, default=None, help="write runs and summary here")
+    ap.add_argument("--workdir", type=Path, default=None, help="keep scenes, models and detections here")
     ap.add_argument("--geodet", default="geodet", help="the geodet executable")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.seeds < 1:
+        ap.error("--seeds must be at least 1")
+    if args.seed_start < HELD_OUT_SEED < args.seed_start + 2 * args.seeds:
+        ap.error(f"tuning seeds must stay below {HELD_OUT_SEED}: --seed-start {args.seed_start} with --seeds "
+                 f"{args.seeds} reaches seed {args.seed_start + 2 * args.seeds - 1}")
+    return args
 
-    results = []
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    anchors_modes = ["auto"] if args.skip_coco else args.anchors.split(",")
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    if args.seed_start < HELD_OUT_SEED and any(s in DRAWN for s in settings):
+        print(f"note: seeds {args.seed_start}.. are tuning seeds, not held out: do not report these figures")
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        for setting in args.settings.split(","):
-            pair = write_pair(Path(tmp) / setting, size=args.size, difficulty=setting, pixel_size=0.5)
-            for anchors in ["auto"] if args.skip_coco else args.anchors.split(","):
-                model = f"{tmp}/{setting}_{anchors}.pt"
-                _, train_s = run([args.geodet, "train", "--imagery", pair["train"][0], "--labels", pair["train"][1],
-                                  "-o", model, "--max-time", str(args.minutes), "--epochs", "1000",
-                                  "--anchors", anchors, "--device", args.device, "--quiet"])
-                dets = f"{tmp}/{setting}_{anchors}.gpkg"
-                _, detect_s = run([args.geodet, "detect", pair["test"][0], "-m", model, "-o", dets,
-                                   "--score-threshold", "0.05", "--device", args.device, "--quiet"])
-                out, eval_s = run([args.geodet, "evaluate", dets, pair["test"][1], "--imagery", pair["test"][0],
-                                   "--json"])
-                rep = json.loads(out)
-                results.append((setting, anchors, rep, train_s, detect_s, eval_s))
-                print_row(*results[-1])
-    print("\nsummary")
-    for r in results:
-        print_row(*r)
-
-
-def print_row(setting, anchors, rep, train_s, detect_s, eval_s):
-    per_class = ", ".join(f"{c} AP50 {m['ap50']:.3f}" for c, m in rep["classes"].items())
-    o = rep["overall"]
-    print(f"{setting:5} anchors={anchors:5} {per_class}; mAP50 {o['ap50']:.3f} AP50:95 {o['ap50_95']:.3f} "
-          f"P {o['precision']:.3f} R {o['recall']:.3f} | train {train_s:.0f} s, detect {detect_s:.1f} s, "
-          f"evaluate {eval_s:.1f} s", flush=True)
+        work = Path(args.workdir) if args.workdir else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        for setting in settings:
+            for job in jobs_for(setting, args, work):
+                for anchors in anchors_modes:
+                    try:
+                        record = run_job(job, setting, anchors, args, work)
+                    except StepFailed as err:
+                        record = {"setting": setting, "anchors": anchors, "id": job["id"], "error": str(err)}
+                        print(err, file=sys.stderr)
+                    runs.append(record)
+                    print(format_run(record), flush=True)
+    summary = summarise(runs)
+    print("\nsummary (mean and worst over seeds / folds)")
+    for s in summary:
+        print(format_summary(s))
+    if args.json_out:
+        report = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                  "runs": runs, "summary": summary}
+        Path(args.json_out).write_text(json.dumps(report, indent=1))
+        print(f"wrote {args.json_out}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,11 @@ Typical use::
     scene = make_scene(1024, 1024, seed=0)
     transform = write_scene("scene.tif", scene)
     write_labels("pools.geojson", scene, transform, "EPSG:32611")
+
+Benchmarks draw the look of each scene at random per seed instead
+(:func:`draw_params` gives a frozen :class:`SceneParams`)::
+
+    scene = make_scene(2048, 2048, seed=101, params=draw_params(101, "hard"))
 """
 
 from __future__ import annotations
@@ -42,12 +47,27 @@ from geodet.errors import GeodetError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SyntheticScene", "make_scene", "scene_transform", "write_scene", "label_frame", "write_labels"]
+__all__ = [
+    "SceneParams",
+    "SyntheticScene",
+    "draw_params",
+    "make_scene",
+    "scene_transform",
+    "write_scene",
+    "label_frame",
+    "write_labels",
+]
 
 Rect = Tuple[float, float, float, float]  # x0, y0, x1, y1 in scene pixels
 
 #: Default pool side range (pixels) per difficulty.
 DEFAULT_OBJECT_SIZE_PX = {"easy": (8.0, 30.0), "hard": (6.0, 20.0)}
+
+#: Default sensor noise sigma (display units) per difficulty.
+DEFAULT_NOISE = {"easy": 0.005, "hard": 0.014}
+
+#: Class names per difficulty.
+CLASSES = {"easy": ("pool",), "hard": ("pool", "car")}
 
 #: Nodata value written for float32 scenes with a nodata region (integers use 0).
 FLOAT_NODATA = float("nan")
@@ -149,6 +169,179 @@ class SyntheticScene:
         return int(self.image.shape[2])
 
 
+@dataclass(frozen=True)
+class SceneParams:
+    """What a synthetic scene looks like, apart from its seed.
+
+    The defaults reproduce ``make_scene(difficulty=...)`` bit for bit: every
+    field left at its default draws exactly what the fixed easy and hard
+    settings draw. :func:`draw_params` draws them at random per seed.
+
+    Attributes:
+        difficulty: base style. "easy": clear pools among blue roofs;
+            "hard": hard water colours, tree-occluded pools, blue tarps,
+            cars (class "car"), gradient, haze, blur and noise.
+        pool_size_px: (min, max) pool side in pixels; None = the difficulty's
+            default (:data:`DEFAULT_OBJECT_SIZE_PX`).
+        car_width_px, car_length_px: (min, max) car width and length in
+            pixels (hard only); None = the fixed layout's ranges (about
+            4.4-5.4 x 9-11 px, a little different per place: curbs,
+            driveways, parking stalls).
+        car_vertical_share: share of cars whose long axis runs along the
+            rows (y); None = whatever the street layout gives. Cars are
+            turned about their centre to reach it.
+        rare_class: a class thinned to ``rare_share`` of all objects (the
+            other class is thinned instead when the rare one is already
+            scarcer); None = no thinning.
+        rare_share: share of ``rare_class`` among all objects, in (0, 0.5).
+        contrast: 1 = the palette's colours; below 1 pulls water and pool
+            coping towards grass and cars towards asphalt.
+        density: pool and car density multiplier (1 = about 150-250 pools
+            per 1024 x 1024 px).
+        occluded_share: chance that a hard pool gets a tree crown over part
+            of it.
+        gradient: peak-to-peak illumination gain across the scene (hard).
+        haze: (base, amplitude) of the haze veil (hard).
+        blur_sigma_px: (min, max) of the gaussian blur sigma (hard).
+        noise: gaussian noise sigma in display units [0, 1]; None = the
+            difficulty's default (:data:`DEFAULT_NOISE`).
+    """
+
+    difficulty: str = "easy"
+    pool_size_px: Optional[Tuple[float, float]] = None
+    car_width_px: Optional[Tuple[float, float]] = None
+    car_length_px: Optional[Tuple[float, float]] = None
+    car_vertical_share: Optional[float] = None
+    rare_class: Optional[str] = None
+    rare_share: Optional[float] = None
+    contrast: float = 1.0
+    density: float = 1.0
+    occluded_share: float = 0.36
+    gradient: float = 0.35
+    haze: Tuple[float, float] = (0.10, 0.12)
+    blur_sigma_px: Tuple[float, float] = (0.6, 0.8)
+    noise: Optional[float] = None
+
+    @property
+    def hard(self) -> bool:
+        return self.difficulty == "hard"
+
+    @property
+    def pool_size(self) -> Tuple[float, float]:
+        size = DEFAULT_OBJECT_SIZE_PX[self.difficulty] if self.pool_size_px is None else self.pool_size_px
+        return float(size[0]), float(size[1])
+
+    @property
+    def noise_sigma(self) -> float:
+        return DEFAULT_NOISE[self.difficulty] if self.noise is None else float(self.noise)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able values (tuples as lists)."""
+        from dataclasses import asdict
+
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def check(self) -> None:
+        """Raise :class:`GeodetError` on a value :func:`make_scene` cannot draw."""
+        if self.difficulty not in DEFAULT_OBJECT_SIZE_PX:
+            raise GeodetError(f"difficulty must be 'easy' or 'hard', got {self.difficulty!r}.")
+        size = self.pool_size_px
+        if size is not None and (len(size) != 2 or not 2 <= size[0] <= size[1]):
+            raise GeodetError(f"object_size_px must be (min, max) with 2 <= min <= max, got {size}.")
+        for name in ("car_width_px", "car_length_px"):
+            rng_ = getattr(self, name)
+            if rng_ is not None and (len(rng_) != 2 or not 2 <= rng_[0] <= rng_[1]):
+                raise GeodetError(f"{name} must be (min, max) with 2 <= min <= max, got {rng_}.")
+        if (self.car_width_px is None) != (self.car_length_px is None):
+            raise GeodetError("car_width_px and car_length_px go together: give both or neither.")
+        if self.car_width_px is not None and self.car_width_px[1] > self.car_length_px[0]:
+            raise GeodetError(f"cars must be longer than wide: {self.car_width_px} x {self.car_length_px} px.")
+        if self.density < 0:
+            raise GeodetError(f"density must not be negative, got {self.density}.")
+        if self.rare_class is not None:
+            if self.rare_class not in CLASSES[self.difficulty]:
+                raise GeodetError(f"rare_class {self.rare_class!r} is not a class of a {self.difficulty} scene.")
+            if self.rare_share is None or not 0 < self.rare_share < 0.5:
+                raise GeodetError(f"rare_share must lie in (0, 0.5), got {self.rare_share}.")
+        for name in ("car_vertical_share", "occluded_share"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v <= 1:
+                raise GeodetError(f"{name} must lie in [0, 1], got {v}.")
+        if not 0 < self.contrast <= 1:
+            raise GeodetError(f"contrast must lie in (0, 1], got {self.contrast}.")
+        lo, hi = self.blur_sigma_px
+        if not 0 < lo <= hi:
+            raise GeodetError(f"blur_sigma_px must be (min, max) with 0 < min <= max, got {self.blur_sigma_px}.")
+        if self.noise is not None and self.noise < 0:
+            raise GeodetError(f"noise must not be negative, got {self.noise}.")
+
+
+#: Ranges :func:`draw_params` draws from, per setting (uniform unless noted).
+#: ``pool_min``/``pool_span``: the pool side range is ``[lo, lo + span]`` with
+#: ``lo`` and ``span`` drawn, capped at ``pool_max``; cars likewise.
+PARAM_RANGES = {
+    "easy": dict(
+        pool_min=(8.0, 12.0), pool_span=(8.0, 18.0), pool_max=30.0,
+        contrast=(0.75, 1.0), density=(0.6, 1.4), noise=(0.003, 0.012),
+    ),
+    "hard": dict(
+        pool_min=(6.0, 10.0), pool_span=(5.0, 14.0), pool_max=24.0,
+        car_width_min=(4.0, 5.5), car_width_span=(0.5, 1.5), car_width_max=7.0,
+        car_length_min=(8.0, 11.0), car_length_span=(1.0, 3.0), car_length_max=14.0,
+        car_vertical_share=(0.1, 0.9), rare_share=(0.10, 0.15),
+        contrast=(0.55, 1.0), density=(0.6, 1.4), occluded_share=(0.2, 0.5),
+        gradient=(0.1, 0.5), haze_base=(0.04, 0.18), haze_amp=(0.04, 0.16),
+        blur_sigma_px=(0.4, 1.0), noise=(0.008, 0.025),
+    ),
+}
+
+_SETTING_TAG = {"easy": 1, "hard": 2}
+
+
+def draw_params(seed: int, setting: str = "hard") -> SceneParams:
+    """Scene parameters drawn at random for ``seed`` from :data:`PARAM_RANGES`.
+
+    Deterministic per ``(seed, setting)``: its generator is seeded by both, so
+    it is independent of the scene's own generator. In "hard" draws one class
+    (pool or car, with equal chance) is rare: 10-15 % of all objects.
+
+    Raises:
+        GeodetError: unknown setting.
+    """
+    if setting not in PARAM_RANGES:
+        raise GeodetError(f"setting must be one of {', '.join(sorted(PARAM_RANGES))}, got {setting!r}.")
+    r = PARAM_RANGES[setting]
+    rng = np.random.default_rng([int(seed), _SETTING_TAG[setting], 13])
+
+    def u(name):
+        return float(rng.uniform(*r[name]))
+
+    def size_range(prefix, cap):
+        lo = u(f"{prefix}_min")
+        return (round(lo, 3), round(min(lo + u(f"{prefix}_span"), cap), 3))
+
+    pools = size_range("pool", r["pool_max"])
+    common = dict(pool_size_px=pools, contrast=round(u("contrast"), 3), density=round(u("density"), 3))
+    if setting == "easy":
+        return SceneParams(difficulty="easy", noise=round(u("noise"), 4), **common)
+    width = size_range("car_width", r["car_width_max"])
+    length = size_range("car_length", r["car_length_max"])
+    return SceneParams(
+        difficulty="hard",
+        car_width_px=width,
+        car_length_px=length,
+        car_vertical_share=round(u("car_vertical_share"), 3),
+        rare_class=("pool", "car")[int(rng.integers(2))],
+        rare_share=round(u("rare_share"), 4),
+        occluded_share=round(u("occluded_share"), 3),
+        gradient=round(u("gradient"), 3),
+        haze=(round(u("haze_base"), 3), round(u("haze_amp"), 3)),
+        blur_sigma_px=(round(u("blur_sigma_px"), 3),) * 2,
+        noise=round(u("noise"), 4),
+        **common,
+    )
+
+
 # --------------------------------------------------------------------------- drawing helpers
 def _rect_alpha(rect: Rect) -> Tuple[int, int, np.ndarray]:
     """Exact area coverage of an axis-aligned rectangle.
@@ -233,6 +426,11 @@ def _texture(tex: np.ndarray, r0: int, c0: int, h: int, w: int) -> np.ndarray:
         (rs, cs), (lr, lc) = clipped
         out[lr, lc] = tex[rs, cs]
     return out
+
+
+def _toward(colour: np.ndarray, background: np.ndarray, contrast: float) -> np.ndarray:
+    """``colour`` [C] pulled towards ``background`` [C]: ``contrast`` 1 keeps it, 0 gives the background."""
+    return (background + contrast * (colour - background)).astype(np.float32)
 
 
 def _value_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.ndarray:
@@ -324,12 +522,13 @@ class _Layout:
 class _Planner:
     """Places objects on an occupancy grid; all randomness from one generator."""
 
-    def __init__(self, rng, height, width, hard, size_px, density):
+    def __init__(self, rng, height, width, params: SceneParams):
         self.rng = rng
         self.H, self.W = height, width
-        self.hard = hard
-        self.size_lo, self.size_hi = size_px
-        self.density = density
+        self.params = params
+        self.hard = params.hard
+        self.size_lo, self.size_hi = params.pool_size
+        self.density = float(params.density)
         self.scale = max(1.0, self.size_hi / 30.0)  # lots grow with large objects
         self.occ = np.zeros((height, width), np.uint8)
         self.out = _Layout()
@@ -465,6 +664,10 @@ class _Planner:
         along_x = (area[2] - area[0]) >= (area[3] - area[1])
         stall_w = self.rng.uniform(5.6, 6.2)  # car width 4.6-5.4 + 0.5-1 px gap
         car_len = 10.5
+        sized = self.params.car_width_px is not None
+        if sized:  # stalls fit the widest and longest car drawn
+            stall_w += self.params.car_width_px[1] - 5.4
+            car_len = self.params.car_length_px[1] + 0.5
         aisle = 14.0
         # rows run along the long side; stalls are perpendicular to it
         a0, a1 = (area[0], area[2]) if along_x else (area[1], area[3])
@@ -476,8 +679,11 @@ class _Planner:
                 line = (pos - 0.25, b, pos + 0.25, b + car_len) if along_x else (b, pos - 0.25, b + car_len, pos + 0.25)
                 self.out.stall_lines.append(line)
                 if self.rng.random() < min(0.95, 0.78 * self.density):
-                    cw = self.rng.uniform(4.6, min(5.4, stall_w - 0.5))
-                    cl = self.rng.uniform(9.0, car_len - 0.3)
+                    if sized:
+                        cw, cl = self._car_size()
+                    else:
+                        cw = self.rng.uniform(4.6, min(5.4, stall_w - 0.5))
+                        cl = self.rng.uniform(9.0, car_len - 0.3)
                     gap = (stall_w - cw) / 2
                     lead = self.rng.uniform(0.1, car_len - cl)
                     if along_x:
@@ -605,11 +811,14 @@ class _Planner:
             rim_colour = _RIM * rng.uniform(0.95, 1.05)
             rim = rng.uniform(0.9, 1.6) + 0.02 * min(w, h)
         water = (water * rng.uniform(0.9, 1.1, 4)).astype(np.float32)
+        if self.params.contrast != 1.0:
+            water = _toward(water, _GRASS, self.params.contrast)
+            rim_colour = _toward(rim_colour, _GRASS, self.params.contrast)
         angle = rng.uniform(0, 2 * math.pi)
         pool = _Pool(rect, oval, water, rim_colour.astype(np.float32), rim, (math.cos(angle), math.sin(angle)))
         self.out.pools.append(pool)
         self.mark(rect, _OCC_POOL)
-        if self.hard and rng.random() < 0.36:
+        if self.hard and rng.random() < self.params.occluded_share:
             self._occluding_tree(pool)
 
     def _occluding_tree(self, pool: _Pool) -> None:
@@ -663,11 +872,25 @@ class _Planner:
         self.mark(rect, _OCC_TREE)
 
     # -- cars
+    def _car_size(self) -> Tuple[float, float]:
+        """(width, length) in px from ``params.car_width_px`` / ``car_length_px``."""
+        return self.rng.uniform(*self.params.car_width_px), self.rng.uniform(*self.params.car_length_px)
+
     def _car(self, rect: Rect, along_x: bool) -> bool:
-        if not self.free(rect, _OCC_CAR | _OCC_CURVE | _OCC_POOL, 0.0, inside=1.0):
+        avoid = _OCC_CAR | _OCC_CURVE | _OCC_POOL
+        share = self.params.car_vertical_share
+        if share is not None and (self.rng.random() >= share) != along_x:
+            # turn the car a quarter about its centre; it may now reach past the curb
+            x0, y0, x1, y1 = rect
+            cx, cy, hw, hh = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
+            rect, along_x = (cx - hh, cy - hw, cx + hh, cy + hw), not along_x
+            avoid |= _OCC_TREE | _OCC_HOUSE
+        if not self.free(rect, avoid, 0.0, inside=1.0):
             return False
         colour = _CARS[np.searchsorted(_CAR_CUMULATIVE, self.rng.random() * _CAR_CUMULATIVE[-1], side="right")]
         colour = (colour * self.rng.uniform(0.92, 1.06)).astype(np.float32)
+        if self.params.contrast != 1.0:
+            colour = _toward(colour, _ASPHALT, self.params.contrast)
         self.out.cars.append((rect, colour, along_x))
         self.mark(rect, _OCC_CAR)
         return True
@@ -676,8 +899,10 @@ class _Planner:
         rng = self.rng
         if rng.random() > 0.65 * self.density:
             return
-        cw = rng.uniform(4.5, 5.3)
-        cl = rng.uniform(9.0, 11.0)
+        if self.params.car_width_px is not None:
+            cw, cl = self._car_size()
+        else:
+            cw, cl = rng.uniform(4.5, 5.3), rng.uniform(9.0, 11.0)
         gap = rng.uniform(0.5, 1.0)
         yy = setback - 0.7 - cl
         if yy < 0.5:
@@ -689,13 +914,15 @@ class _Planner:
         else:  # one or two in tandem
             xx = dx + (drive_w - cw) / 2
             self._car(world(xx, yy, cw, cl), along_x=False)
-            cl2 = rng.uniform(9.0, 11.0)
+            cl2 = rng.uniform(*(self.params.car_length_px or (9.0, 11.0)))
             if rng.random() < 0.4 and yy - gap - cl2 > 0.3:
                 self._car(world(xx, yy - gap - cl2, cw, cl2), along_x=False)
 
     def _curb_parking(self, h_roads, v_roads) -> None:
         """Dense rows of cars along both curbs of every grid road segment."""
         rng = self.rng
+        sized = self.params.car_width_px is not None
+        reach = self.params.car_length_px[1] if sized else 11  # longest car, to keep off crossings
         for horizontal, roads, cross in ((True, h_roads, v_roads), (False, v_roads, h_roads)):
             length = self.W if horizontal else self.H
             blocked = sorted((c[0], c[2]) if horizontal else (c[1], c[3]) for c in cross)
@@ -704,7 +931,7 @@ class _Planner:
                 for near_lo in (True, False):
                     pos, in_run = 0.0, rng.random() < 0.5
                     while pos < length:
-                        hit = next((b for b in blocked if b[0] - 4 < pos + 11 and pos < b[1] + 4), None)
+                        hit = next((b for b in blocked if b[0] - 4 < pos + reach and pos < b[1] + 4), None)
                         if hit is not None:
                             pos = hit[1] + 4 + rng.uniform(0, 3)
                             continue
@@ -712,7 +939,7 @@ class _Planner:
                             pos += rng.uniform(8, 60)
                             in_run = rng.random() < min(0.9, 0.45 * self.density)
                             continue
-                        cw, cl = rng.uniform(4.4, 5.4), rng.uniform(9.0, 11.0)
+                        cw, cl = self._car_size() if sized else (rng.uniform(4.4, 5.4), rng.uniform(9.0, 11.0))
                         off = rng.uniform(0.6, 1.4)
                         a = lo_edge + off if near_lo else hi_edge - off - cw
                         rect = (pos, a, pos + cl, a + cw) if horizontal else (a, pos, a + cw, pos + cl)
@@ -883,21 +1110,49 @@ def _draw_tree(img: np.ndarray, tree: _Tree, tex: np.ndarray, shadow: bool) -> N
     _paint(img, r0, c0, alpha, _TREE[:, None, None] * shade[None])
 
 
-def _hard_effects(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _hard_effects(img: np.ndarray, rng: np.random.Generator, params: SceneParams) -> np.ndarray:
     """Illumination gradient, haze, sensor blur and noise on ``[C, H, W]`` (in place)."""
     C, H, W = img.shape
     ang = rng.uniform(0, 2 * math.pi)
     yy = (np.arange(H, dtype=np.float32) / max(H - 1, 1) - 0.5)[:, None]
     xx = (np.arange(W, dtype=np.float32) / max(W - 1, 1) - 0.5)[None, :]
-    gain = 1.0 + 0.35 * (xx * math.cos(ang) + yy * math.sin(ang))
-    haze = 0.10 + 0.12 * _value_noise(rng, H, W, 300.0)
+    gain = 1.0 + params.gradient * (xx * math.cos(ang) + yy * math.sin(ang))
+    haze = params.haze[0] + params.haze[1] * _value_noise(rng, H, W, 300.0)
     gain *= 1 - haze
     for i in range(C):
         img[i] *= gain
         img[i] += _HAZE[i] * haze
-    img = _gaussian_blur(img, rng.uniform(0.6, 0.8))
-    _add_noise(img, rng, 0.014)
+    img = _gaussian_blur(img, rng.uniform(*params.blur_sigma_px))
+    _add_noise(img, rng, params.noise_sigma)
     return img
+
+
+def _thin_classes(layout: _Layout, rng: np.random.Generator, rare: str, share: float) -> None:
+    """Drop random pools or cars so that ``rare`` makes up ``share`` of all objects.
+
+    The rare class is thinned when it is too common, the other class when the
+    rare one is too scarce; the share is then within ``0.5 / n_objects`` of
+    ``share``. A scene missing either class is left alone.
+    """
+    counts = {"pool": len(layout.pools), "car": len(layout.cars)}
+    other = "car" if rare == "pool" else "pool"
+    n_rare, n_other = counts[rare], counts[other]
+    if n_rare == 0 or n_other == 0:
+        logger.debug("no thinning: %d %s, %d %s", n_rare, rare, n_other, other)
+        return
+    if n_rare / (n_rare + n_other) > share:
+        keep = {rare: max(1, round(share * n_other / (1 - share))), other: n_other}
+    else:
+        keep = {rare: n_rare, other: max(1, round(n_rare * (1 - share) / share))}
+
+    def subset(items, k):
+        if k >= len(items):
+            return items
+        idx = np.sort(rng.choice(len(items), size=k, replace=False))
+        return [items[i] for i in idx]
+
+    layout.pools = subset(layout.pools, keep["pool"])
+    layout.cars = subset(layout.cars, keep["car"])
 
 
 def _add_noise(img: np.ndarray, rng: np.random.Generator, sigma: float) -> None:
@@ -991,6 +1246,7 @@ def make_scene(
     density: float = 1.0,
     nodata_region: bool = False,
     nodata_value: Optional[float] = None,
+    params: Optional[SceneParams] = None,
 ) -> SyntheticScene:
     """Make a deterministic synthetic suburb with labelled pools (and cars).
 
@@ -1014,6 +1270,10 @@ def make_scene(
             the scene) to the nodata value; objects touching it are removed.
         nodata_value: override the nodata value (default 0 for integer
             dtypes, NaN for float32).
+        params: a :class:`SceneParams` (e.g. from :func:`draw_params`) in
+            place of ``difficulty``, ``object_size_px`` and ``density``, which
+            must then keep their defaults. ``SceneParams(difficulty=d)`` gives
+            the same scene as ``difficulty=d``.
 
     Returns:
         a :class:`SyntheticScene`.
@@ -1027,17 +1287,16 @@ def make_scene(
         raise GeodetError(f"bands must be at least 1, got {bands}.")
     if dtype not in ("uint8", "uint16", "float32"):
         raise GeodetError(f"dtype must be 'uint8', 'uint16' or 'float32', got {dtype!r}.")
-    if difficulty not in DEFAULT_OBJECT_SIZE_PX:
-        raise GeodetError(f"difficulty must be 'easy' or 'hard', got {difficulty!r}.")
-    if density < 0:
-        raise GeodetError(f"density must not be negative, got {density}.")
-    size = DEFAULT_OBJECT_SIZE_PX[difficulty] if object_size_px is None else tuple(object_size_px)
-    if len(size) != 2 or not 2 <= size[0] <= size[1]:
-        raise GeodetError(f"object_size_px must be (min, max) with 2 <= min <= max, got {object_size_px}.")
-    H, W, hard = int(height), int(width), difficulty == "hard"
+    if params is None:
+        size = None if object_size_px is None else tuple(object_size_px)
+        params = SceneParams(difficulty=difficulty, pool_size_px=size, density=density)
+    elif difficulty != "easy" or object_size_px is not None or density != 1.0:
+        raise GeodetError("give either params or difficulty / object_size_px / density, not both.")
+    params.check()
+    H, W, hard = int(height), int(width), params.hard
 
     rng = np.random.default_rng(seed)
-    layout = _Planner(rng, H, W, hard, (float(size[0]), float(size[1])), float(density)).plan()
+    layout = _Planner(rng, H, W, params).plan()
 
     valid = np.ones((H, W), bool)
     nodata = None
@@ -1057,12 +1316,15 @@ def make_scene(
         for house in layout.houses:
             house.blue = house.blue and all(clear(part) for part in house.parts)
 
+    if params.rare_class is not None:
+        _thin_classes(layout, rng, params.rare_class, params.rare_share)
+
     channels = 3 if int(bands) in (1, 3) else 4  # NIR is rendered only when used
     img = _render(layout, rng, H, W, channels)
     if hard:
-        img = _hard_effects(img, rng)
+        img = _hard_effects(img, rng, params)
     else:
-        _add_noise(img, rng, 0.005)
+        _add_noise(img, rng, params.noise_sigma)
     values, band_names = _to_bands(img, int(bands))
     image = _to_dtype(values, dtype)
     if nodata is not None:

@@ -10,7 +10,7 @@ import shapely
 from affine import Affine
 
 from geodet.errors import GeodetError
-from geodet.synthetic import label_frame, make_scene, write_labels, write_scene
+from geodet.synthetic import SceneParams, draw_params, label_frame, make_scene, write_labels, write_scene
 
 CRS = "EPSG:32611"
 
@@ -279,3 +279,140 @@ def test_write_scene_variants(tmp_path):
     assert write_scene(tmp_path / "explicit.tif", scene, transform=explicit) == explicit
     with pytest.raises(GeodetError):
         write_scene(tmp_path / "bad.tif", scene, blocksize=100)
+
+
+# ----------------------------------------------------------------------------- drawn parameters
+def test_default_params_give_the_fixed_settings():
+    for difficulty in ("easy", "hard"):
+        fixed = make_scene(200, 240, seed=6, difficulty=difficulty)
+        via = make_scene(200, 240, seed=6, params=SceneParams(difficulty=difficulty))
+        np.testing.assert_array_equal(fixed.image, via.image)
+        np.testing.assert_array_equal(fixed.boxes_px, via.boxes_px)
+
+
+def test_draw_params_deterministic_per_seed():
+    for setting in ("easy", "hard"):
+        assert draw_params(3, setting) == draw_params(3, setting)
+        assert draw_params(3, setting) != draw_params(4, setting)
+    assert draw_params(3, "easy").difficulty == "easy" and draw_params(3, "hard").difficulty == "hard"
+    with pytest.raises(GeodetError):
+        draw_params(0, "medium")
+
+
+def test_draw_params_within_ranges():
+    draws = [draw_params(seed, "hard") for seed in range(60)]
+    for p in draws:
+        p.check()
+        assert 6 <= p.pool_size_px[0] <= p.pool_size_px[1] <= 24
+        assert 4 <= p.car_width_px[0] <= p.car_width_px[1] <= 7
+        assert 8 <= p.car_length_px[0] <= p.car_length_px[1] <= 14
+        assert 0.10 <= p.rare_share <= 0.15 and p.rare_class in ("pool", "car")
+        assert 0.1 <= p.car_vertical_share <= 0.9 and 0.55 <= p.contrast <= 1 and 0.6 <= p.density <= 1.4
+        assert 0.4 <= p.blur_sigma_px[0] <= 1.0 and 0.008 <= p.noise <= 0.025
+    assert {p.rare_class for p in draws} == {"pool", "car"}
+    assert len({p.pool_size_px for p in draws}) == len(draws)  # parameters really vary with the seed
+    for seed in range(20):
+        p = draw_params(seed, "easy")
+        assert 8 <= p.pool_size_px[0] <= p.pool_size_px[1] <= 30 and p.rare_class is None
+
+
+@pytest.mark.parametrize("seed", [0, 3])  # seed 0 draws rare pools, seed 3 rare cars
+def test_drawn_scene_follows_its_params(seed):
+    p = draw_params(seed, "hard")
+    scene = make_scene(512, 512, seed=seed, params=p)
+    assert set(scene.classes) == {"pool", "car"}
+    n = len(scene.classes)
+    share = (scene.classes == p.rare_class).mean()
+    assert abs(share - p.rare_share) <= 0.5 / n + 1e-9 and 0.095 <= share <= 0.155
+    pools, cars = scene.boxes_px[scene.classes == "pool"], scene.boxes_px[scene.classes == "car"]
+    sides = np.concatenate([pools[:, 2] - pools[:, 0], pools[:, 3] - pools[:, 1]])
+    assert sides.min() >= p.pool_size_px[0] - 1e-9 and sides.max() <= p.pool_size_px[1] + 1e-9
+    w, h = cars[:, 2] - cars[:, 0], cars[:, 3] - cars[:, 1]
+    short, long = np.minimum(w, h), np.maximum(w, h)
+    assert short.min() >= p.car_width_px[0] - 1e-9 and short.max() <= p.car_width_px[1] + 1e-9
+    assert long.min() >= p.car_length_px[0] - 1e-9 and long.max() <= p.car_length_px[1] + 1e-9
+    overlap = _overlap_area(scene.boxes_px, scene.boxes_px)
+    np.fill_diagonal(overlap, 0)
+    assert overlap.max() == 0
+    again = make_scene(512, 512, seed=seed, params=p)
+    np.testing.assert_array_equal(again.image, scene.image)
+
+
+def test_drawn_orientation_mix():
+    """Most cars end up with the drawn orientation (a turned car that would collide is dropped)."""
+    from dataclasses import replace
+
+    base = draw_params(1, "hard")
+    for share in (0.15, 0.85):
+        scene = make_scene(512, 512, seed=1, params=replace(base, car_vertical_share=share, rare_class=None))
+        cars = scene.boxes_px[scene.classes == "car"]
+        vertical = ((cars[:, 3] - cars[:, 1]) > (cars[:, 2] - cars[:, 0])).mean()
+        assert abs(vertical - share) < 0.2
+
+
+def test_drawn_easy_labels_match_pixels():
+    """Water at each box centre and no water just outside it, as in the fixed easy setting."""
+    p = draw_params(2, "easy")
+    scene = make_scene(512, 512, seed=2, params=p)
+    img = scene.image.astype(int)
+    H, W = scene.height, scene.width
+    assert len(scene.boxes_px) > 20
+    for x0, y0, x1, y1 in scene.boxes_px:
+        r, _, b = img[:, int((y0 + y1) / 2), int((x0 + x1) / 2)]
+        assert b > r + 60, "pool centre is not water"
+        c0, r0, c1, r1 = int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1))
+        ring = np.concatenate(
+            [img[:, max(r0 - 1, 0), c0:c1], img[:, min(r1, H - 1), c0:c1],
+             img[:, r0:r1, max(c0 - 1, 0)], img[:, r0:r1, min(c1, W - 1)]],
+            axis=1,
+        )
+        assert not (ring[2] > ring[0] + 60).any(), "pool pixels outside its box"
+
+
+def test_drawn_hard_car_labels_match_pixels():
+    """Each car box holds a car drawn along its long side: dark windscreen at 22-36 % of its length.
+
+    Haze, noise and gradient are off and blur is slight, so pixels show the drawing. A box with
+    the wrong orientation or position would put the windscreen sample on body or ground.
+    """
+    from dataclasses import replace
+
+    p = replace(draw_params(4, "hard"), noise=0.0, haze=(0.0, 0.0), gradient=0.0, blur_sigma_px=(0.25, 0.25),
+                contrast=1.0)
+    scene = make_scene(512, 512, seed=4, params=p)
+    lum = scene.image.astype(float).sum(axis=0)
+    darker = []
+    for x0, y0, x1, y1 in scene.boxes_px[scene.classes == "car"]:
+        along_x = (x1 - x0) > (y1 - y0)
+        a0, a1, c = (x0, x1, (y0 + y1) / 2) if along_x else (y0, y1, (x0 + x1) / 2)
+        centres = np.arange(np.floor(a0), np.ceil(a1)) + 0.5
+        t = (centres - a0) / (a1 - a0)
+        glass = centres[(t > 0.23) & (t < 0.35)]
+        body = centres[(t > 0.42) & (t < 0.66)]
+        if not len(glass) or not len(body):
+            continue
+        at = (lambda u: lum[int(c), int(u)]) if along_x else (lambda u: lum[int(u), int(c)])
+        darker.append(min(at(g) for g in glass) < max(at(b) for b in body) - 30)
+    assert len(darker) > 50
+    assert np.mean(darker) > 0.75  # black cars (18 %) have no darker windscreen
+
+
+def test_bad_params_raise_geodet_error():
+    from dataclasses import replace
+
+    good = draw_params(0, "hard")
+    for change in (
+        dict(difficulty="medium"),
+        dict(car_width_px=(8.0, 9.0)),  # wider than long
+        dict(car_length_px=None),
+        dict(rare_class="tree"),
+        dict(rare_share=0.6),
+        dict(contrast=0.0),
+        dict(car_vertical_share=1.5),
+        dict(blur_sigma_px=(0.0, 1.0)),
+        dict(noise=-0.1),
+    ):
+        with pytest.raises(GeodetError):
+            make_scene(64, 64, params=replace(good, **change))
+    with pytest.raises(GeodetError):
+        make_scene(64, 64, difficulty="hard", params=good)
