@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from geodet_cli.options import overwrite_option
+
 _COLUMNS = (
     ("class", "{}", 12),
     ("n_true", "{}", 7),
@@ -66,7 +68,8 @@ def format_report(report: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as one JSON object.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write the precision-recall curves to this PNG.")
-def evaluate_cmd(predictions, ground_truth, iou, class_field, imagery, as_json, plot_path):
+@overwrite_option
+def evaluate_cmd(predictions, ground_truth, iou, class_field, imagery, as_json, plot_path, overwrite):
     """Score PREDICTIONS (vector file with 'class' and 'score') against
     GROUND_TRUTH (vector file of object outlines), in any CRS.
 
@@ -87,11 +90,13 @@ def evaluate_cmd(predictions, ground_truth, iou, class_field, imagery, as_json, 
     from geodet.evaluation import evaluate
 
     try:
+        if plot_path is not None:
+            from geodet.plot import check_png_path, plot_pr_curve
+
+            check_png_path(plot_path, overwrite=overwrite)
         report = evaluate(predictions, ground_truth, iou=iou, class_field=class_field, imagery=imagery)
         if plot_path is not None:
-            from geodet.plot import plot_pr_curve
-
-            plot_pr_curve(report, plot_path)
+            plot_pr_curve(report, plot_path, overwrite=overwrite)
     except GeodetError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:

@@ -442,7 +442,7 @@ def plot_object_sizes(
     return ax
 
 
-def plot_pr_curve(report: dict, path_or_ax=None):
+def plot_pr_curve(report: dict, path_or_ax=None, *, overwrite: bool = True):
     """Precision-recall curves of an evaluation report, one per class.
 
     Args:
@@ -451,6 +451,7 @@ def plot_pr_curve(report: dict, path_or_ax=None):
             class's ``pr_curve`` and ``ap``).
         path_or_ax: a matplotlib ``Axes`` to draw on, a PNG path to write, or
             None for a new figure.
+        overwrite: a PNG path may replace an existing file (False: never, also in a race).
 
     Returns:
         The ``Axes`` drawn on, or the path written.
@@ -478,7 +479,7 @@ def plot_pr_curve(report: dict, path_or_ax=None):
         ax = _new_axes(None, (6, 5))
         draw(ax)
         return ax
-    return _draw_or_save(draw, path_or_ax, figsize=(6, 5))
+    return _draw_or_save(draw, path_or_ax, figsize=(6, 5), overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------- quicklook
@@ -625,7 +626,7 @@ def _write_atomic(path: str, write: Callable, *, overwrite: bool = True) -> None
         write(fh)
 
 
-def _draw_or_save(draw: Callable, path_or_ax, *, figsize: Tuple[float, float]):
+def _draw_or_save(draw: Callable, path_or_ax, *, figsize: Tuple[float, float], overwrite: bool = True):
     """Call ``draw(ax)`` on the given Axes, or on a new figure saved atomically to a PNG path."""
     if hasattr(path_or_ax, "plot"):
         draw(path_or_ax)
@@ -638,5 +639,5 @@ def _draw_or_save(draw: Callable, path_or_ax, *, figsize: Tuple[float, float]):
     FigureCanvasAgg(fig)
     draw(fig.add_subplot(1, 1, 1))
     fig.tight_layout()
-    _write_atomic(path, lambda fh: fig.savefig(fh, format="png"))
+    _write_atomic(path, lambda fh: fig.savefig(fh, format="png"), overwrite=overwrite)
     return path

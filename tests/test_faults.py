@@ -206,6 +206,17 @@ def test_unwritable_output_folder_is_refused_before_work(tmp_path, scene):
     assert not (tmp_path / "ok.geojson").exists()
 
 
+def test_evaluate_plot_is_not_replaced_without_overwrite(scene, tmp_path):
+    dets = tmp_path / "dets.gpkg"
+    write_vector(gpd.read_file(scene.labels).assign(score=0.9), str(dets))
+    png = tmp_path / "pr.png"
+    png.write_bytes(b"precious")
+    one_sentence_error(run_cli("evaluate", dets, scene.labels, "--plot", png), "pr.png already exists")
+    assert png.read_bytes() == b"precious"
+    assert run_cli("evaluate", dets, scene.labels, "--plot", png, "--overwrite").exit_code == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
 # ------------------------------------------------------------------ 4. interruption: nothing half-written, no debris
 
 
