@@ -2,7 +2,7 @@
 
 Settings (comma-separated in --settings):
   easy, hard  synthetic scenes whose parameters are DRAWN AT RANDOM per seed
-              (geodet.synthetic.draw_params: object sizes, class shares with
+              (geodet.testing.synthetic.draw_params: object sizes, class shares with
               one class at 10-15 % of objects in hard, car orientation mix,
               contrast, haze, blur, noise, density). Run i trains on the draw
               of seed S + 2i and tests on the draw of seed S + 2i + 1, a

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from geodet import synthetic  # noqa: E402
+from geodet.testing import synthetic  # noqa: E402
 
 
 def write_pair(folder: Path, *, size: int, difficulty: str, pixel_size: float, seeds=(1, 2)) -> dict:

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import accuracy  # noqa: E402
 import real_data  # noqa: E402
-from geodet import synthetic  # noqa: E402
+from geodet.testing import synthetic  # noqa: E402
 
 
 def test_strips_cover_the_scene_without_overlap():

@@ -21,7 +21,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # use this checkout's geodet, installed or not
 
-from geodet.synthetic import make_scene, write_labels, write_scene  # noqa: E402
+from geodet.testing.synthetic import make_scene, write_labels, write_scene  # noqa: E402
 
 SEED = 20240611
 SIZE_PX = 1024
@@ -49,7 +49,7 @@ and the tests. Nothing here is real imagery.
   to within 1e-6 px.
 
 Made by `python sample_data/make_sample_data.py` with
-`geodet.synthetic.make_scene({size}, {size}, seed={seed}, difficulty="easy")`;
+`geodet.testing.synthetic.make_scene({size}, {size}, seed={seed}, difficulty="easy")`;
 running it again rewrites identical files.
 """
 

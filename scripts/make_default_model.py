@@ -1,6 +1,6 @@
 """Train the small default model bundled as geodet/weights/default.pt.
 
-Reproducible: synthetic suburb scenes (geodet.synthetic, seeds 101-103,
+Reproducible: synthetic suburb scenes (geodet.testing.synthetic, seeds 101-103,
 2048 x 2048 px at 0.4 m, pools 8-30 px), fitted anchors, a fixed seed and a
 fixed number of epochs on the CPU. The model finds swimming pools in
 geodet's synthetic scenes; it is a demonstration model, not one for real
@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from geodet import synthetic  # noqa: E402
+from geodet.testing import synthetic  # noqa: E402
 from geodet.config import ChipConfig, TrainConfig  # noqa: E402
 from geodet.training import train  # noqa: E402
 

@@ -17,12 +17,12 @@ SAMPLE_POINTS = REPO / "sample_data" / "pools_points.geojson"
 def make_scene_files(tmp_path):
     """Factory: write a synthetic scene and its labels; returns a namespace.
 
-    Keyword arguments go to :func:`geodet.synthetic.make_scene` (height,
+    Keyword arguments go to :func:`geodet.testing.synthetic.make_scene` (height,
     width, seed, bands, dtype, difficulty, nodata_region, density) and to
     the writers (crs, pixel_size, rotation_deg, tiled, label_crs, kind,
     label_ext, class_field, name).
     """
-    from geodet import synthetic
+    from geodet.testing import synthetic
 
     def factory(
         height=256, width=256, *, seed=0, bands=3, dtype="uint8", difficulty="easy", nodata_region=False,

@@ -191,7 +191,7 @@ def test_band_mismatch_is_clear(make_scene_files, default_model):
 
 def test_seam_objects_reported_once(tmp_path, default_model):
     """A pool straddling the seam of 2 chips and one at a 4-chip corner: one box each."""
-    from geodet import synthetic
+    from geodet.testing import synthetic
 
     scene = synthetic.make_scene(448, 448, seed=21, density=0.0)
     img = scene.image

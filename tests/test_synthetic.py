@@ -10,7 +10,7 @@ import shapely
 from affine import Affine
 
 from geodet.errors import GeodetError
-from geodet.synthetic import SceneParams, draw_params, label_frame, make_scene, write_labels, write_scene
+from geodet.testing.synthetic import SceneParams, draw_params, label_frame, make_scene, write_labels, write_scene
 
 CRS = "EPSG:32611"
 

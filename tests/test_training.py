@@ -248,7 +248,7 @@ def test_training_on_two_scenes(tmp_path):
     """Repeated --imagery: chips come from both scenes, one labels file covers both."""
     import pandas as pd
 
-    from geodet import synthetic
+    from geodet.testing import synthetic
     from geodet.dataset import ChipDataset, spatial_blocks
     from geodet.training import load_sources
 

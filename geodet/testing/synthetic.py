@@ -1,5 +1,9 @@
 """Deterministic synthetic aerial scenes with exact labels.
 
+Lives in :mod:`geodet.testing` (see its docstring for why it ships in the
+package): tests, benchmarks, the sample data and the default model's script
+draw their scenes here; the detection and training path never imports it.
+
 A scene is a small suburb seen from above at about 0.4 m per pixel: textured
 ground, a grid of streets plus one curved road, houses with cast shadows,
 trees, and swimming pools (class ``"pool"``) in the back yards. The ``"hard"``
