@@ -23,12 +23,12 @@ def _apply(transform: Affine, xy: np.ndarray) -> np.ndarray:
 
 
 def world_to_pixel_points(xy_world: np.ndarray, transform: Affine) -> np.ndarray:
-    """World ``[..., 2]`` (x, y) to continuous pixel ``[..., 2]`` (col, row)."""
+    """World ``[..., 2]`` (x, y) to continuous pixel ``[..., 2]`` (col, row) through ``~transform``."""
     return _apply(~transform, np.asarray(xy_world, np.float64))
 
 
 def pixel_to_world_points(xy_px: np.ndarray, transform: Affine) -> np.ndarray:
-    """Continuous pixel ``[..., 2]`` (col, row) to world ``[..., 2]`` (x, y)."""
+    """Continuous pixel ``[..., 2]`` (col, row) to world ``[..., 2]`` (x, y) through ``transform``."""
     return _apply(transform, np.asarray(xy_px, np.float64))
 
 
@@ -45,8 +45,7 @@ def geometries_to_pixel_boxes(geoms: Sequence[BaseGeometry], transform: Affine) 
     geoms = np.asarray(list(geoms), dtype=object)
     if len(geoms) == 0:
         return np.zeros((0, 4), np.float64)
-    inv = ~transform
-    px = shapely.transform(geoms, lambda xy: _apply(inv, xy))
+    px = shapely.transform(geoms, lambda xy: world_to_pixel_points(xy, transform))
     return shapely.bounds(px).astype(np.float64)
 
 
@@ -68,7 +67,19 @@ def pixel_boxes_to_corners_world(boxes_px: np.ndarray, transform: Affine) -> np.
         ],
         axis=1,
     )
-    return _apply(transform, corners)
+    return pixel_to_world_points(corners, transform)
+
+
+def pixel_geometries_to_world(geoms: Sequence[BaseGeometry], transform: Affine) -> np.ndarray:
+    """Shapely geometries in pixel space mapped vertex by vertex to world space.
+
+    Returns:
+        Object array ``[N]`` of geometries in ``transform``'s world coordinates.
+    """
+    geoms = np.asarray(list(geoms), dtype=object)
+    if len(geoms) == 0:
+        return geoms
+    return shapely.transform(geoms, lambda xy: pixel_to_world_points(xy, transform))
 
 
 def pixel_boxes_to_polygons(boxes_px: np.ndarray, transform: Affine) -> np.ndarray:
@@ -121,10 +132,3 @@ def clip_boxes_to_window(
     keep = np.nonzero((frac >= min_visible - 1e-9) & (inside > 0))[0]
     out = clipped[keep] - np.array([x1, y1, x1, y1])
     return out, keep
-
-
-def point_boxes_px(xy_px: np.ndarray, side_px: Tuple[float, float]) -> np.ndarray:
-    """Square boxes of ``side_px`` (w, h) pixels centred on pixel points ``[N, 2]``."""
-    xy = np.asarray(xy_px, np.float64).reshape(-1, 2)
-    hw, hh = side_px[0] / 2, side_px[1] / 2
-    return np.stack([xy[:, 0] - hw, xy[:, 1] - hh, xy[:, 0] + hw, xy[:, 1] + hh], axis=1)

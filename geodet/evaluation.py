@@ -517,14 +517,14 @@ def _on_image(src, boxes: np.ndarray, crs, *, check_mask: bool) -> Tuple[np.ndar
     """
     from pyproj import CRS, Transformer
 
+    from geodet.boxes import world_to_pixel_points
+
     cx = (boxes[:, 0] + boxes[:, 2]) / 2
     cy = (boxes[:, 1] + boxes[:, 3]) / 2
     img_crs = CRS.from_user_input(src.crs.to_wkt())
     if not img_crs.equals(crs):
         cx, cy = Transformer.from_crs(crs, img_crs, always_xy=True).transform(cx, cy)
-    inv = ~src.transform
-    col = inv.a * np.asarray(cx) + inv.b * np.asarray(cy) + inv.c
-    row = inv.d * np.asarray(cx) + inv.e * np.asarray(cy) + inv.f
+    col, row = world_to_pixel_points(np.stack([cx, cy], axis=-1), src.transform).T
     inside = np.isfinite(col) & np.isfinite(row) & (col >= 0) & (col < src.width) & (row >= 0) & (row < src.height)
     valid = np.ones(len(boxes), bool)
     if check_mask and inside.any():

@@ -10,6 +10,7 @@ from geodet.boxes import (
     geometries_to_pixel_boxes,
     pixel_boxes_to_corners_world,
     pixel_boxes_to_polygons,
+    pixel_geometries_to_world,
     pixel_to_world_points,
     world_to_pixel_points,
 )
@@ -25,6 +26,17 @@ def test_point_round_trip(transform):
     px = rng.uniform(0, 5000, size=(100, 2))
     back = world_to_pixel_points(pixel_to_world_points(px, transform), transform)
     np.testing.assert_allclose(back, px, atol=1e-6)
+
+
+@pytest.mark.parametrize("transform", [NORTH_UP, ROTATED, SHEARED], ids=["north-up", "rotated", "sheared"])
+def test_geometry_round_trip(transform):
+    # pixel polygons -> world -> pixel boxes gives the polygons' pixel bounds back
+    polys_px = [shapely.box(10, 20, 30, 28), shapely.Polygon([(5, 5), (9, 6), (7, 11)])]
+    world = pixel_geometries_to_world(polys_px, transform)
+    np.testing.assert_allclose(geometries_to_pixel_boxes(world, transform), shapely.bounds(polys_px), atol=1e-6)
+    corners = shapely.get_coordinates(world[0])[:4]
+    np.testing.assert_allclose(corners, pixel_to_world_points(shapely.get_coordinates(polys_px[0])[:4], transform))
+    assert len(pixel_geometries_to_world([], transform)) == 0
 
 
 @pytest.mark.parametrize("transform", [NORTH_UP, ROTATED, SHEARED], ids=["north-up", "rotated", "sheared"])

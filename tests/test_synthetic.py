@@ -9,6 +9,7 @@ import rasterio
 import shapely
 from affine import Affine
 
+from geodet.boxes import world_to_pixel_points
 from geodet.errors import GeodetError
 from geodet.testing.synthetic import SceneParams, draw_params, label_frame, make_scene, write_labels, write_scene
 
@@ -27,12 +28,7 @@ def hard():
 
 def _to_pixel(geoms, transform):
     """World geometries -> pixel space through the inverse affine."""
-    inv = ~transform
-
-    def f(xy):
-        return np.column_stack([inv.a * xy[:, 0] + inv.b * xy[:, 1] + inv.c, inv.d * xy[:, 0] + inv.e * xy[:, 1] + inv.f])
-
-    return shapely.transform(np.asarray(geoms), f)
+    return shapely.transform(np.asarray(geoms), lambda xy: world_to_pixel_points(xy, transform))
 
 
 def _overlap_area(a, b):

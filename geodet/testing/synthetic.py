@@ -1476,18 +1476,14 @@ def label_frame(
         raise GeodetError(f"kind must be 'polygon' or 'point', got {kind!r}.")
     if crs is None and to_crs is not None:
         raise GeodetError("labels without a CRS cannot be reprojected: pass to_crs=None.")
-    a, b, c, d, e, f = (transform.a, transform.b, transform.c, transform.d, transform.e, transform.f)
-
-    def to_world(xy: np.ndarray) -> np.ndarray:
-        x, y = xy[:, 0], xy[:, 1]
-        return np.column_stack([a * x + b * y + c, d * x + e * y + f])
+    from geodet.boxes import pixel_geometries_to_world
 
     if kind == "polygon":
         geoms = np.array(scene.polygons_px, dtype=object)
     else:
         centres = (scene.boxes_px[:, :2] + scene.boxes_px[:, 2:]) / 2
         geoms = shapely.points(centres) if len(centres) else np.array([], dtype=object)
-    geoms = shapely.transform(geoms, to_world) if len(geoms) else []
+    geoms = pixel_geometries_to_world(geoms, transform)
     data = {class_field: list(scene.classes)} if class_field else {}
     frame = gpd.GeoDataFrame(data, geometry=list(geoms), crs=crs)
     if to_crs is not None:
