@@ -324,11 +324,13 @@ def evaluate(
         pred: path of a vector file or a GeoDataFrame of detections with
             columns ``score`` (required) and ``class`` (optional: without it
             all detections are one class).
-        truth: path or GeoDataFrame of ground-truth objects (polygons).
+        truth: path or GeoDataFrame of ground-truth objects (polygons), read
+            by :func:`geodet.vector.read_frame`.
         iou: IoU of a match (see :func:`evaluate_boxes`).
-        class_field: truth column with class names; None uses ``class`` if
-            present, else all truth is one class and the evaluation is
-            class-agnostic (prediction classes are ignored).
+        class_field: truth column with class names; None uses the labels' rule,
+            :func:`geodet.vector.auto_class_field` (the first of ``class``,
+            ``label``, ``category`` present), else all truth is one class and
+            the evaluation is class-agnostic (prediction classes are ignored).
         imagery: optional GeoTIFF path. Truth counts only when its box centre
             lies on a valid pixel of the image (inside the footprint and not
             nodata); predictions whose centre lies outside the footprint are
@@ -348,8 +350,10 @@ def evaluate(
             ``score`` or class field, truth without area, no truth on the
             imagery.
     """
-    pred_frame, pred_name = _read_frame(pred, "predictions")
-    truth_frame, truth_name = _read_frame(truth, "ground truth")
+    from geodet.vector import read_frame
+
+    pred_frame, pred_name = read_frame(pred, "predictions")
+    truth_frame, truth_name = read_frame(truth, "ground truth")
     if len(truth_frame) == 0:
         raise GeodetError(f"{truth_name} holds no objects to evaluate against.")
     if len(pred_frame) == 0:  # a file without features may carry no columns at all
@@ -366,7 +370,7 @@ def evaluate(
         src = open_dataset(os.fspath(imagery))
     try:
         crs = _projected_crs(truth_frame, src)
-        pred_boxes = _bounds(pred_frame.to_crs(crs))
+        pred_boxes = _bounds(pred_frame.to_crs(crs)) if len(pred_frame) else np.zeros((0, 4))
         true_boxes = _bounds(truth_frame.to_crs(crs))
         _check_area(true_boxes, truth_name)
         excluded = {"truth_outside_imagery": 0, "truth_on_nodata": 0, "pred_outside_imagery": 0}
@@ -404,26 +408,6 @@ def evaluate(
     return report
 
 
-def _read_frame(obj, what: str):
-    """``(GeoDataFrame without empty geometries, name for messages)``."""
-    import geopandas as gpd
-
-    if isinstance(obj, gpd.GeoDataFrame):
-        frame, name = obj, f"the {what} GeoDataFrame"
-    else:
-        from geodet.vector import read_vector_file
-
-        name = os.fspath(obj)
-        frame = read_vector_file(name, what)
-    if frame.crs is None:
-        raise GeodetError(f"{name} has no CRS; set one first (e.g. ogr2ogr -a_srs EPSG:XXXX out.gpkg in.gpkg).")
-    empty = frame.geometry.isna() | frame.geometry.is_empty
-    if empty.any():
-        log.warning("%s: %d empty geometr(ies) ignored", name, int(empty.sum()))
-        frame = frame[~empty]
-    return frame, name
-
-
 def _numeric_scores(column, name: str) -> np.ndarray:
     import pandas as pd
 
@@ -449,7 +433,9 @@ def _resolve_classes(pred_frame, truth_frame, class_field, pred_name, truth_name
     if class_field is not None and class_field not in truth_frame.columns:
         cols = ", ".join(str(c) for c in truth_frame.columns if c != truth_frame.geometry.name) or "none"
         raise GeodetError(f"{truth_name} has no class field {class_field!r} (its fields: {cols}).")
-    field = class_field if class_field is not None else ("class" if "class" in truth_frame.columns else None)
+    from geodet.vector import auto_class_field
+
+    field = class_field if class_field is not None else auto_class_field(truth_frame.columns)
     if "class" in pred_frame.columns:
         pred_classes = _class_names(pred_frame, "class", pred_name)
     else:

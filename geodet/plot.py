@@ -151,22 +151,10 @@ def _read_for_display(src, window, bands: Sequence[int], max_px: int) -> Tuple[n
 
 
 def _frame_in_crs(obj, crs, what: str):
-    """A GeoDataFrame (from a path or a frame) reprojected to ``crs``."""
-    import geopandas as gpd
+    """A GeoDataFrame (from a path or a frame, read by :func:`geodet.vector.read_frame`) reprojected to ``crs``."""
+    from geodet.vector import read_frame
 
-    if isinstance(obj, (str, os.PathLike)):
-        from geodet.vector import read_vector_file
-
-        frame = read_vector_file(obj, what)
-    elif isinstance(obj, gpd.GeoDataFrame):
-        frame = obj
-    elif isinstance(obj, gpd.GeoSeries):
-        frame = gpd.GeoDataFrame(geometry=obj)
-    else:
-        raise GeodetError(f"{what} must be a vector file path or a GeoDataFrame, got {type(obj).__name__}.")
-    if len(frame) and frame.crs is None:
-        raise GeodetError(f"the {what} have no CRS, so they cannot be placed on the scene; set one first.")
-    frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
+    frame, _ = read_frame(obj, what)
     return frame.to_crs(crs) if len(frame) and frame.crs != crs else frame
 
 

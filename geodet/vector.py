@@ -88,6 +88,48 @@ def read_vector_file(path, what: str = "vector") -> gpd.GeoDataFrame:
         raise GeodetError(f"{path} is not a readable vector file ({_first_line(exc)}).") from exc
 
 
+def read_frame(obj, what: str) -> Tuple[gpd.GeoDataFrame, str]:
+    """Vector data given as a path or a GeoDataFrame, checked for a CRS, without empty geometries.
+
+    The one place where geodet reads vector data and checks where it lies; labels, ground truth,
+    predictions and drawn outlines all come through here.
+
+    Args:
+        obj: path of any vector file geopandas reads, a GeoDataFrame or a GeoSeries.
+        what: what the data is, for messages (e.g. "labels", "predictions").
+
+    Returns:
+        ``(frame, name)``: the frame without null or empty geometries (dropped with a warning)
+        and its name for messages (the path, or ``"the <what> GeoDataFrame"``).
+
+    Raises:
+        GeodetError: not a path or a frame, a missing or unreadable file, or features without a
+            CRS (an empty frame needs none: it has nothing to place).
+    """
+    if isinstance(obj, (str, os.PathLike)):
+        name = os.fspath(obj)
+        frame = read_vector_file(name, what)
+        hint = f"ogr2ogr -a_srs EPSG:XXXX out.gpkg {name}"
+    elif isinstance(obj, (gpd.GeoDataFrame, gpd.GeoSeries)):
+        name = f"the {what} GeoDataFrame"
+        frame = obj if isinstance(obj, gpd.GeoDataFrame) else gpd.GeoDataFrame(geometry=obj)
+        hint = "GeoDataFrame.set_crs"
+    else:
+        raise GeodetError(f"the {what} must be a vector file path or a GeoDataFrame, got {type(obj).__name__}.")
+    empty = frame.geometry.isna() | frame.geometry.is_empty
+    if empty.any():
+        log.warning("%s: %d empty geometr(ies) dropped", name, int(empty.sum()))
+        frame = frame[~empty]
+    if len(frame) and frame.crs is None:
+        raise GeodetError(f"{name} has no CRS, so its features cannot be placed; set one first (e.g. {hint}).")
+    return frame, name
+
+
+def auto_class_field(columns) -> Optional[str]:
+    """The class column used when none is named: the first of :data:`AUTO_CLASS_FIELDS` in ``columns``, or None."""
+    return next((f for f in AUTO_CLASS_FIELDS if f in columns), None)
+
+
 def read_labels(
     path: str,
     *,
@@ -98,8 +140,8 @@ def read_labels(
 
     Args:
         path: any vector file geopandas reads (GeoJSON, shapefile, GPKG...).
-        class_field: column holding class names; None uses the first of
-            ``class``, ``label``, ``category`` present, else one class.
+        class_field: column holding class names; None uses :func:`auto_class_field`
+            (the first of ``class``, ``label``, ``category`` present), else one class.
         class_names: fixed class names (e.g. a model's); labels of other
             classes are dropped with a warning. None = the sorted names found.
 
@@ -107,17 +149,13 @@ def read_labels(
         GeodetError: unreadable file, no CRS, no features, unknown class field,
             no usable geometry.
     """
-    frame = read_vector_file(path, "labels")
+    frame, path = read_frame(path, "labels")
     if len(frame) == 0:
         raise GeodetError(f"{path} holds no features.")
-    if frame.crs is None:
-        raise GeodetError(
-            f"{path} has no CRS; set one first (e.g. ogr2ogr -a_srs EPSG:XXXX out.gpkg {path})."
-        )
 
     field = class_field
     if field is None:
-        field = next((f for f in AUTO_CLASS_FIELDS if f in frame.columns), None)
+        field = auto_class_field(frame.columns)
     elif field not in frame.columns:
         cols = ", ".join(c for c in frame.columns if c != "geometry") or "none"
         raise GeodetError(f"{path} has no field {field!r} (its fields: {cols}).")
@@ -169,12 +207,8 @@ def _first_line(exc: Exception) -> str:
 
 
 def _clean_geometries(frame: gpd.GeoDataFrame, path: str) -> gpd.GeoDataFrame:
+    """Invalid geometries repaired with ``make_valid`` (empty ones are gone: :func:`read_frame`)."""
     geom = frame.geometry
-    empty = geom.isna() | geom.is_empty
-    if empty.any():
-        log.warning("%s: %d empty geometr(ies) dropped", path, int(empty.sum()))
-        frame = frame[~empty]
-        geom = frame.geometry
     invalid = ~geom.is_valid
     if invalid.any():
         log.warning("%s: %d invalid geometr(ies) repaired with make_valid", path, int(invalid.sum()))

@@ -275,6 +275,14 @@ def test_geo_errors(pred_geojson, truth_gpkg, change, message):
         evaluate(pred, truth)
 
 
+def test_geo_truth_class_field_found_by_the_labels_rule(pred_geojson, truth_gpkg):
+    """With no class field named, truth classes come from the same column training would use."""
+    truth = gpd.read_file(truth_gpkg).rename(columns={"kind": "label"})
+    r = evaluate(str(pred_geojson), truth)
+    assert r["class_agnostic"] is False and sorted(r["classes"]) == ["car", "pool"]
+    assert r == evaluate(str(pred_geojson), str(truth_gpkg), class_field="kind")
+
+
 def test_geo_errors_on_files(tmp_path, pred_geojson, truth_gpkg):
     with pytest.raises(GeodetError, match="no class field 'species'"):
         evaluate(str(pred_geojson), str(truth_gpkg), class_field="species")

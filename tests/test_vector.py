@@ -7,7 +7,15 @@ import shapely
 
 from geodet.errors import GeodetError
 from geodet.raster import open_scene
-from geodet.vector import check_labels_inside, labels_for_scene, read_labels, write_vector
+from geodet.vector import (
+    AUTO_CLASS_FIELDS,
+    auto_class_field,
+    check_labels_inside,
+    labels_for_scene,
+    read_frame,
+    read_labels,
+    write_vector,
+)
 
 
 @pytest.mark.parametrize("label_ext", [".geojson", ".gpkg", ".shp"])
@@ -60,6 +68,47 @@ def test_empty_and_crsless_files(tmp_path):
     bad.write_text("{ not json")
     with pytest.raises(GeodetError, match="not a readable vector file"):
         read_labels(str(bad))
+
+
+def test_read_frame_takes_paths_frames_and_series_and_drops_empty_geometries(tmp_path, caplog):
+    frame = gpd.GeoDataFrame(
+        {"class": ["a", "b", "c"]}, geometry=[shapely.box(0, 0, 1, 1), None, shapely.Polygon()], crs="EPSG:32611"
+    )
+    path = tmp_path / "f.gpkg"
+    frame.to_file(path)
+    for obj, name in ((str(path), str(path)), (path, str(path)), (frame, "the labels GeoDataFrame")):
+        got, got_name = read_frame(obj, "labels")
+        assert got_name == name and got["class"].tolist() == ["a"] and got.crs == frame.crs
+    assert "2 empty geometr(ies) dropped" in caplog.text
+    series, _ = read_frame(frame.geometry, "labels")
+    assert len(series) == 1
+    with pytest.raises(GeodetError, match="the labels must be a vector file path or a GeoDataFrame, got list"):
+        read_frame([shapely.box(0, 0, 1, 1)], "labels")
+
+
+def test_read_frame_one_crs_rule_for_labels_truth_and_plots(tmp_path):
+    """Features without a CRS are refused with one wording wherever vector data comes in."""
+    from geodet.evaluation import evaluate
+
+    nocrs = gpd.GeoDataFrame({"class": ["a"], "score": [0.5]}, geometry=[shapely.box(0, 0, 1, 1)])
+    with pytest.raises(GeodetError, match=r"^the truth GeoDataFrame has no CRS, so its features cannot be placed"):
+        read_frame(nocrs, "truth")
+    path = tmp_path / "nocrs.gpkg"
+    nocrs.to_file(path)
+    messages = []
+    for call in (lambda: read_labels(str(path)), lambda: evaluate(str(path), nocrs.set_crs("EPSG:32611"))):
+        with pytest.raises(GeodetError, match="has no CRS, so its features cannot be placed") as err:
+            call()
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]  # the same sentence for labels and predictions
+    empty, _ = read_frame(nocrs.iloc[:0], "detections")  # nothing to place: no CRS needed
+    assert len(empty) == 0
+
+
+def test_one_default_class_field_rule():
+    assert AUTO_CLASS_FIELDS[0] == "class"
+    assert auto_class_field(["geometry", "category", "label"]) == "label"  # order of AUTO_CLASS_FIELDS
+    assert auto_class_field(["geometry", "kind"]) is None
 
 
 def test_invalid_geometries_are_repaired(tmp_path, caplog):
