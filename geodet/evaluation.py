@@ -408,6 +408,61 @@ def evaluate(
     return report
 
 
+_REPORT_COLUMNS = (
+    ("class", "{}", 12),
+    ("n_true", "{}", 7),
+    ("n_pred", "{}", 7),
+    ("AP50", "{:.3f}", 6),
+    ("AP50:95", "{:.3f}", 7),
+    ("P", "{:.3f}", 6),
+    ("R", "{:.3f}", 6),
+    ("F1", "{:.3f}", 6),
+    ("thresh", "{:.3f}", 6),
+    ("TP", "{}", 7),
+    ("FP", "{}", 7),
+    ("FN", "{}", 7),
+)
+_REPORT_KEYS = ("n_true", "n_pred", "ap50", "ap50_95", "precision", "recall", "f1", "threshold", "tp", "fp", "fn")
+
+
+def format_report(report: Dict[str, Any]) -> str:
+    """A plain-text table of an :func:`evaluate` (or :func:`evaluate_boxes`) report.
+
+    One row per class, then the overall row, then notes on how the overall row
+    is pooled, the IoU, the CRS and what the imagery excluded (``geodet evaluate``
+    prints this).
+    """
+    name_width = max([len("overall")] + [len(n) for n in report["classes"]]) + 1
+    columns = ((_REPORT_COLUMNS[0][0], _REPORT_COLUMNS[0][1], max(_REPORT_COLUMNS[0][2], name_width)),) + _REPORT_COLUMNS[1:]
+
+    def row(cells):
+        out = []
+        for (title, fmt, width), value in zip(columns, cells):
+            text = "-" if value is None else fmt.format(value)
+            out.append(text.ljust(width) if title == "class" else text.rjust(width))
+        return " ".join(out)
+
+    lines = [" ".join(t.ljust(w) if t == "class" else t.rjust(w) for t, _, w in columns)]
+    for name, m in sorted(report["classes"].items()):
+        lines.append(row([name] + [m[k] for k in _REPORT_KEYS]))
+    lines.append(row(["overall"] + [report["overall"][k] for k in _REPORT_KEYS]))
+    notes = [f"IoU {report['iou']:g}"]
+    if report.get("crs"):
+        notes.append(f"CRS {report['crs']}")
+    if report.get("class_agnostic"):
+        notes.append("class-agnostic (ground truth has no class field)")
+    excluded = report.get("excluded") or {}
+    if report.get("imagery"):
+        notes.append(
+            f"excluded by the imagery: {excluded.get('truth_outside_imagery', 0)} truth outside, "
+            f"{excluded.get('truth_on_nodata', 0)} truth on nodata, "
+            f"{excluded.get('pred_outside_imagery', 0)} predictions outside"
+        )
+    lines.append("overall AP = mean over classes; P/R/F1 and counts pool all classes at one threshold.")
+    lines.append("; ".join(notes))
+    return "\n".join(lines)
+
+
 def _numeric_scores(column, name: str) -> np.ndarray:
     import pandas as pd
 

@@ -14,7 +14,7 @@ from affine import Affine
 
 from geodet_cli.evaluate_cmd import evaluate_cmd
 from geodet.errors import GeodetError
-from geodet.evaluation import best_f1_point, evaluate, evaluate_boxes, valid_pixels
+from geodet.evaluation import best_f1_point, evaluate, evaluate_boxes, format_report, valid_pixels
 from geodet.plot import plot_pr_curve
 
 # Three objects A, B, C of one class and four predictions, by descending score:
@@ -326,6 +326,15 @@ def test_cli_json_table_plot(pred_geojson, truth_gpkg, tmp_path):
     assert lines[0].split()[:4] == ["class", "n_true", "n_pred", "AP50"]
     assert lines[1].split()[0] == "car" and lines[2].split()[0] == "pool" and lines[3].split()[0] == "overall"
     assert "IoU 0.3" in res.stdout and png.exists()
+
+
+def test_format_report_is_the_library_table():
+    r = evaluate_boxes(PREDS, SCORES, ["car"] * 4, TRUTH, ["car"] * 3)
+    lines = format_report(r).splitlines()
+    assert lines[0].split() == ["class", "n_true", "n_pred", "AP50", "AP50:95", "P", "R", "F1", "thresh", "TP", "FP",
+                                "FN"]
+    assert lines[1].split()[:3] == ["car", "3", "4"] and lines[2].split()[0] == "overall"
+    assert lines[-1] == "IoU 0.5"  # no CRS, imagery or class-agnostic note for a pixel-box report
 
 
 def test_cli_errors_and_help(pred_geojson, truth_gpkg):
