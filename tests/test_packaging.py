@@ -23,6 +23,7 @@ def test_wheel_contents(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "geodet_cli/main.py" in names and "geodet_cli/detect_cmd.py" in names
     assert "geodet/weights/default.pt" in names
+    assert "geodet/testing/synthetic.py" in names  # bench/, sample_data/ and users import it from a wheel
     assert not any(n.startswith("cli/") for n in names)  # no clashing top-level `cli`
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "geodet = geodet_cli.main:main" in zipfile.ZipFile(wheel).read(entry).decode()
