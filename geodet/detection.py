@@ -14,7 +14,7 @@ import glob
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import geopandas as gpd
 import numpy as np

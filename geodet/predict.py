@@ -1,8 +1,12 @@
 """Scene -> batches of chips -> model -> detections in scene pixels.
 
-Chips are read by a pool of reader threads (each with its own rasterio
-handle) a bounded number of chips ahead of the model, so reading overlaps
-compute and memory is bounded by the chips in flight, not the scene size.
+:func:`plan_scene` checks an open scene against the model and decides how it
+is read (:class:`ScenePlan`: bands, normalisation statistics, chip windows);
+:func:`predict_scene` runs that plan. Chips are read by a pool of reader
+threads (each with its own rasterio handle, the first reusing the caller's)
+a bounded number of chips ahead of the model, so reading overlaps compute and
+memory is bounded by the chips in flight, not the scene size. Model outputs
+leave torch once per chip; stitching works on numpy arrays.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 from rasterio.windows import Window
 
 from geodet.config import DetectConfig
-from geodet.device import autocast_dtype, cpu_has_native_bf16  # noqa: F401 - cpu_has_native_bf16 re-exported
+from geodet.device import autocast_dtype
 from geodet.errors import GeodetError
 from geodet.modelfile import ModelMeta
 from geodet.raster import GDAL_CACHE_MB, BandStats, SceneInfo, gsd_metres, read_chip, sample_band_stats
