@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import click
 
-from geodet.config import PRECISIONS
+from geodet.config import NORMALISATIONS, PRECISIONS, DetectConfig
 from geodet_cli.options import (
     ProgressBar,
-    bands_option,
     device_option,
     exit_on_failed_scenes,
     overwrite_option,
+    parse_bands_option,
     user_errors,
 )
+
+
+#: Defaults shown by --help and used when a flag is left out: DetectConfig's, the one home.
+_DEFAULTS = DetectConfig()
 
 
 @click.command("detect")
@@ -21,24 +25,31 @@ from geodet_cli.options import (
               help="Output file: .geojson (EPSG:4326), .gpkg, .shp or .parquet (scene CRS).")
 @click.option("-m", "--model", default=None, type=click.Path(dir_okay=False),
               help="Model file (default: the small bundled pool model).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size, show_default=True)
 @click.option("--overlap", type=click.IntRange(min=0), default=None, help="Chip overlap in px (default: the model's).")
 @click.option("--chip-size", type=click.IntRange(min=8), default=None, help="Chip side in px (default: the model's).")
-@click.option("--score-threshold", type=click.FloatRange(0, 1), default=0.3, show_default=True)
-@click.option("--nms-iou", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option("--score-threshold", type=click.FloatRange(0, 1), default=_DEFAULTS.score_threshold, show_default=True)
+@click.option("--nms-iou", type=click.FloatRange(0, 1), default=_DEFAULTS.nms_iou, show_default=True)
 @device_option
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Reader threads.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
+@click.option("--workers", type=click.IntRange(min=1), default=_DEFAULTS.workers, show_default=True,
+              help="Reader threads.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=_DEFAULTS.precision,
               show_default=True,
               help="Forward-pass arithmetic. auto: bf16 on a GPU (fp16 where bf16 is missing) and on CPUs with "
                    "native bf16 (AVX-512 BF16, AMX); float32 elsewhere.")
-@bands_option
+@click.option("--normalisation", type=click.Choice(NORMALISATIONS), default=_DEFAULTS.normalisation,
+              show_default=True,
+              help="Band statistics chips are normalised with. model: those stored in the model file, which the "
+                   "model was trained on; scene: sampled from each scene (for imagery whose radiometry differs "
+                   "from the training scenes', e.g. another sensor or season).")
+@click.option("--bands", callback=parse_bands_option, default=None,
+              help="Scene bands fed to the model, 1-based, e.g. 3,2,1 (default: the model's).")
 @click.option("--quicklook", type=click.Path(dir_okay=False), default=None,
               help="Also write a downsampled PNG of the scene with the detections drawn.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @overwrite_option
 def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_threshold, nms_iou, device, workers,
-               precision, bands, quicklook, quiet, overwrite):
+               precision, normalisation, bands, quicklook, quiet, overwrite):
     """Detect objects in SCENES (GeoTIFFs or glob patterns) and write them to OUT.
 
     Several scenes give one output with a `scene` column. A scene that cannot
@@ -50,9 +61,9 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
       geodet detect sample_data/suburb.tif -o pools.geojson
       geodet detect 'tiles/*.tif' -m cars.pt -o cars.gpkg --device cuda --batch-size 32
       geodet detect scene.tif -o pools.parquet --score-threshold 0.5 --quicklook pools.png
+      geodet detect other_sensor.tif -m pools.pt -o pools.gpkg --normalisation scene
     """
     with user_errors():
-        from geodet.config import DetectConfig
         from geodet.detection import detect, expand_scenes, write_detections
         from geodet.vector import check_output_path
 
@@ -62,12 +73,12 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
 
             check_png_path(quicklook, overwrite=overwrite)
         paths = expand_scenes(list(scenes))
-        cfg = DetectConfig(batch_size=batch_size, overlap=overlap, score_threshold=score_threshold,
-                           nms_iou=nms_iou, device=device, workers=workers, precision=precision)
+        cfg = DetectConfig(batch_size=batch_size, overlap=overlap, chip_size=chip_size, bands=bands,
+                           score_threshold=score_threshold, nms_iou=nms_iou, device=device, workers=workers,
+                           precision=precision, normalisation=normalisation)
         bar = ProgressBar("detect", enabled=not quiet)
         try:
-            frame = detect(paths, model, config=cfg, bands=bands, chip_size=chip_size, progress=bar,
-                           on_error="skip")
+            frame = detect(paths, model, config=cfg, progress=bar, on_error="skip")
         finally:
             bar.close()
         write_detections(frame, out, overwrite=overwrite)

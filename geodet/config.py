@@ -270,6 +270,9 @@ class TrainConfig:
 #: Values of ``DetectConfig.precision``.
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
+#: Values of ``DetectConfig.normalisation``.
+NORMALISATIONS = ("model", "scene")
+
 
 @dataclass(frozen=True)
 class DetectConfig:
@@ -278,6 +281,8 @@ class DetectConfig:
     Attributes:
         batch_size: chips per forward pass.
         overlap: chip overlap in pixels (None = the model's training overlap).
+        chip_size: chip side in pixels (None = the model's training chip size).
+        bands: 1-based scene bands fed to the model (None = the model's bands).
         score_threshold: minimum score kept in the output.
         nms_iou: IoU of the cross-chip class-wise NMS.
         device: "auto", "cpu" or "cuda".
@@ -286,20 +291,33 @@ class DetectConfig:
             CUDA, fp16 where bf16 is missing; on the CPU bf16 autocast only
             when the CPU computes bf16 natively (AVX-512 BF16 or AMX), else
             float32), "float32", "bfloat16" or "float16".
+        normalisation: per-band statistics that chips are normalised with:
+            "model" (the default: the statistics stored in the model file,
+            which the model was trained on) or "scene" (sampled from each
+            scene, for a scene whose radiometry differs from the training
+            scenes', e.g. another sensor or season).
     """
 
     batch_size: int = 8
     overlap: Optional[int] = None
+    chip_size: Optional[int] = None
+    bands: Optional[Tuple[int, ...]] = None
     score_threshold: float = 0.3
     nms_iou: float = 0.5
     device: str = "auto"
     workers: int = 2
     precision: str = "auto"
+    normalisation: str = "model"
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(
+                f"normalisation must be one of {', '.join(NORMALISATIONS)}, got {self.normalisation!r}"
+            )
+        if self.bands is not None:
+            object.__setattr__(self, "bands", tuple(int(b) for b in self.bands))
 
 
 def to_dict(cfg: Any) -> dict:

@@ -9,11 +9,12 @@ mapped through the scene's affine.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import glob
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import geopandas as gpd
 import numpy as np
@@ -22,7 +23,7 @@ import pandas as pd
 from geodet.boxes import pixel_boxes_to_polygons
 from geodet.config import DetectConfig
 from geodet.errors import GeodetError
-from geodet.raster import open_scene
+from geodet.raster import open_dataset, scene_info
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,9 @@ def expand_scenes(scenes: Union[str, Sequence[str]]) -> List[str]:
 
 def load(model=None, device: str = "auto"):
     """``(net, meta, torch.device)`` from a path, None (the default model) or a loaded pair."""
+    from geodet.device import resolve_device
     from geodet.model import prepare_for_inference
     from geodet.modelfile import load_model
-    from geodet.training import resolve_device
 
     dev = resolve_device(device)
     if isinstance(model, tuple):
@@ -83,6 +84,20 @@ def empty_frame(crs) -> gpd.GeoDataFrame:
     )
 
 
+def config_for_model(config: DetectConfig, meta) -> DetectConfig:
+    """``config`` with ``bands``, ``chip_size`` and ``overlap`` resolved: each the model's unless set.
+
+    Raises:
+        GeodetError: an overlap not smaller than the chip size.
+    """
+    chip_px = int(config.chip_size or meta.chip_size)
+    overlap = int(meta.overlap if config.overlap is None else config.overlap)
+    if overlap >= chip_px:
+        raise GeodetError(f"the overlap ({overlap} px) must be smaller than the chip size ({chip_px} px).")
+    bands = tuple(config.bands) if config.bands is not None else tuple(meta.bands)
+    return dataclasses.replace(config, bands=bands, chip_size=chip_px, overlap=overlap)
+
+
 def detect(
     scenes: Union[str, Sequence[str]],
     model=None,
@@ -99,9 +114,11 @@ def detect(
         scenes: GeoTIFF path(s) or glob pattern(s).
         model: a model file path, None for the bundled default model, or a
             ``(net, meta)`` pair from :func:`geodet.modelfile.load_model`.
-        config: batch size, overlap, score threshold, NMS IoU, device, workers.
-        bands: 1-based scene bands to feed the model (default: the model's).
-        chip_size: chip side in pixels (default: the model's).
+        config: every inference setting (:class:`geodet.config.DetectConfig`):
+            batch size, chip size, overlap, bands, score threshold, NMS IoU,
+            device, workers, precision, normalisation.
+        bands: shorthand for ``config.bands`` (1-based scene bands; default: the model's).
+        chip_size: shorthand for ``config.chip_size`` (default: the model's).
         progress: called with (chips done, chips total) per scene.
         on_error: what a scene that cannot be opened or read (a damaged file,
             wrong bands) does: ``"raise"`` its :class:`GeodetError`, or
@@ -114,10 +131,14 @@ def detect(
         polygons (four pixel corners through the scene's affine) in the
         scene's CRS; when scenes have different CRSs, in EPSG:4326.
     """
-    from geodet.predict import predict_scene
+    from geodet.predict import plan_scene, predict_scene
 
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if bands is not None:
+        config = dataclasses.replace(config, bands=tuple(bands))
+    if chip_size is not None:
+        config = dataclasses.replace(config, chip_size=chip_size)
     paths = expand_scenes(scenes)
     failed: Dict[str, str] = {}
 
@@ -127,42 +148,33 @@ def detect(
         failed[path] = str(exc)
         log.warning("skipped %s: %s", path, exc)
 
-    infos = {}
+    # Each scene is opened once: its metadata, the check against the model, the optional
+    # statistics and the first reader thread share this handle.
+    loaded = None  # (net, meta, device, config resolved for the model), on the first scene that opens
+    scene_crs: Dict[str, object] = {}
+    frames: List[gpd.GeoDataFrame] = []
     for path in paths:
         try:
-            infos[path] = open_scene(path)
-        except GeodetError as exc:
-            scene_failed(path, exc)
-    if not infos:
-        raise GeodetError("no scene could be read: " + "; ".join(failed.values()))
-    net, meta, device = load(model, config.device)
-    use_bands = tuple(bands) if bands is not None else tuple(meta.bands)
-    chip_px = int(chip_size or meta.chip_size)
-    overlap = int(meta.overlap if config.overlap is None else config.overlap)
-    if overlap >= chip_px:
-        raise GeodetError(f"the overlap ({overlap} px) must be smaller than the chip size ({chip_px} px).")
-    warn = _overlap_warning(meta, overlap)
-    if warn:
-        log.warning(warn)
-
-    crs_set = {info.crs.to_string() for info in infos.values()}
-    out_crs = next(iter(infos.values())).crs if len(crs_set) == 1 else "EPSG:4326"
-    frames = []
-    for path, info in infos.items():
-        try:
-            dets = predict_scene(
-                net, path, bands=use_bands, chip_px=chip_px, overlap_px=overlap, model_gsd_m=meta.gsd,
-                device=device, batch_size=config.batch_size, workers=config.workers,
-                score_threshold=config.score_threshold, nms_iou=config.nms_iou, precision=config.precision,
-                progress=progress,
-            )
+            src = open_dataset(path)
         except GeodetError as exc:
             scene_failed(path, exc)
             continue
+        with src:
+            info = scene_info(src)
+            scene_crs[path] = info.crs
+            if loaded is None:
+                loaded = _load_for_detection(model, config)
+            net, meta, device, run_config = loaded
+            try:
+                plan = plan_scene(src, info, run_config, meta)
+                dets = predict_scene(net, src, plan, run_config, device=device, progress=progress)
+            except GeodetError as exc:
+                scene_failed(path, exc)
+                continue
         log.info("%s: %d detections from %d chips (%d nodata chips skipped)", path, len(dets.scores), dets.chips, dets.skipped)
         if len(dets.scores) == 0:
             continue
-        frame = gpd.GeoDataFrame(
+        frames.append(gpd.GeoDataFrame(
             {
                 "class": np.asarray(meta.class_names, dtype=object)[dets.labels],
                 "score": dets.scores.astype(np.float64),
@@ -170,10 +182,13 @@ def detect(
             },
             geometry=pixel_boxes_to_polygons(dets.boxes_px, info.transform),
             crs=info.crs,
-        )
-        frames.append(frame.to_crs(out_crs) if len(crs_set) > 1 else frame)
+        ))
     if len(failed) == len(paths):
         raise GeodetError("no scene could be read: " + "; ".join(failed.values()))
+    crs_set = {crs.to_string() for crs in scene_crs.values()}
+    out_crs = next(iter(scene_crs.values())) if len(crs_set) == 1 else "EPSG:4326"
+    if len(crs_set) > 1:
+        frames = [frame.to_crs(out_crs) for frame in frames]
     if not frames:
         out = empty_frame(out_crs)
     else:
@@ -183,6 +198,16 @@ def detect(
         )
     out.attrs["failed_scenes"] = failed
     return out
+
+
+def _load_for_detection(model, config: DetectConfig):
+    """``(net, meta, device, config resolved for the model)``; warns when the overlap is small for the anchors."""
+    net, meta, device = load(model, config.device)
+    run_config = config_for_model(config, meta)
+    warn = _overlap_warning(meta, run_config.overlap)
+    if warn:
+        log.warning(warn)
+    return net, meta, device, run_config
 
 
 def _overlap_warning(meta, overlap_px: int) -> Optional[str]:

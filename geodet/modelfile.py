@@ -54,11 +54,16 @@ class ModelMeta:
         model_config: the architecture.
         class_names: name of each class, index = label.
         bands: 1-based band indices of the scene read as the model's input.
-        band_mean / band_std: per-band normalisation statistics (raw units).
+        band_mean / band_std: per-band normalisation statistics (raw units) of the
+            training scenes (pooled over them); detection normalises with them
+            by default (``DetectConfig.normalisation``).
         chip_size: chip side in px used in training.
         overlap: chip overlap in px used in training.
-        gsd: ground sample distance (CRS units per pixel) of the training scenes.
-        dtype: raster data type of the training scenes (e.g. "uint8").
+        gsd: ground sample distance of the training scenes in metres per pixel
+            (:func:`geodet.raster.gsd_metres`, whatever their CRS units).
+        dtype: raster data type of the training scenes (e.g. "uint8"); detection
+            warns when a scene's differs, since ``band_mean`` / ``band_std`` then
+            rarely fit it.
         geodet_version: geodet version that wrote the file.
         format_version: version of the file format.
         extra: free-form plain values (training history, ...).
@@ -124,7 +129,7 @@ def save_model(
         bands: 1-based band indices, ``model_config.in_channels`` of them.
         band_mean / band_std: normalisation statistics per band.
         chip_size / overlap: chip side and overlap in px.
-        gsd: ground sample distance in CRS units per pixel.
+        gsd: ground sample distance in metres per pixel (:func:`geodet.raster.gsd_metres`).
         dtype: raster data type name, e.g. ``"uint8"``.
         extra: more plain values to store (no arbitrary objects).
         overwrite: replace an existing ``path``; False publishes without clobbering, so a
@@ -288,19 +293,3 @@ def _model_with_weights(cfg, state_dict: Dict[str, Tensor]) -> nn.Module:
         model = build_model(cfg, load_backbone_weights=False)
     model.load_state_dict(state_dict, strict=True, assign=True)
     return model
-
-
-def check_bands(meta: ModelMeta, band_count: int, *, source: str = "the scene") -> None:
-    """Raise ``GeodetError`` unless the chosen bands of ``source`` match the model.
-
-    Args:
-        meta: the model's description.
-        band_count: number of bands that will be fed to the model.
-        source: name of the scene for the message (e.g. ``"scene.tif"``).
-    """
-    expected = meta.model_config.in_channels
-    if band_count != expected:
-        raise GeodetError(
-            f"the model expects {expected} band{'s' if expected != 1 else ''} but {source} has "
-            f"{band_count}; choose bands with --bands"
-        )

@@ -1,8 +1,12 @@
 """Scene -> batches of chips -> model -> detections in scene pixels.
 
-Chips are read by a pool of reader threads (each with its own rasterio
-handle) a bounded number of chips ahead of the model, so reading overlaps
-compute and memory is bounded by the chips in flight, not the scene size.
+:func:`plan_scene` checks an open scene against the model and decides how it
+is read (:class:`ScenePlan`: bands, normalisation statistics, chip windows);
+:func:`predict_scene` runs that plan. Chips are read by a pool of reader
+threads (each with its own rasterio handle, the first reusing the caller's)
+a bounded number of chips ahead of the model, so reading overlaps compute and
+memory is bounded by the chips in flight, not the scene size. Model outputs
+leave torch once per chip; stitching works on numpy arrays.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ import rasterio
 import torch
 from rasterio.windows import Window
 
+from geodet.config import DetectConfig
+from geodet.device import autocast_dtype
 from geodet.errors import GeodetError
-from geodet.raster import GDAL_CACHE_MB, BandStats, SceneInfo, gsd_metres, open_dataset, read_chip, sample_band_stats, scene_info
-from geodet.windows import chip_windows
+from geodet.modelfile import ModelMeta
+from geodet.raster import GDAL_CACHE_MB, BandStats, SceneInfo, gsd_metres, read_chip, sample_band_stats
+from geodet.windows import chip_windows, window_bounds_px
 
 log = logging.getLogger(__name__)
 
@@ -89,94 +96,97 @@ def _out_shape(window: Window, plan: ChipPlan) -> Optional[Tuple[int, int]]:
     )
 
 
+@dataclass(frozen=True)
+class ScenePlan:
+    """How one scene becomes model input: which bands, normalised how, cut where.
+
+    Attributes:
+        chips: windows and scale (:func:`plan_chips`).
+        bands: 1-based scene bands read, in model channel order.
+        stats: per-band normalisation statistics (the model's or the scene's,
+            see ``DetectConfig.normalisation``).
+    """
+
+    chips: ChipPlan
+    bands: Tuple[int, ...]
+    stats: BandStats
+
+
 class ChipReader:
     """Read normalised chips of one scene ahead of the consumer, in order.
 
+    Each reader thread reads through its own rasterio handle: the first one
+    through ``src``, the scene the caller already opened (and closes), the
+    others through handles they open and this reader closes. The caller must
+    not use ``src`` while the reader runs.
+
     Args:
-        path: the scene.
-        bands: 1-based bands.
-        stats: normalisation statistics.
-        plan: windows and scale.
+        src: the open scene.
+        plan: bands, statistics, windows and scale.
         workers: reader threads (>= 1).
         prefetch: chips in flight at most.
     """
 
-    def __init__(self, path: str, bands: Sequence[int], stats: BandStats, plan: ChipPlan, *, workers: int = 2, prefetch: int = 16):
-        self.path, self.bands, self.stats, self.plan = path, tuple(bands), stats, plan
+    def __init__(self, src, plan: ScenePlan, *, workers: int = 2, prefetch: int = 16):
+        self.src, self.plan = src, plan
         self.workers = max(1, workers)
         self.prefetch = max(1, prefetch)
         self._local = threading.local()
-        self._handles: list = []
+        self._shared_taken = False
+        self._opened: list = []
         self._lock = threading.Lock()
 
     def _src(self):
         src = getattr(self._local, "src", None)
         if src is None:
-            src = rasterio.open(self.path)
-            self._local.src = src
             with self._lock:
-                self._handles.append(src)
+                if not self._shared_taken:
+                    self._shared_taken, src = True, self.src
+            if src is None:
+                src = rasterio.open(self.src.name)
+                with self._lock:
+                    self._opened.append(src)
+            self._local.src = src
         return src
 
     def _read(self, index: int):
-        window = self.plan.windows[index]
+        chips = self.plan.chips
+        window = chips.windows[index]
         chip, valid = read_chip(
-            self._src(), window, self.bands, self.stats, self.plan.chip_px, out_shape=_out_shape(window, self.plan)
+            self._src(), window, self.plan.bands, self.plan.stats, chips.chip_px, out_shape=_out_shape(window, chips)
         )
         return index, chip, valid
 
     def __iter__(self) -> Iterator[Tuple[int, np.ndarray, np.ndarray]]:
         """Yield ``(window index, chip float32 [C, S, S], valid bool [S, S])``."""
-        n = len(self.plan.windows)
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="geodet-read") as pool:
-            pending: deque = deque()
-            nxt = 0
-            try:
-                while nxt < n or pending:
-                    while nxt < n and len(pending) < self.prefetch:
-                        pending.append(pool.submit(self._read, nxt))
-                        nxt += 1
-                    yield pending.popleft().result()
-            finally:
-                for f in pending:
-                    f.cancel()
-        for src in self._handles:
-            src.close()
-        self._handles.clear()
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX)."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # private probes: absent from some torch releases
-        return False
-
-
-def autocast_dtype(device: torch.device, precision: str = "auto") -> Optional[torch.dtype]:
-    """The autocast dtype of the forward pass, or None for plain float32.
-
-    ``auto``: bf16 on CUDA (fp16 where the GPU lacks bf16); on the CPU bf16
-    only where it is native, since emulated bf16 is slower than float32.
-    Boxes and scores leave the model in float32 either way.
-    """
-    if precision == "float32":
-        return None
-    if precision == "bfloat16":
-        return torch.bfloat16
-    if precision == "float16":
-        return torch.float16
-    if precision != "auto":
-        raise ValueError(f"unknown precision {precision!r}")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return torch.bfloat16
-    return None
+        n = len(self.plan.chips.windows)
+        try:
+            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="geodet-read") as pool:
+                pending: deque = deque()
+                nxt = 0
+                try:
+                    while nxt < n or pending:
+                        while nxt < n and len(pending) < self.prefetch:
+                            pending.append(pool.submit(self._read, nxt))
+                            nxt += 1
+                        yield pending.popleft().result()
+                finally:
+                    for f in pending:
+                        f.cancel()
+        finally:
+            for src in self._opened:
+                src.close()
+            self._opened.clear()
 
 
 def check_scene_for_model(info: SceneInfo, bands: Sequence[int], n_model_bands: int) -> None:
-    """One clear sentence when a scene cannot feed the model."""
+    """One clear sentence when a scene cannot feed the model.
+
+    Args:
+        info: the scene.
+        bands: 1-based scene bands chosen as the model's input.
+        n_model_bands: input bands of the model (``ModelConfig.in_channels``).
+    """
     if info.count < max(bands):
         raise GeodetError(
             f"the model expects {n_model_bands} band(s) ({', '.join(map(str, bands))}) but {info.path} has "
@@ -184,91 +194,122 @@ def check_scene_for_model(info: SceneInfo, bands: Sequence[int], n_model_bands: 
         )
     if len(bands) != n_model_bands:
         raise GeodetError(
-            f"the model expects {n_model_bands} band(s) but {len(bands)} were chosen for {info.path}."
+            f"the model expects {n_model_bands} band(s) but {len(bands)} were chosen for {info.path} "
+            f"({', '.join(map(str, bands))}); pick {n_model_bands} with --bands."
         )
     kind = np.dtype(info.dtype).kind
     if kind not in "uif":
         raise GeodetError(f"{info.path} has {info.dtype} pixels; geodet reads integer or floating-point imagery.")
 
 
+def normalisation_stats(src, info: SceneInfo, bands: Sequence[int], meta: ModelMeta, normalisation: str) -> BandStats:
+    """The statistics chips of this scene are normalised with.
+
+    ``"model"``: the model file's ``band_mean`` / ``band_std``, which the model
+    was trained on; a warning when the scene's pixel type differs from the
+    training scenes' (a uint16 scene under uint8 statistics lands far off).
+    ``"scene"``: sampled from the scene (:func:`geodet.raster.sample_band_stats`).
+    """
+    if normalisation == "scene":
+        return sample_band_stats(src, bands)
+    if normalisation != "model":
+        raise ValueError(f"unknown normalisation {normalisation!r}")
+    if np.dtype(info.dtype) != np.dtype(meta.dtype):
+        log.warning(
+            "%s has %s pixels but the model was trained on %s pixels, so the model's normalisation "
+            "statistics may not fit it; consider --normalisation scene.",
+            info.path, info.dtype, meta.dtype,
+        )
+    return BandStats(mean=tuple(meta.band_mean), std=tuple(meta.band_std))
+
+
+def plan_scene(src, info: SceneInfo, config: DetectConfig, meta: ModelMeta) -> ScenePlan:
+    """Check that a scene can feed the model and plan how it is read.
+
+    Args:
+        src: the open scene (read only for ``normalisation="scene"``).
+        info: its metadata (:func:`geodet.raster.scene_info`).
+        config: settings resolved for the model: ``bands``, ``chip_size`` and
+            ``overlap`` set (:func:`geodet.detection.config_for_model`).
+        meta: the model's description.
+
+    Raises:
+        GeodetError: the scene lacks the bands, the wrong number of bands was
+            chosen, or its pixels are not numbers.
+    """
+    bands = tuple(config.bands)
+    check_scene_for_model(info, bands, meta.model_config.in_channels)
+    stats = normalisation_stats(src, info, bands, meta, config.normalisation)
+    chips = plan_chips(info, config.chip_size, config.overlap, gsd_metres(info), meta.gsd)
+    if chips.scale != 1.0:
+        log.info("%s: pixel size differs from the model's; reading at %.3fx", info.path, chips.scale)
+    return ScenePlan(chips, bands, stats)
+
+
 def predict_scene(
     net: torch.nn.Module,
-    path: str,
+    src,
+    plan: ScenePlan,
+    config: DetectConfig,
     *,
-    bands: Sequence[int],
-    chip_px: int,
-    overlap_px: int,
-    model_gsd_m: Optional[float] = None,
     device: torch.device = torch.device("cpu"),
-    batch_size: int = 8,
-    workers: int = 2,
-    score_threshold: float = 0.3,
-    nms_iou: float = 0.5,
-    precision: str = "auto",
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> SceneDetections:
     """Detect objects in one scene; boxes in scene pixels, merged across chips.
 
+    Model outputs leave torch once, per chip, as numpy arrays; stitching
+    (:func:`geodet.stitch.merge_detections_np`) and the result are numpy.
+
     Args:
         net: a model from :func:`geodet.model.build_model` in eval mode on ``device``.
-        path: the scene.
-        bands: 1-based bands fed to the model.
-        chip_px, overlap_px: chip side and overlap in model pixels.
-        model_gsd_m: the model's training pixel size in metres (None: never resample).
-        batch_size: chips per forward pass.
-        workers: reader threads.
-        score_threshold: minimum score kept.
-        nms_iou: IoU of the cross-chip class-wise NMS.
-        precision: see :class:`geodet.config.DetectConfig` (:func:`autocast_dtype`).
+        src: the open scene (rasterio dataset); the caller closes it.
+        plan: bands, statistics and chip windows (:func:`plan_scene`).
+        config: ``batch_size``, ``workers``, ``score_threshold``, ``nms_iou``
+            and ``precision`` (:class:`geodet.config.DetectConfig`, :func:`autocast_dtype`).
+        device: where ``net`` runs.
         progress: called with (chips done, chips total).
     """
-    from geodet.stitch import merge_detections
+    from geodet.stitch import merge_detections_np
 
-    with open_dataset(path) as src:
-        info = scene_info(src)
-        check_scene_for_model(info, bands, len(bands))
-        stats = sample_band_stats(src, bands)
-    plan = plan_chips(info, chip_px, overlap_px, gsd_metres(info), model_gsd_m)
-    if plan.scale != 1.0:
-        log.info("%s: pixel size differs from the model's; reading at %.3fx", path, plan.scale)
-    reader = ChipReader(path, bands, stats, plan, workers=workers, prefetch=max(2 * batch_size, 4))
-    amp_dtype = autocast_dtype(device, precision)
+    chips = plan.chips
+    batch_size = config.batch_size
+    reader = ChipReader(src, plan, workers=config.workers, prefetch=max(2 * batch_size, 4))
+    amp_dtype = autocast_dtype(device, config.precision)
     use_amp = amp_dtype is not None
     if use_amp:
-        log.info("%s: forward pass under %s autocast on %s", path, str(amp_dtype).replace("torch.", ""), device.type)
+        log.info("%s: forward pass under %s autocast on %s", src.name, str(amp_dtype).replace("torch.", ""), device.type)
 
-    boxes_all: List[torch.Tensor] = []
-    scores_all: List[torch.Tensor] = []
-    labels_all: List[torch.Tensor] = []
-    chip_idx_all: List[torch.Tensor] = []
+    boxes_all: List[np.ndarray] = []
+    scores_all: List[np.ndarray] = []
+    labels_all: List[np.ndarray] = []
+    chip_idx_all: List[np.ndarray] = []
     batch: List[Tuple[int, np.ndarray, np.ndarray]] = []
     done = skipped = 0
-    total = len(plan.windows)
+    total = len(chips.windows)
+    scale = np.float32(chips.scale)  # as torch multiplies float32 boxes by a Python float
 
     def run(batch):
         images = torch.from_numpy(np.stack([b[1] for b in batch])).to(device, non_blocking=True)
         images = images.contiguous(memory_format=torch.channels_last)
         outputs = net(images)  # under inference_mode and autocast (entered once, below)
         for (index, _chip, valid), out in zip(batch, outputs):
-            keep = out["scores"] >= score_threshold
-            boxes = out["boxes"][keep].float().cpu()
+            keep = out["scores"] >= config.score_threshold
+            boxes = out["boxes"][keep].float().cpu().numpy()
             if len(boxes) == 0:
                 continue
-            scores = out["scores"][keep].float().cpu()
-            labels = out["labels"][keep].cpu()
+            scores = out["scores"][keep].float().cpu().numpy()
+            labels = out["labels"][keep].cpu().numpy()
             # drop detections centred on nodata / padding
-            cx = ((boxes[:, 0] + boxes[:, 2]) / 2).long().clamp(0, valid.shape[1] - 1)
-            cy = ((boxes[:, 1] + boxes[:, 3]) / 2).long().clamp(0, valid.shape[0] - 1)
-            on_data = torch.from_numpy(valid)[cy, cx]
+            cx = ((boxes[:, 0] + boxes[:, 2]) / 2).astype(np.int64).clip(0, valid.shape[1] - 1)
+            cy = ((boxes[:, 1] + boxes[:, 3]) / 2).astype(np.int64).clip(0, valid.shape[0] - 1)
+            on_data = valid[cy, cx]
             boxes, scores, labels = boxes[on_data], scores[on_data], labels[on_data]
-            window = plan.windows[index]
-            boxes = boxes * plan.scale + torch.tensor(
-                [window.col_off, window.row_off, window.col_off, window.row_off], dtype=torch.float32
-            )
+            x1, y1, _, _ = window_bounds_px(chips.windows[index])
+            boxes = boxes * scale + np.array([x1, y1, x1, y1], np.float32)
             boxes_all.append(boxes)
             scores_all.append(scores)
             labels_all.append(labels)
-            chip_idx_all.append(torch.full((len(boxes),), index, dtype=torch.int64))
+            chip_idx_all.append(np.full(len(boxes), index, np.int64))
 
     # one inference-mode and autocast region for the whole scene, not one per batch
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20), torch.inference_mode(), torch.autocast(
@@ -292,14 +333,11 @@ def predict_scene(
     if not boxes_all:
         empty = np.zeros((0, 4), np.float32)
         return SceneDetections(empty, np.zeros(0, np.float32), np.zeros(0, np.int64), chips_run, skipped)
-    boxes = torch.cat(boxes_all)
-    scores = torch.cat(scores_all)
-    labels = torch.cat(labels_all)
-    chip_idx = torch.cat(chip_idx_all)
-    chip_boxes = torch.tensor(
-        [[w.col_off, w.row_off, w.col_off + w.width, w.row_off + w.height] for w in plan.windows], dtype=torch.float32
+    boxes = np.concatenate(boxes_all)
+    scores = np.concatenate(scores_all)
+    labels = np.concatenate(labels_all).astype(np.int64, copy=False)
+    chip_boxes = np.array([window_bounds_px(w) for w in chips.windows], np.float64)
+    keep = merge_detections_np(
+        boxes, scores, labels, np.concatenate(chip_idx_all), chip_boxes, (src.height, src.width), nms_iou=config.nms_iou
     )
-    keep = merge_detections(boxes, scores, labels, chip_idx, chip_boxes, (info.height, info.width), nms_iou=nms_iou)
-    return SceneDetections(
-        boxes[keep].numpy(), scores[keep].numpy(), labels[keep].numpy().astype(np.int64), chips_run, skipped
-    )
+    return SceneDetections(boxes[keep], scores[keep], labels[keep], chips_run, skipped)

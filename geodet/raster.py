@@ -251,10 +251,42 @@ class BandStats:
     Attributes:
         mean: [C] per-band mean of valid pixels.
         std: [C] per-band standard deviation of valid pixels (>= a small epsilon).
+        pixels: valid pixels the statistics were sampled from (0 = unknown, e.g.
+            statistics read back from a model file).
     """
 
     mean: Tuple[float, ...]
     std: Tuple[float, ...]
+    pixels: int = 0
+
+
+def _floored_std(std: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """``std`` raised to a small epsilon relative to ``mean``, so that normalising never divides by ~0."""
+    return np.maximum(std, 1e-6 * np.maximum(np.abs(mean), 1.0))
+
+
+def pool_band_stats(stats: Sequence[BandStats]) -> BandStats:
+    """The statistics of the union of several scenes' samples, weighted by their pixels.
+
+    One scene's statistics come back unchanged. When a sample's pixel count is
+    unknown (0), every scene weighs the same.
+
+    Args:
+        stats: per-scene statistics over the same bands, at least one.
+    """
+    if len(stats) == 1:
+        return stats[0]
+    counts = np.array([s.pixels for s in stats], np.float64)
+    weights = counts if counts.all() else np.ones(len(stats))
+    weights = weights[:, None] / weights.sum()
+    means = np.array([s.mean for s in stats], np.float64)  # [S, C]
+    stds = np.array([s.std for s in stats], np.float64)
+    mean = (weights * means).sum(axis=0)
+    second = (weights * (stds**2 + means**2)).sum(axis=0)
+    std = _floored_std(np.sqrt(np.maximum(second - mean**2, 0.0)), mean)
+    return BandStats(
+        mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std), pixels=int(counts.sum())
+    )
 
 
 def sample_band_stats(
@@ -294,8 +326,8 @@ def sample_band_stats(
         raise GeodetError(f"{src.name} holds no valid (non-nodata) pixels in the sampled windows.")
     mean = total / n
     std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
-    std = np.maximum(std, 1e-6 * np.maximum(np.abs(mean), 1.0))
-    return BandStats(mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
+    std = _floored_std(std, mean)
+    return BandStats(mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std), pixels=int(n))
 
 
 def normalise(data: np.ndarray, valid: np.ndarray, stats: BandStats) -> np.ndarray:

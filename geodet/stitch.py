@@ -176,16 +176,58 @@ def merge_detections(
     min_inside: float = 0.6,
     contained_frac: Optional[float] = None,
 ) -> Tensor:
+    """Keep one detection per object across the overlapping chips of a scene (tensors in and out).
+
+    The tensor face of :func:`merge_detections_np`, which holds the rules and
+    documents the arguments: ``boxes_px (Tensor[N, 4])`` xyxy scene pixels,
+    ``scores (Tensor[N])``, ``labels (Tensor[N])`` int64, ``chip_index
+    (Tensor[N])`` int64, ``chip_boxes_px (Tensor[K, 4])``.
+
+    Returns:
+        Tensor[M] int64: indices into the inputs of the kept detections,
+        sorted by descending score, on the device of ``boxes_px``.
+    """
+    import torch  # here, so that the numpy helpers of this module import without torch
+
+    kept = merge_detections_np(
+        boxes_px.detach().cpu().numpy(),
+        scores.detach().cpu().numpy(),
+        labels.detach().cpu().numpy(),
+        chip_index.detach().cpu().numpy(),
+        chip_boxes_px.detach().cpu().numpy(),
+        scene_shape,
+        nms_iou=nms_iou,
+        edge_tol_px=edge_tol_px,
+        min_inside=min_inside,
+        contained_frac=contained_frac,
+    )
+    return torch.from_numpy(kept).to(boxes_px.device)
+
+
+def merge_detections_np(
+    boxes_px: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    chip_index: np.ndarray,
+    chip_boxes_px: np.ndarray,
+    scene_shape: Tuple[int, int],
+    *,
+    nms_iou: float = 0.5,
+    edge_tol_px: float = 2.0,
+    min_inside: float = 0.6,
+    contained_frac: Optional[float] = None,
+) -> np.ndarray:
     """Keep one detection per object across the overlapping chips of a scene.
 
     Args:
-        boxes_px (Tensor[N, 4]): detections, xyxy in scene pixels.
-        scores (Tensor[N]): detection scores.
-        labels (Tensor[N]): int64 class of each detection.
-        chip_index (Tensor[N]): int64 index into ``chip_boxes_px`` of the chip
+        boxes_px: ``[N, 4]`` detections, xyxy in scene pixels.
+        scores: ``[N]`` detection scores.
+        labels: ``[N]`` integer class of each detection.
+        chip_index: ``[N]`` integer index into ``chip_boxes_px`` of the chip
             each detection came from.
-        chip_boxes_px (Tensor[K, 4]): each chip's window in scene pixels,
-            ``(col_off, row_off, col_off + width, row_off + height)``.
+        chip_boxes_px: ``[K, 4]`` each chip's window in scene pixels,
+            ``(col_off, row_off, col_off + width, row_off + height)``
+            (:func:`geodet.windows.window_bounds_px`).
         scene_shape: ``(height, width)`` of the scene in pixels; chip edges on
             (or beyond) the scene border are not inner edges.
         nms_iou: IoU above which class-wise NMS drops the lower-scoring box.
@@ -198,25 +240,26 @@ def merge_detections(
             module docstring, step (c)).
 
     Returns:
-        Tensor[M] int64: indices into the inputs of the kept detections,
-        sorted by descending score, on the device of ``boxes_px``.
+        int64 ``[M]``: indices into the inputs of the kept detections, sorted
+        by descending score. Boxes and scores are compared in float64; the
+        class-wise NMS runs on torch views of the same float64 arrays.
     """
-    import torch  # here, so that the numpy helpers above import without torch
+    import torch  # batched_nms; here, so that the numpy helpers above import without torch
     from torchvision.ops import batched_nms
 
-    device = boxes_px.device
-    n = int(boxes_px.shape[0])
+    n = int(np.shape(boxes_px)[0])
     if n == 0:
-        return torch.zeros(0, dtype=torch.int64, device=device)
-    for name, t in (("scores", scores), ("labels", labels), ("chip_index", chip_index)):
-        if t.shape[0] != n:
-            raise ValueError(f"{name} has {t.shape[0]} entries but boxes_px has {n}")
+        return np.zeros(0, np.int64)
+    for name, a in (("scores", scores), ("labels", labels), ("chip_index", chip_index)):
+        if np.shape(a)[0] != n:
+            raise ValueError(f"{name} has {np.shape(a)[0]} entries but boxes_px has {n}")
 
-    boxes = boxes_px.detach().to("cpu", torch.float64).numpy()
-    score = scores.detach().to("cpu", torch.float64).numpy()
-    label = labels.detach().to("cpu", torch.int64).numpy()
-    chip = chip_index.detach().to("cpu", torch.int64).numpy()
-    chips = chip_boxes_px.detach().to("cpu", torch.float64).numpy().reshape(-1, 4)
+    # copies (float64 / int64), writable, so torch can view them for the NMS
+    boxes = np.array(boxes_px, np.float64).reshape(-1, 4)
+    score = np.array(scores, np.float64)
+    label = np.array(labels, np.int64)
+    chip = np.asarray(chip_index, np.int64)
+    chips = np.asarray(chip_boxes_px, np.float64).reshape(-1, 4)
     area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
 
     # One spatial query serves every step: same-class pairs with a positive overlap.
@@ -262,5 +305,4 @@ def merge_detections(
         keep[i[drop]] = False
 
     kept = np.nonzero(keep)[0]
-    kept = kept[np.argsort(-score[kept], kind="stable")]
-    return torch.from_numpy(kept).to(device)
+    return kept[np.argsort(-score[kept], kind="stable")].astype(np.int64, copy=False)

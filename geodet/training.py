@@ -45,8 +45,9 @@ from geodet.dataset import (
     spatial_blocks,
     split_blocks,
 )
+from geodet.device import resolve_device, training_autocast_dtype
 from geodet.errors import GeodetError
-from geodet.raster import gsd_metres, open_dataset, resolve_bands, sample_band_stats, scene_info
+from geodet.raster import gsd_metres, open_dataset, pool_band_stats, resolve_bands, sample_band_stats, scene_info
 from geodet.vector import check_labels_inside, labels_for_scene, read_labels
 
 log = logging.getLogger(__name__)
@@ -80,17 +81,6 @@ def last_checkpoint_path(model_path: str) -> str:
     """``model.pt`` -> ``model.last.pt`` (the resumable checkpoint)."""
     p = Path(model_path)
     return str(p.with_name(p.stem + ".last" + p.suffix))
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; refuse ``cuda`` without a GPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GeodetError("--device cuda was asked for but no CUDA GPU is available.")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise GeodetError(f"device must be auto, cpu or cuda, got {name!r}.")
-    return torch.device(name)
 
 
 def load_sources(imagery, labels_path, class_field, chip: ChipConfig):
@@ -349,8 +339,8 @@ def train(
         net = net.to(memory_format=torch.channels_last)
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    use_amp = config.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = training_autocast_dtype(device, config.amp)
+    use_amp = amp_dtype is not None
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     ema = _ema_model(net, config.ema_decay)
     # the weights validated and kept as the model: the moving average when it is on
@@ -379,12 +369,13 @@ def train(
         _set_rng_state(ts["rng"])
         log.info("resumed from %s at epoch %d, step %d", last_path, start_epoch, step)
 
+    stored_stats = pool_band_stats([s.stats for s in sources])  # what detection normalises with
     meta = dict(
         model_config=model_cfg,
         class_names=list(label_set.class_names),
         bands=list(sources[0].bands),
-        band_mean=list(sources[0].stats.mean),
-        band_std=list(sources[0].stats.std),
+        band_mean=list(stored_stats.mean),
+        band_std=list(stored_stats.std),
         chip_size=chip.size,
         overlap=chip.overlap,
         gsd=float(np.mean([gsd_metres(i) for i in infos])),

@@ -79,15 +79,19 @@ def test_loaded_model_is_left_trainable(make_scene_files, default_model):
 
 def test_nodata_chips_skip_the_network(make_scene_files, default_model):
     """Chips with no valid pixel never reach the model; no detection is centred on nodata."""
-    from geodet.detection import load
-    from geodet.predict import predict_scene
+    from geodet.detection import config_for_model, load
+    from geodet.predict import plan_scene, predict_scene
+    from geodet.raster import open_dataset, scene_info
 
     s = make_scene_files(256, 1024, seed=4, nodata_region=True)  # about the right 35% is nodata
     net, meta, device = load(default_model, "cpu")
     calls = []
     net.register_forward_pre_hook(lambda _m, args: calls.append(len(args[0])))
-    dets = predict_scene(net, s.path, bands=meta.bands, chip_px=128, overlap_px=32, device=device,
-                         score_threshold=0.3)
+    config = config_for_model(DetectConfig(chip_size=128, overlap=32, score_threshold=0.3), meta)
+    with open_dataset(s.path) as src:
+        plan = plan_scene(src, scene_info(src), config, meta)
+        dets = predict_scene(net, src, plan, config, device=device)
+        assert not src.closed  # the caller's handle: read through, left open
     assert dets.skipped >= 2 and sum(calls) == dets.chips  # only chips with data went through the network
     assert len(dets.scores) > 0
     cx = ((dets.boxes_px[:, 0] + dets.boxes_px[:, 2]) / 2).astype(int)
@@ -98,7 +102,7 @@ def test_nodata_chips_skip_the_network(make_scene_files, default_model):
 def test_precision_choice():
     import torch
 
-    from geodet.predict import autocast_dtype, cpu_has_native_bf16
+    from geodet.device import autocast_dtype, cpu_has_native_bf16
 
     cpu = torch.device("cpu")
     assert autocast_dtype(cpu, "float32") is None
@@ -187,6 +191,53 @@ def test_band_mismatch_is_clear(make_scene_files, default_model):
     s = make_scene_files(128, 128, bands=1)
     with pytest.raises(GeodetError, match="expects 3 band"):
         detect(s.path, model=default_model)
+
+
+def test_wrong_band_count_is_refused(make_scene_files, default_model, tmp_path):
+    """The 3-band model fed 2 bands (API) or 4 bands (CLI): one sentence, no traceback."""
+    three = make_scene_files(128, 128, bands=3, name="three")
+    with pytest.raises(GeodetError) as info:
+        detect(three.path, model=default_model, bands=(1, 2))
+    assert str(info.value) == (
+        f"the model expects 3 band(s) but 2 were chosen for {three.path} (1, 2); pick 3 with --bands."
+    )
+    four = make_scene_files(128, 128, bands=4, name="four")
+    res = CliRunner().invoke(cli, ["detect", four.path, "-o", str(tmp_path / "d.geojson"), "-m", default_model,
+                                   "--bands", "1,2,3,4", "--quiet"])
+    assert res.exit_code != 0
+    assert "expects 3 band(s) but 4 were chosen" in res.output and "Traceback" not in res.output
+
+
+def test_model_normalisation_is_the_default(make_scene_files, default_model):
+    """Chips are normalised with the model file's statistics unless the scene's are asked for."""
+    from geodet.detection import config_for_model, load
+    from geodet.predict import plan_scene
+    from geodet.raster import open_dataset, sample_band_stats, scene_info
+
+    s = make_scene_files(256, 256, seed=3)
+    _net, meta, _dev = load(default_model, "cpu")
+    assert DetectConfig().normalisation == "model"
+    with open_dataset(s.path) as src:
+        info = scene_info(src)
+        by_model = plan_scene(src, info, config_for_model(DetectConfig(), meta), meta)
+        by_scene = plan_scene(src, info, config_for_model(DetectConfig(normalisation="scene"), meta), meta)
+        sampled = sample_band_stats(src, meta.bands)
+    assert by_model.stats.mean == meta.band_mean and by_model.stats.std == meta.band_std
+    assert by_scene.stats == sampled and by_scene.stats.mean != meta.band_mean
+    with pytest.raises(ValueError, match="normalisation"):
+        DetectConfig(normalisation="imagenet")
+
+
+def test_scene_dtype_unlike_the_models_warns(make_scene_files, default_model, caplog):
+    """A uint16 scene under a uint8 model's statistics: a warning that points at --normalisation scene."""
+    s = make_scene_files(128, 128, seed=3, dtype="uint16")
+    with caplog.at_level("WARNING", logger="geodet.predict"):
+        detect(s.path, model=default_model)
+    assert any("uint16" in r.getMessage() and "--normalisation scene" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="geodet.predict"):
+        detect(s.path, model=default_model, config=DetectConfig(normalisation="scene"))
+    assert not any("--normalisation scene" in r.getMessage() for r in caplog.records)
 
 
 def test_seam_objects_reported_once(tmp_path, default_model):

@@ -11,7 +11,7 @@ import geodet
 from geodet.config import AnchorConfig, ModelConfig, to_dict
 from geodet.errors import GeodetError
 from geodet.model import build_model
-from geodet.modelfile import ModelMeta, check_bands, load_model, save_model
+from geodet.modelfile import ModelMeta, load_model, save_model
 
 
 class NotAllowed:
@@ -176,12 +176,3 @@ def test_save_refuses_bad_descriptions(tmp_path):
     with pytest.raises(ValueError, match="bands"):
         save_model(tmp_path / "m.pt", model, **{**description(cfg), "bands": [1, 2]})
     assert list(tmp_path.iterdir()) == []
-
-
-def test_check_bands(saved):
-    path, _, _ = saved
-    _, meta = load_model(path)
-    check_bands(meta, 3, source="scene.tif")
-    with pytest.raises(GeodetError) as info:
-        check_bands(meta, 4, source="scene.tif")
-    assert str(info.value) == "the model expects 3 bands but scene.tif has 4; choose bands with --bands"

@@ -12,6 +12,7 @@ from geodet.raster import (
     open_dataset,
     open_scene,
     parse_bands,
+    pool_band_stats,
     read_chip,
     read_window,
     resolve_bands,
@@ -123,3 +124,22 @@ def test_resampled_read_has_out_shape(make_scene_files):
         stats = sample_band_stats(src, (1, 2, 3))
         chip, valid = read_chip(src, Window(0, 0, 128, 128), (1, 2, 3), stats, 64, out_shape=(64, 64))
     assert chip.shape == (3, 64, 64) and valid.all()
+
+
+def test_pooled_stats_are_those_of_all_pixels(tmp_path):
+    """Two scenes of different size and content pool to the mean/std of their pixels together."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 120, (2, 64, 64)).astype(np.uint8)
+    b = rng.integers(80, 255, (2, 64, 160)).astype(np.uint8)
+    stats = []
+    for name, data in (("a.tif", a), ("b.tif", b)):
+        with open_dataset(_write(tmp_path / name, data, crs="EPSG:32611", transform=Affine(1, 0, 0, 0, -1, 0))) as src:
+            stats.append(sample_band_stats(src, (1, 2)))  # whole scenes: fewer windows than the sample
+    assert [s.pixels for s in stats] == [64 * 64, 64 * 160]
+    pooled = pool_band_stats(stats)
+    together = np.concatenate([a.reshape(2, -1), b.reshape(2, -1)], axis=1).astype(np.float64)
+    # float64 sums of < 2**15 integers below 2**8: relative error far below 1e-9
+    np.testing.assert_allclose(pooled.mean, together.mean(axis=1), rtol=1e-9)
+    np.testing.assert_allclose(pooled.std, together.std(axis=1), rtol=1e-9)
+    assert pooled.pixels == together.shape[1]
+    assert pool_band_stats(stats[:1]) is stats[0]  # one training scene: its statistics, unchanged

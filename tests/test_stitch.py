@@ -9,6 +9,7 @@ from geodet.stitch import (
     box_overlap_pairs,
     connected_groups,
     merge_detections,
+    merge_detections_np,
     overlap_warning,
     pack_groups,
 )
@@ -203,3 +204,18 @@ def test_overlap_warning():
     assert overlap_warning(48.0, 64) is None
     msg = overlap_warning(90.5, 64)
     assert "90.5 px" in msg and "64 px" in msg and "91 px" in msg
+
+
+def test_numpy_core_keeps_what_the_tensor_face_keeps():
+    """merge_detections_np on float32 numpy (as predict_scene calls it) == merge_detections on tensors."""
+    rng = np.random.default_rng(3)
+    height, width, size, overlap = 300, 340, 128, 32
+    truth, truth_labels = jittered_objects(height, width, 24, (6, 22), rng)
+    chips = chip_grid(height, width, size, overlap)
+    boxes, scores, labels, chip_idx = simulate_chip_detections(truth, truth_labels, chips, rng)
+    boxes, scores = boxes.float(), scores.float()
+    from_tensors = merge_detections(boxes, scores, labels, chip_idx, chips, (height, width))
+    from_arrays = merge_detections_np(boxes.numpy(), scores.numpy(), labels.numpy(), chip_idx.numpy(),
+                                      chips.numpy(), (height, width))
+    assert from_arrays.dtype == np.int64 and len(from_arrays) > 0
+    np.testing.assert_array_equal(from_arrays, from_tensors.numpy())
