@@ -385,12 +385,10 @@ def _candidates(
     for ki, k in enumerate(_SIZE_FACTORS):
         for scales in _SCALE_SETS:
             si = [all_scales.index(s) for s in scales]
+            best_per_ratio = {lv: per_level[lv][:, ki][:, :, si].max(axis=2) for lv in per_level}  # [N, ratio]
             for ratios in ratio_sets:
                 ri = [all_ratios.index(r) for r in ratios]
-                best_per_level = {
-                    lv: per_level[lv][:, ki][:, ri][:, :, si].reshape(len(boxes), -1).max(axis=1)
-                    for lv in per_level
-                }
+                best_per_level = {lv: best_per_ratio[lv][:, ri].max(axis=1) for lv in per_level}
                 for low in range(2, 6):
                     best = np.zeros(len(boxes))
                     for high in range(low, min(low + max_levels, 8)):
@@ -400,7 +398,7 @@ def _candidates(
                             sizes=tuple(float(k * 2 ** lv) for lv in levels), scales=scales, ratios=ratios
                         )
                         count = anchor_count(levels, anchors, chip_size)
-                        covered = tuple(float(weights[best >= t].sum()) for t in thresholds)
+                        covered = tuple(float(weights @ (best >= t)) for t in thresholds)
                         out.append(_Candidate(covered=covered, count=count, levels=levels, anchors=anchors))
     return out
 
