@@ -529,6 +529,10 @@ def fit_assignment(
 # --------------------------------------------------------------------------- report
 
 
+#: Side (px) of the tiles of boxes that share one crop of anchors in :func:`atss_positive_boxes`.
+_ATSS_TILE_PX = 128.0
+
+
 def atss_positive_boxes(
     boxes_px: np.ndarray,
     levels: Sequence[int],
@@ -565,23 +569,29 @@ def atss_positive_boxes(
     )
     grids = [(feature_grid_size(chip_size, lv),) * 2 for lv in levels]
     every_anchor = generator.anchors_for_grid(grids, torch.device("cpu"))
-    per_level = generator.anchors_per_level(grids)
-    level_of = torch.repeat_interleave(torch.arange(len(levels)), torch.tensor(per_level))
-    centres = (every_anchor[:, :2] + every_anchor[:, 2:]) / 2
+    per_location = generator.num_anchors_per_location()
+    starts = np.cumsum([0] + generator.anchors_per_level(grids))[:-1]
     # The k nearest anchors of a box lie within a few strides of its centre (twice as far at a
     # chip corner, where the grid is cut): each tile of boxes only needs the anchors near it.
-    margin = torch.tensor([2.0 * (math.ceil(math.sqrt(topk)) + 1) * s for s in strides_for_levels(levels)])[level_of]
+    # Anchor centres are the grid points (i * stride, j * stride), stored row, column, template.
     boxes_t = torch.as_tensor(boxes, dtype=torch.float32)
-    box_centres = (boxes_t[:, :2] + boxes_t[:, 2:]) / 2
-    tile_px = 64.0
-    tiles = torch.floor(box_centres / tile_px).to(torch.int64)
+    box_centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    tiles = np.floor(box_centres / _ATSS_TILE_PX).astype(np.int64)
     covered = torch.zeros(len(boxes), dtype=torch.bool)
-    for tile in torch.unique(tiles, dim=0):
-        in_tile = (tiles == tile).all(dim=1)
-        low, high = tile.float() * tile_px, (tile.float() + 1) * tile_px
-        near = ((centres >= low - margin[:, None]) & (centres <= high + margin[:, None])).all(dim=1)
-        counts = torch.bincount(level_of[near], minlength=len(levels)).tolist()
-        covered[in_tile] = atss_covered(boxes_t[in_tile], every_anchor[near], counts, topk)
+    for tile in np.unique(tiles, axis=0):
+        in_tile = torch.as_tensor((tiles == tile).all(axis=1))
+        low, high = tile * _ATSS_TILE_PX, (tile + 1) * _ATSS_TILE_PX
+        picked, counts = [], []
+        for stride, (grid, _), n, start in zip(strides_for_levels(levels), grids, per_location, starts):
+            margin = 2.0 * (math.ceil(math.sqrt(topk)) + 1) * stride
+            first = np.clip(np.ceil((low - margin) / stride), 0, grid - 1).astype(int)  # (x, y)
+            last = np.clip(np.floor((high + margin) / stride), 0, grid - 1).astype(int)
+            locations = (np.arange(first[1], last[1] + 1)[:, None] * grid + np.arange(first[0], last[0] + 1)).ravel()
+            idx = start + (locations[:, None] * n + np.arange(n)).ravel()
+            picked.append(idx)
+            counts.append(len(idx))
+        near = every_anchor[torch.as_tensor(np.concatenate(picked))]
+        covered[in_tile] = atss_covered(boxes_t[in_tile], near, counts, topk)
     return covered.numpy()
 
 
