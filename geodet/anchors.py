@@ -654,7 +654,9 @@ def coverage_report(
 
     def stats(sel: np.ndarray) -> dict:
         return {
-            "size_px": dict(zip(("min", "p5", "median", "p95", "max"), _quantiles(sizes[sel], [0, 0.05, 0.5, 0.95, 1]))),
+            "size_px": dict(
+                zip(("min", "p5", "median", "p95", "max"), _quantiles(sizes[sel], [0, 0.05, 0.5, 0.95, 1]))
+            ),
             "aspect_ratio": dict(
                 zip(("p5", "p25", "median", "p75", "p95"), _quantiles(ratios[sel], [0.05, 0.25, 0.5, 0.75, 0.95]))
             ),

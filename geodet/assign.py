@@ -106,9 +106,9 @@ def atss_candidates(
     cand = anchors[idxs]  # [M, K, 4]
     ious = _paired_iou(boxes[:, None, :].expand_as(cand), cand)  # [M, K]
     if ious.shape[1] > 1:
-        threshold = ious.mean(dim=1) + ious.std(dim=1)  # Bessel-corrected std, as the reference code
-    else:
-        threshold = ious[:, 0]
+        threshold = ious.mean(dim=1) + ious.std(dim=1)  # Bessel-corrected std (torch's default), as the paper's code
+    else:  # one candidate is its own threshold; none gives no positive
+        threshold = ious.sum(dim=1)
     centres = anchor_centres[idxs]  # [M, K, 2]
     inside = (
         (centres[..., 0] > boxes[:, None, 0])

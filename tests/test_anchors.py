@@ -352,7 +352,8 @@ def test_anchors_command_reports_every_class(make_scene_files):
     from geodet_cli.main import cli
 
     files = make_scene_files(256, 256, seed=1, difficulty="hard", pixel_size=0.5)
-    args = ["anchors", "--imagery", files.path, "--labels", files.labels, "--class-field", "class", "--chip-size", "128"]
+    args = ["anchors", "--imagery", files.path, "--labels", files.labels, "--class-field", "class",
+            "--chip-size", "128"]
     result = CliRunner().invoke(cli, args + ["--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
