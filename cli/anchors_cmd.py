@@ -14,7 +14,7 @@ from geodet_cli.options import class_field_option, user_errors
 @class_field_option
 @click.option("--chip-size", type=click.IntRange(min=8), default=256, show_default=True)
 @click.option("--assigner", type=click.Choice(["atss", "maxiou"]), default=None,
-              help="Anchor assignment of training (default: the model default, atss). Coverage is "
+              help="Anchor assignment of training (default: the model default, maxiou). Coverage is "
                    "reported under it.")
 @click.option("--fg-iou", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="IoU at which an anchor covers a box under --assigner maxiou (implied by this option); "
@@ -28,8 +28,9 @@ def anchors_cmd(imagery, labels, class_field, chip_size, assigner, fg_iou, point
     Anchors are fitted so that every class is covered (a rare class weighs
     as much as a common one) and keep each class's aspect ratios. Coverage
     is reported overall and per class, at IoU 0.5 and under the training
-    assignment (ATSS: the share of objects with at least one positive
-    anchor); classes below 90% are flagged.
+    assignment (MaxIoU: best anchor IoU >= the fitted threshold; ATSS: the
+    share of objects with at least one positive anchor); classes below 90%
+    are flagged.
 
     \b
     Examples:

@@ -354,15 +354,16 @@ def test_anchors_command_reports_every_class(make_scene_files):
     files = make_scene_files(256, 256, seed=1, difficulty="hard", pixel_size=0.5)
     args = ["anchors", "--imagery", files.path, "--labels", files.labels, "--class-field", "class",
             "--chip-size", "128"]
-    result = CliRunner().invoke(cli, args + ["--json"])
+    result = CliRunner().invoke(cli, args + ["--json", "--assigner", "atss"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["assigner"] == "atss" and report["fg_iou"] == 0.5
     assert sorted(c["name"] for c in report["classes"]) == ["car", "pool"]
     assert sum(c["count"] for c in report["classes"]) == report["count"] == len(files.scene.classes)
     assert report["poorly_covered"] == [c["name"] for c in report["classes"] if c["poorly_covered"]]
-    text = CliRunner().invoke(cli, args).output
+    text = CliRunner().invoke(cli, args + ["--assigner", "atss"]).output
     assert "car" in text and "pool" in text and "ATSS" in text
+    assert "MaxIoU" in CliRunner().invoke(cli, args).output  # the model default
     result = CliRunner().invoke(cli, args + ["--json", "--fg-iou", "0.4"])  # --fg-iou implies maxiou
     assert result.exit_code == 0 and json.loads(result.output)["assigner"] == "maxiou"
     result = CliRunner().invoke(cli, args + ["--assigner", "atss", "--fg-iou", "0.4"])

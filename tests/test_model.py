@@ -316,7 +316,7 @@ def test_folding_needs_eval_mode_and_prepare_gives_channels_last():
 def test_assigner_setting_is_validated_and_carried_by_the_config():
     from geodet.config import from_dict, to_dict
 
-    assert ModelConfig().assigner == "atss" and ModelConfig().atss_topk == 9
+    assert ModelConfig().assigner == "maxiou" and ModelConfig().atss_topk == 9
     with pytest.raises(ValueError, match="assigner"):
         tiny_config(assigner="fixed")
     with pytest.raises(ValueError, match="atss_topk"):
