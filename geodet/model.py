@@ -8,6 +8,8 @@ Differences from ``torchvision.models.detection.retinanet_resnet50_fpn``:
 * any ResNet depth, any consecutive subset of pyramid levels P2..P7
   (P2..P5 from ResNet stages C2..C5, P6/P7 from stride-2 convolutions on P5);
 * anchors on the true stride ``2 ** level`` (see :mod:`geodet.anchors`);
+* training anchors assigned by ATSS (default, :mod:`geodet.assign`) or by
+  torchvision's fixed-IoU ``Matcher`` (``assigner="maxiou"``);
 * focal loss alpha / gamma, head depth and prior from :class:`ModelConfig`;
   losses are normalised by the number of foreground anchors of the batch;
 * head outputs, anchors, losses and box decoding stay ``float32`` under autocast.
@@ -34,6 +36,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from geodet.anchors import PAD_MULTIPLE_PX, make_anchor_generator
+from geodet.assign import atss_matched_idxs
 from geodet.config import ModelConfig
 from geodet.errors import GeodetError
 
@@ -349,7 +352,7 @@ class RetinaHead(nn.Module):
             head_outputs: see :meth:`forward`.
             anchors: per chip ``[M, 4]`` xyxy px.
             matched_idxs: per chip ``[M]``: matched box index, -1 background,
-                -2 ignored (between the IoU thresholds).
+                -2 ignored (between the IoU thresholds; never with ATSS).
         """
         cls_logits = head_outputs["cls_logits"]
         bbox_regression = head_outputs["bbox_regression"]
@@ -420,6 +423,29 @@ class GeodetRetinaNet(RetinaNet):
         )
         self.transform = ChipBatcher(cfg.in_channels, PAD_MULTIPLE_PX)
         self.config = cfg
+
+    def compute_loss(
+        self, targets: List[Dict[str, Tensor]], head_outputs: Dict[str, Tensor], anchors: List[Tensor]
+    ) -> Dict[str, Tensor]:
+        """Losses of a batch with anchors assigned by ``config.assigner``.
+
+        ``"maxiou"`` is torchvision's ``Matcher`` (``fg_iou_thresh`` /
+        ``bg_iou_thresh``); ``"atss"`` is :func:`geodet.assign.atss_matched_idxs`
+        on the per-level anchor counts of this forward pass.
+
+        Args:
+            targets: per chip ``boxes`` ``[N, 4]`` xyxy px and ``labels`` ``[N]``.
+            head_outputs: see :meth:`RetinaHead.forward`.
+            anchors: per chip ``[M, 4]`` xyxy px, level-major.
+        """
+        if self.config.assigner == "maxiou":
+            return super().compute_loss(targets, head_outputs, anchors)
+        per_level = self.anchor_generator.num_anchors_per_level
+        matched_idxs = [
+            atss_matched_idxs(target["boxes"], anchors_per_chip, per_level, self.config.atss_topk)
+            for target, anchors_per_chip in zip(targets, anchors)
+        ]
+        return self.head.compute_loss(targets, head_outputs, anchors, matched_idxs)
 
 
 def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> GeodetRetinaNet:

@@ -106,7 +106,11 @@ def load_sources(imagery, labels_path, class_field, chip: ChipConfig):
 
 
 def boxes_in_chip_frame(sources: Sequence[SceneSource], chip_px: int) -> np.ndarray:
-    """Ground-truth boxes placed in chip coordinates (for anchor fitting)."""
+    """Ground-truth boxes ``[N, 4]`` xyxy placed in chip coordinates (for anchor fitting).
+
+    Boxes come in the order of ``sources`` and of each source's boxes, so
+    ``np.concatenate([s.class_ids for s in sources])`` gives their classes.
+    """
     out = []
     for s in sources:
         b = s.boxes_px.copy()
@@ -118,11 +122,21 @@ def boxes_in_chip_frame(sources: Sequence[SceneSource], chip_px: int) -> np.ndar
     return np.concatenate(out) if out else np.zeros((0, 4))
 
 
-def _anchor_choice(anchors: AnchorsArg, boxes_px: np.ndarray, overrides: dict, chip_px: int):
+def _anchor_choice(
+    anchors: AnchorsArg,
+    boxes_px: np.ndarray,
+    overrides: dict,
+    chip_px: int,
+    class_ids: Optional[np.ndarray] = None,
+):
     """``(levels, AnchorConfig, {IoU threshold overrides})`` for the ``anchors`` argument.
 
-    ``auto`` fits the anchors and, unless ``overrides`` sets ``fg_iou_thresh``,
-    the matching thresholds too (:func:`geodet.anchors.fit_assignment`).
+    ``auto`` fits the anchors per class (``class_ids [N]`` of ``boxes_px``;
+    None = one class) for the assigner in ``overrides`` (default
+    ``ModelConfig.assigner``). With ``"atss"`` nothing else is fitted: ATSS
+    sets each box's IoU threshold itself. With ``"maxiou"`` the matching
+    thresholds are fitted too (:func:`geodet.anchors.fit_assignment`) unless
+    ``overrides`` sets ``fg_iou_thresh``.
     """
     from geodet.anchors import fit_anchors, fit_assignment
 
@@ -131,10 +145,18 @@ def _anchor_choice(anchors: AnchorsArg, boxes_px: np.ndarray, overrides: dict, c
     if anchors == "coco":
         return COCO_LEVELS, COCO_ANCHORS, {}
     if anchors == "auto":
+        assigner = overrides.get("assigner", ModelConfig.assigner)
+        if assigner == "atss":
+            levels, anchor_cfg, _, _ = fit_assignment(
+                boxes_px, class_ids=class_ids, assigner="atss", chip_size=chip_px
+            )
+            return levels, anchor_cfg, {}
         if "fg_iou_thresh" in overrides:
             fg = float(overrides["fg_iou_thresh"])
-            return (*fit_anchors(boxes_px, fg_iou=fg, chip_size=chip_px), {})
-        levels, anchor_cfg, fg, bg = fit_assignment(boxes_px, chip_size=chip_px)
+            return (*fit_anchors(boxes_px, class_ids=class_ids, fg_iou=fg, chip_size=chip_px), {})
+        levels, anchor_cfg, fg, bg = fit_assignment(
+            boxes_px, class_ids=class_ids, assigner=assigner, chip_size=chip_px
+        )
         thresholds = {"fg_iou_thresh": fg}
         if "bg_iou_thresh" not in overrides:
             thresholds["bg_iou_thresh"] = bg

@@ -340,3 +340,31 @@ def test_folding_needs_eval_mode_and_prepare_gives_channels_last():
     net = prepare_for_inference(build_model(tiny_config()).train(), torch.device("cpu"))
     assert not net.training
     assert net.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_assigner_setting_is_validated_and_carried_by_the_config():
+    from geodet.config import from_dict, to_dict
+
+    assert ModelConfig().assigner == "maxiou" and ModelConfig().atss_topk == 9
+    with pytest.raises(ValueError, match="assigner"):
+        tiny_config(assigner="fixed")
+    with pytest.raises(ValueError, match="atss_topk"):
+        tiny_config(atss_topk=0)
+    cfg = tiny_config(assigner="maxiou", atss_topk=5)
+    assert from_dict(ModelConfig, to_dict(cfg)) == cfg
+    old = {k: v for k, v in to_dict(cfg).items() if k not in ("assigner", "atss_topk")}  # a file from before ATSS
+    assert from_dict(ModelConfig, old).assigner == ModelConfig().assigner
+
+
+@pytest.mark.parametrize("assigner", ["atss", "maxiou"])
+def test_both_assigners_train(assigner):
+    model = build_model(tiny_config(assigner=assigner)).train()
+    losses = model(torch.randn(2, 3, 64, 64), two_targets())
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.head.cls_logits.weight.grad.abs().sum() > 0
+    # the generator's per-level split matches the feature maps of this 64 px batch (P2-P4: 16, 8, 4 px grids)
+    per_location = model.config.anchors.anchors_per_location
+    assert model.anchor_generator.num_anchors_per_level == [16 * 16 * per_location, 8 * 8 * per_location,
+                                                            4 * 4 * per_location]
+
