@@ -305,7 +305,9 @@ def train(
             if isinstance(anchor_cfg, dict):
                 anchor_cfg = from_dict(AnchorConfig, anchor_cfg)
         else:
-            levels, anchor_cfg, thresholds = _anchor_choice(anchors, boxes_px, overrides, chip.size)
+            class_ids = np.concatenate([s.class_ids for s in sources])  # per-class anchor fitting
+            levels, anchor_cfg, thresholds = _anchor_choice(anchors, boxes_px, overrides, chip.size,
+                                                            class_ids=class_ids)
             overrides.update(thresholds)
         overrides.update(
             num_classes=len(label_set.class_names),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -185,13 +184,10 @@ def test_fit_anchors_on_large_objects_uses_coarse_levels():
     assert anchor_coverage(boxes, levels, anchors, chip_size=512) > 0.9
 
 
-def test_fit_anchors_is_deterministic_and_fast():
-    boxes = random_boxes(10_000, 6, 40, seed=5)
-    start = time.perf_counter()
+def test_fit_anchors_is_deterministic():
+    boxes = random_boxes(10_000, 6, 40, seed=5)  # its speed is a benchmark's business, not a test's
     first = fit_anchors(boxes)
-    elapsed = time.perf_counter() - start
     assert first == fit_anchors(boxes)
-    assert elapsed < 4.0  # measured about 0.5 s; the target is < 2 s on an idle machine
     levels, anchors = first
     assert ModelConfig(levels=levels, anchors=anchors).levels == levels  # a valid model config
 
