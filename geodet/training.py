@@ -15,16 +15,14 @@ import itertools
 import logging
 import math
 import os
-import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from geodet import __version__
 from geodet.config import (
     ASSIGNERS,
     COCO_ANCHORS,
@@ -35,7 +33,6 @@ from geodet.config import (
     ModelConfig,
     TrainConfig,
     from_dict,
-    to_dict,
 )
 from geodet.dataset import (
     ChipDataset,
