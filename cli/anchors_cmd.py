@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from geodet.config import ASSIGNERS, TRAIN_CHIP
 from geodet_cli.options import class_field_option, user_errors
 
 
@@ -12,14 +13,15 @@ from geodet_cli.options import class_field_option, user_errors
               help="GeoTIFF the labels are measured against; repeat for several.")
 @click.option("--labels", required=True, type=click.Path(dir_okay=False), help="Vector labels (any CRS).")
 @class_field_option
-@click.option("--chip-size", type=click.IntRange(min=8), default=256, show_default=True)
-@click.option("--assigner", type=click.Choice(["atss", "maxiou"]), default=None,
+@click.option("--chip-size", type=click.IntRange(min=8), default=TRAIN_CHIP.size, show_default=True,
+              help="Training chip side (px).")
+@click.option("--assigner", type=click.Choice(ASSIGNERS), default=None,
               help="Anchor assignment of training (default: the model default, maxiou). Coverage is "
                    "reported under it.")
 @click.option("--fg-iou", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="IoU at which an anchor covers a box under --assigner maxiou (implied by this option); "
                    "default: fitted as in training, the strictest of 0.5, 0.45, 0.4 that covers 95% of the boxes.")
-@click.option("--point-size", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True,
+@click.option("--point-size", type=click.FloatRange(0, min_open=True), default=TRAIN_CHIP.point_size_m, show_default=True,
               help="Side in metres of the box drawn around a point label.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def anchors_cmd(imagery, labels, class_field, chip_size, assigner, fg_iou, point_size, as_json):
@@ -37,31 +39,16 @@ def anchors_cmd(imagery, labels, class_field, chip_size, assigner, fg_iou, point
       geodet anchors --imagery sample_data/suburb.tif --labels sample_data/pools.geojson
       geodet anchors --imagery a.tif --labels objects.gpkg --class-field class --json
     """
+    if fg_iou is not None and assigner == "atss":
+        raise click.BadParameter("--fg-iou applies to --assigner maxiou only; ATSS fits its IoU per object.",
+                                 param_hint="--fg-iou")
     with user_errors():
         import json
 
-        import numpy as np
+        from geodet.anchors import anchor_report, format_coverage_report
 
-        from geodet.anchors import coverage_report, fit_anchors, fit_assignment, format_coverage_report
-        from geodet.config import ChipConfig, ModelConfig
-        from geodet.training import boxes_in_chip_frame, load_sources
-
-        if fg_iou is not None and assigner == "atss":
-            raise click.BadParameter("--fg-iou applies to --assigner maxiou only; ATSS fits its IoU per object.",
-                                     param_hint="--fg-iou")
-        assigner = assigner or ("maxiou" if fg_iou is not None else ModelConfig.assigner)
-        chip = ChipConfig(size=chip_size, overlap=0, point_size_m=point_size)
-        _, label_set, sources = load_sources(list(imagery), labels, class_field, chip)
-        boxes = boxes_in_chip_frame(sources, chip_size)
-        class_ids = np.concatenate([s.class_ids for s in sources]) if sources else np.zeros(0, np.int64)
-        if fg_iou is None:
-            *fitted, fg_iou, _ = fit_assignment(boxes, class_ids=class_ids, assigner=assigner, chip_size=chip_size)
-        else:
-            fitted = fit_anchors(boxes, class_ids=class_ids, fg_iou=fg_iou, chip_size=chip_size)
-        report = coverage_report(
-            boxes, fitted, fg_iou=fg_iou, chip_size=chip_size, class_ids=class_ids,
-            class_names=label_set.class_names, assigner=assigner,
-        )
+        report = anchor_report(list(imagery), labels, class_field=class_field, chip_size=chip_size,
+                               point_size_m=point_size, assigner=assigner, fg_iou=fg_iou)
     if as_json:
         click.echo(json.dumps(report, default=_jsonable))
     else:

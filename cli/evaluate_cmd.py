@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geodet_cli.options import overwrite_option
+from geodet_cli.options import LazyHelpOption, auto_class_fields_text, overwrite_option
 
 
 @click.command("evaluate")
@@ -12,9 +12,9 @@ from geodet_cli.options import overwrite_option
 @click.argument("ground_truth", type=click.Path(dir_okay=False))
 @click.option("--iou", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
               help="IoU at which a detection matches an object (counts, P/R/F1, PR curve).")
-@click.option("--class-field", default=None,
-              help="Ground-truth column of class names (default: the first of class, label, category present, "
-                   "as for training labels; else one class).")
+@click.option("--class-field", default=None, cls=LazyHelpOption,
+              help_fn=lambda: f"Ground-truth column of class names (default: the first of "
+                              f"{auto_class_fields_text()} present, as for training labels; else one class).")
 @click.option("--imagery", type=click.Path(dir_okay=False), default=None,
               help="GeoTIFF: count only objects on its valid pixels and predictions on its footprint.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as one JSON object.")

@@ -6,6 +6,8 @@ import contextlib
 
 import click
 
+from geodet.config import ChipConfig, DetectConfig
+
 
 def parse_bands_option(ctx, param, value):
     """Click callback: ``"1,2,3"`` -> (1, 2, 3); None stays None."""
@@ -21,31 +23,57 @@ def parse_bands_option(ctx, param, value):
 
 
 chip_size_option = click.option(
-    "--chip-size", type=click.IntRange(min=8), default=512, show_default=True, help="Chip side in pixels."
+    "--chip-size", type=click.IntRange(min=8), default=ChipConfig.size, show_default=True,
+    help="Chip side in pixels.",
 )
 overlap_option = click.option(
-    "--overlap", type=click.IntRange(min=0), default=64, show_default=True, help="Overlap between chips in pixels."
+    "--overlap", type=click.IntRange(min=0), default=ChipConfig.overlap, show_default=True,
+    help="Overlap between chips in pixels.",
 )
 bands_option = click.option(
     "--bands", callback=parse_bands_option, default=None, help="Bands to read, 1-based, e.g. 1,2,3 (default: all)."
 )
+
+
+def auto_class_fields_text() -> str:
+    """``"class, label, category"``: the columns tried, in order, when no class field is named."""
+    from geodet.vector import AUTO_CLASS_FIELDS
+
+    return ", ".join(AUTO_CLASS_FIELDS)
+
+
+class LazyHelpOption(click.Option):
+    """An option whose help is ``help_fn()``, called only when help is shown
+    (so a constant of a heavy module can be read without importing it for every command)."""
+
+    def __init__(self, *args, help_fn, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.help_fn = help_fn
+
+    def get_help_record(self, ctx):
+        self.help = self.help_fn()
+        return super().get_help_record(ctx)
+
+
 class_field_option = click.option(
-    "--class-field", default=None, help="Label column holding class names (default: 'class' if present, else one class)."
+    "--class-field", default=None, cls=LazyHelpOption,
+    help_fn=lambda: f"Label column holding class names (default: the first of {auto_class_fields_text()} "
+                    "present, else one class).",
 )
 overwrite_option = click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 
 
 @contextlib.contextmanager
 def user_errors():
-    """Turn geodet's user-input errors into one-sentence click errors."""
+    """Turn geodet's user-input errors (:class:`GeodetError`) into one-sentence click errors.
+
+    Any other exception, a plain ValueError included, is a bug and keeps its traceback.
+    """
     from geodet.errors import GeodetError
 
     try:
         yield
-    except GeodetError as exc:
-        raise click.ClickException(str(exc)) from None
-    except ValueError as exc:
-        # config validation (frozen dataclasses) raises plain ValueError
+    except GeodetError as exc:  # ConfigError included: a bad setting
         raise click.ClickException(str(exc)) from None
 
 
@@ -113,7 +141,7 @@ config_option = click.option(
 )
 
 device_option = click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default=DetectConfig.device, show_default=True,
     help="Where the model runs (auto = CUDA when available).",
 )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from geodet.config import ChipConfig
 from geodet_cli.options import (
     bands_option,
     chip_size_option,
@@ -22,10 +23,10 @@ from geodet_cli.options import (
 @chip_size_option
 @overlap_option
 @bands_option
-@click.option("--min-visible", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
-              help="Keep a box cut by a chip edge when this fraction of it is inside the chip.")
-@click.option("--point-size", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True,
-              help="Side in metres of the box drawn around a point label.")
+@click.option("--min-visible", type=click.FloatRange(0, 1, min_open=True), default=ChipConfig.min_visible,
+              show_default=True, help="Keep a box cut by a chip edge when this fraction of it is inside the chip.")
+@click.option("--point-size", type=click.FloatRange(0, min_open=True), default=ChipConfig.point_size_m,
+              show_default=True, help="Side in metres of the box drawn around a point label.")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @overwrite_option
 def tile_cmd(imagery, labels, class_field, chip_size, overlap, bands, min_visible, point_size, out_dir, overwrite):
@@ -42,7 +43,6 @@ def tile_cmd(imagery, labels, class_field, chip_size, overlap, bands, min_visibl
           --chip-size 256 --overlap 32 --bands 1,2,3 -o tiles
     """
     with user_errors():
-        from geodet.config import ChipConfig
         from geodet.tiling import tile
 
         chip = ChipConfig(size=chip_size, overlap=overlap, bands=bands, min_visible=min_visible,

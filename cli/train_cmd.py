@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geodet.config import DEFAULT_EPOCHS, TrainConfig
+from geodet.config import DEFAULT_EPOCHS, TRAIN_CHIP, ModelConfig, TrainConfig
 from geodet_cli.options import (
     bands_option,
     class_field_option,
@@ -33,11 +33,13 @@ _DEFAULTS = TrainConfig()
 @click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_DEFAULTS.lr, show_default=True,
               help="Peak learning rate (AdamW, warm-up then cosine).")
-@click.option("--chip-size", type=click.IntRange(min=8), default=256, show_default=True, help="Training chip side (px).")
-@click.option("--overlap", type=click.IntRange(min=0), default=64, show_default=True, help="Chip overlap (px).")
+@click.option("--chip-size", type=click.IntRange(min=8), default=TRAIN_CHIP.size, show_default=True,
+              help="Training chip side (px).")
+@click.option("--overlap", type=click.IntRange(min=0), default=TRAIN_CHIP.overlap, show_default=True,
+              help="Chip overlap (px).")
 @bands_option
 @click.option("--backbone", type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101"]),
-              default="resnet18", show_default=True)
+              default=f"resnet{ModelConfig.backbone_depth}", show_default=True)
 @click.option("--backbone-weights", type=click.Path(dir_okay=False), default=None,
               help="Local torchvision ResNet state dict to start from (never downloaded).")
 @device_option
@@ -61,7 +63,8 @@ _DEFAULTS = TrainConfig()
 @click.option("--anchor-scales", default=None, help="Explicit anchor scales, e.g. 1,1.26,1.59.")
 @click.option("--anchor-ratios", default=None, help="Explicit aspect ratios (h/w), e.g. 0.5,1,2.")
 @click.option("--levels", default=None, help="Pyramid levels, e.g. 2,3,4 (default: fitted, or 3..7).")
-@click.option("--point-size", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True,
+@click.option("--point-size", type=click.FloatRange(0, min_open=True), default=TRAIN_CHIP.point_size_m,
+              show_default=True,
               help="Side in metres of the box drawn around a point label.")
 @click.option("--ema-decay", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=_DEFAULTS.ema_decay,
               help="Keep an exponential moving average of the weights (e.g. 0.999 per step); it is validated "
@@ -90,24 +93,23 @@ def train_cmd(imagery, labels, class_field, out, epochs, batch_size, lr, chip_si
     """
     ctx = click.get_current_context()
     with user_errors():
-        from geodet.config import AnchorConfig, ChipConfig
-        from geodet.training import format_epoch, train
+        from geodet.config import ChipConfig
+        from geodet.errors import ConfigError
+        from geodet.training import explicit_anchors, format_epoch, train
 
         model = dict((ctx.default_map or {}).get("_model_overrides", {}))
         model["backbone_depth"] = int(backbone.replace("resnet", ""))
         if backbone_weights:
             model["backbone_weights"] = backbone_weights
-        anchor_arg = anchors
-        sizes = parse_floats(anchor_sizes, "--anchor-sizes")
-        scales = parse_floats(anchor_scales, "--anchor-scales")
-        ratios = parse_floats(anchor_ratios, "--anchor-ratios")
-        lv = tuple(int(v) for v in parse_floats(levels, "--levels")) if levels else None
-        if sizes or scales or ratios or lv:
-            if not sizes:
-                raise click.BadParameter("give --anchor-sizes with --anchor-scales/--anchor-ratios/--levels.")
-            lv = lv or tuple(range(3, 3 + len(sizes)))
-            base = AnchorConfig()
-            anchor_arg = (lv, AnchorConfig(sizes=sizes, scales=scales or base.scales, ratios=ratios or base.ratios))
+        try:
+            explicit = explicit_anchors(
+                sizes=parse_floats(anchor_sizes, "--anchor-sizes"),
+                scales=parse_floats(anchor_scales, "--anchor-scales"),
+                ratios=parse_floats(anchor_ratios, "--anchor-ratios"),
+                levels=parse_floats(levels, "--levels"),
+            )
+        except ConfigError as exc:  # a combination of flags: a usage error, as for any flag
+            raise click.BadParameter(str(exc)) from None
         chip = ChipConfig(size=chip_size, overlap=overlap, bands=bands, point_size_m=point_size)
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
                           negative_ratio=negative_ratio, repeat_thresh=repeat_thresh, seed=seed, workers=workers,
@@ -117,7 +119,7 @@ def train_cmd(imagery, labels, class_field, out, epochs, batch_size, lr, chip_si
             click.echo(format_epoch(record, cfg.epoch_limit), err=True)
 
         result = train(list(imagery), labels, out, class_field=class_field, chip=chip, model=model, config=cfg,
-                       anchors=anchor_arg, resume=resume, overwrite=overwrite, progress=not quiet,
+                       anchors=explicit or anchors, resume=resume, overwrite=overwrite, progress=not quiet,
                        on_epoch=None if quiet else show_epoch)
     last = result.history[-1] if result.history else {}
     summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float))

@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple, Type, TypeVar
 
+from geodet.errors import ConfigError
+
 T = TypeVar("T")
 
 #: Scales per octave of the original RetinaNet: 2^0, 2^(1/3), 2^(2/3).
@@ -39,13 +41,20 @@ class ChipConfig:
 
     def __post_init__(self) -> None:
         if self.size < 8:
-            raise ValueError(f"chip size must be at least 8 px, got {self.size}")
+            raise ConfigError(f"chip size must be at least 8 px, got {self.size}")
         if not 0 <= self.overlap < self.size:
-            raise ValueError(
+            raise ConfigError(
                 f"overlap must be between 0 and chip size - 1 ({self.size - 1}) px, got {self.overlap}"
             )
         if not 0 < self.min_visible <= 1:
-            raise ValueError(f"min_visible must be in (0, 1], got {self.min_visible}")
+            raise ConfigError(f"min_visible must be in (0, 1], got {self.min_visible}")
+
+
+#: How training cuts scenes into chips when nothing else is asked: 256 px chips (every
+#: benchmark of geodet trained on them; small objects need no more context), ChipConfig's
+#: other defaults. The default of :func:`geodet.train` and of ``geodet train`` / ``geodet
+#: anchors``; detection and tiling default to :class:`ChipConfig` itself (or the model's).
+TRAIN_CHIP = ChipConfig(size=256)
 
 
 @dataclass(frozen=True)
@@ -141,28 +150,28 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.backbone_depth not in (18, 34, 50, 101):
-            raise ValueError(f"backbone depth must be 18, 34, 50 or 101, got {self.backbone_depth}")
+            raise ConfigError(f"backbone depth must be 18, 34, 50 or 101, got {self.backbone_depth}")
         if not self.levels or any(lv < 2 or lv > 7 for lv in self.levels):
-            raise ValueError(f"pyramid levels must lie in 2..7, got {self.levels}")
+            raise ConfigError(f"pyramid levels must lie in 2..7, got {self.levels}")
         if list(self.levels) != sorted(set(self.levels)) or any(
             b - a != 1 for a, b in zip(self.levels, self.levels[1:])
         ):
-            raise ValueError(f"pyramid levels must be consecutive and increasing, got {self.levels}")
+            raise ConfigError(f"pyramid levels must be consecutive and increasing, got {self.levels}")
         if len(self.anchors.sizes) != len(self.levels):
-            raise ValueError(
+            raise ConfigError(
                 f"one anchor size per pyramid level is needed: {len(self.levels)} levels "
                 f"{self.levels} but {len(self.anchors.sizes)} sizes {self.anchors.sizes}"
             )
         if not 0 <= self.frozen_stages <= 5:
-            raise ValueError(f"frozen_stages must be in 0..5, got {self.frozen_stages}")
+            raise ConfigError(f"frozen_stages must be in 0..5, got {self.frozen_stages}")
         if self.box_loss not in ("l1", "giou"):
-            raise ValueError(f"box_loss must be 'l1' or 'giou', got {self.box_loss!r}")
+            raise ConfigError(f"box_loss must be 'l1' or 'giou', got {self.box_loss!r}")
         if self.assigner not in ASSIGNERS:
-            raise ValueError(f"assigner must be one of {', '.join(ASSIGNERS)}, got {self.assigner!r}")
+            raise ConfigError(f"assigner must be one of {', '.join(ASSIGNERS)}, got {self.assigner!r}")
         if int(self.atss_topk) != self.atss_topk or self.atss_topk < 1:
-            raise ValueError(f"atss_topk must be a positive integer, got {self.atss_topk!r}")
+            raise ConfigError(f"atss_topk must be a positive integer, got {self.atss_topk!r}")
         if self.bg_iou_thresh > self.fg_iou_thresh:
-            raise ValueError("bg_iou_thresh must not exceed fg_iou_thresh")
+            raise ConfigError("bg_iou_thresh must not exceed fg_iou_thresh")
 
 
 #: Epochs of a run that sets neither ``TrainConfig.epochs`` nor ``max_time_min``.
@@ -205,12 +214,12 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         for name in ("scale_p", "colour_p", "blur_p", "noise_p"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         lo, hi = self.scale_range
         if not 0 < lo <= hi:
-            raise ValueError(f"scale_range must be 0 < min <= max, got {self.scale_range}")
+            raise ConfigError(f"scale_range must be 0 < min <= max, got {self.scale_range}")
         if not 0 <= self.blur_sigma[0] <= self.blur_sigma[1]:
-            raise ValueError(f"blur_sigma must be 0 <= min <= max, got {self.blur_sigma}")
+            raise ConfigError(f"blur_sigma must be 0 <= min <= max, got {self.blur_sigma}")
 
 
 @dataclass(frozen=True)
@@ -270,15 +279,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+            raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
         if self.max_time_min is not None and self.max_time_min <= 0:
-            raise ValueError(f"max_time_min must be positive, got {self.max_time_min}")
+            raise ConfigError(f"max_time_min must be positive, got {self.max_time_min}")
         if self.repeat_thresh < 0:
-            raise ValueError(f"repeat_thresh must be >= 0, got {self.repeat_thresh}")
+            raise ConfigError(f"repeat_thresh must be >= 0, got {self.repeat_thresh}")
         if not 0 <= self.warmup < 1:
-            raise ValueError(f"warmup must be in [0, 1), got {self.warmup}")
+            raise ConfigError(f"warmup must be in [0, 1), got {self.warmup}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+            raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
 
     @property
     def epoch_limit(self) -> Optional[int]:
@@ -333,9 +342,9 @@ class DetectConfig:
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.normalisation not in NORMALISATIONS:
-            raise ValueError(
+            raise ConfigError(
                 f"normalisation must be one of {', '.join(NORMALISATIONS)}, got {self.normalisation!r}"
             )
         if self.bands is not None:
@@ -359,12 +368,12 @@ def from_dict(cls: Type[T], data: dict) -> T:
     """Build ``cls`` from ``data``, converting lists back to tuples.
 
     Raises:
-        ValueError: on a key that ``cls`` does not have.
+        ConfigError: on a key that ``cls`` does not have.
     """
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(names)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} setting(s): {', '.join(sorted(unknown))}")
+        raise ConfigError(f"unknown {cls.__name__} setting(s): {', '.join(sorted(unknown))}")
     kwargs = {}
     for key, value in data.items():
         if key == "anchors" and isinstance(value, dict):

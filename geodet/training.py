@@ -15,25 +15,24 @@ import itertools
 import logging
 import math
 import os
-import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from geodet import __version__
 from geodet.config import (
+    ASSIGNERS,
     COCO_ANCHORS,
     COCO_LEVELS,
+    TRAIN_CHIP,
     AnchorConfig,
     ChipConfig,
     ModelConfig,
     TrainConfig,
     from_dict,
-    to_dict,
 )
 from geodet.dataset import (
     ChipDataset,
@@ -46,7 +45,8 @@ from geodet.dataset import (
     split_blocks,
 )
 from geodet.device import resolve_device, training_autocast_dtype
-from geodet.errors import GeodetError
+from geodet.errors import ConfigError, GeodetError
+from geodet.train_state import get_rng_state, load_checkpoint_state, seed_everything, set_rng_state
 from geodet.raster import gsd_metres, open_dataset, pool_band_stats, resolve_bands, sample_band_stats, scene_info
 from geodet.vector import check_labels_inside, labels_for_scene, read_labels
 
@@ -122,30 +122,71 @@ def boxes_in_chip_frame(sources: Sequence[SceneSource], chip_px: int) -> np.ndar
     return np.concatenate(out) if out else np.zeros((0, 4))
 
 
-def _anchor_choice(
+def explicit_anchors(
+    sizes: Optional[Sequence[float]] = None,
+    scales: Optional[Sequence[float]] = None,
+    ratios: Optional[Sequence[float]] = None,
+    levels: Optional[Sequence[int]] = None,
+) -> Optional[Tuple[Tuple[int, ...], AnchorConfig]]:
+    """``(levels, AnchorConfig)`` of explicitly given anchors, or None when none of them is given.
+
+    Args:
+        sizes: base anchor size in px per pyramid level; needed whenever any of
+            the others is given.
+        scales / ratios: default to :class:`AnchorConfig`'s.
+        levels: pyramid levels (default: one per size from P3 up).
+    """
+    if not (sizes or scales or ratios or levels):
+        return None
+    if not sizes:
+        raise ConfigError("give --anchor-sizes with --anchor-scales/--anchor-ratios/--levels.")
+    levels = tuple(int(v) for v in levels) if levels else tuple(range(3, 3 + len(sizes)))
+    base = AnchorConfig()
+    return levels, AnchorConfig(sizes=tuple(sizes), scales=tuple(scales) if scales else base.scales,
+                                ratios=tuple(ratios) if ratios else base.ratios)
+
+
+def resolve_anchors(
     anchors: AnchorsArg,
-    boxes_px: np.ndarray,
     overrides: dict,
+    boxes_px: np.ndarray,
+    *,
     chip_px: int,
     class_ids: Optional[np.ndarray] = None,
-):
-    """``(levels, AnchorConfig, {IoU threshold overrides})`` for the ``anchors`` argument.
+) -> Tuple[Tuple[int, ...], AnchorConfig, dict]:
+    """``(levels, AnchorConfig, {IoU threshold overrides})`` of a new model: the one
+    place where the ways of setting anchors meet.
 
-    ``auto`` fits the anchors per class (``class_ids [N]`` of ``boxes_px``;
-    None = one class) for the assigner in ``overrides`` (default
-    ``ModelConfig.assigner``). With ``"atss"`` nothing else is fitted: ATSS
-    sets each box's IoU threshold itself. With ``"maxiou"`` the matching
-    thresholds are fitted too (:func:`geodet.anchors.fit_assignment`) unless
-    ``overrides`` sets ``fg_iou_thresh``.
+    In order of precedence:
+
+    1. ``levels`` and ``anchors`` both in ``overrides`` (a ``model:`` table):
+       taken as they are (``anchors`` may be a dict) and removed from
+       ``overrides``; no threshold is fitted.
+    2. ``anchors=(levels, AnchorConfig)`` (see :func:`explicit_anchors`): as given.
+    3. ``anchors="coco"``: torchvision's COCO anchors on P3-P7.
+    4. ``anchors="auto"``: fitted per class (``class_ids [N]`` of
+       ``boxes_px [N, 4]`` xyxy in chip px; None = one class) for the
+       assigner in ``overrides`` (default ``ModelConfig.assigner``). With
+       ``"atss"`` nothing else is fitted: ATSS sets each box's IoU threshold
+       itself. With ``"maxiou"`` the matching thresholds are fitted too
+       (:func:`geodet.anchors.fit_assignment`) unless ``overrides`` sets
+       ``fg_iou_thresh``; ``bg_iou_thresh`` in ``overrides`` is kept.
     """
     from geodet.anchors import fit_anchors, fit_assignment
 
+    if "levels" in overrides and "anchors" in overrides:
+        levels, anchor_cfg = tuple(overrides.pop("levels")), overrides.pop("anchors")
+        if isinstance(anchor_cfg, dict):
+            anchor_cfg = from_dict(AnchorConfig, anchor_cfg)
+        return levels, anchor_cfg, {}
     if isinstance(anchors, tuple):
         return anchors[0], anchors[1], {}
     if anchors == "coco":
         return COCO_LEVELS, COCO_ANCHORS, {}
     if anchors == "auto":
         assigner = overrides.get("assigner", ModelConfig.assigner)
+        if assigner not in ASSIGNERS:
+            raise ConfigError(f"assigner must be one of {', '.join(ASSIGNERS)}, got {assigner!r}")
         if assigner == "atss":
             levels, anchor_cfg, _, _ = fit_assignment(
                 boxes_px, class_ids=class_ids, assigner="atss", chip_size=chip_px
@@ -233,13 +274,78 @@ def format_epoch(record: Dict[str, Any], epoch_limit: Optional[int] = None) -> s
     return line
 
 
+@dataclass
+class TrainingRun:
+    """Everything :func:`prepare_run` sets up for the loop (one process; a
+    distributed run would set its rank, sampler and writer here).
+
+    Attributes:
+        device: where the model trains.
+        model_config: the config the model was built with.
+        class_names: [K] class names.
+        train_ds / val_ds: training chips; validation chips or None.
+        sampler: repeat-factor sampler of the training chips.
+        loader: the training DataLoader (drawn by ``sampler``).
+        net: the model being trained.
+        eval_net: the weights validated and saved as the model (the EMA's when on).
+        ema: the moving average of ``net``'s weights, or None.
+        optimizer / scaler: AdamW and the AMP gradient scaler.
+        amp_dtype: autocast dtype, or None without AMP.
+        params: the trained parameters (gradient clipping).
+        meta: what the model file describes besides the weights.
+    """
+
+    device: torch.device
+    model_config: ModelConfig
+    class_names: List[str]
+    train_ds: ChipDataset
+    val_ds: Optional[ChipDataset]
+    sampler: RepeatFactorSampler
+    loader: Any
+    net: torch.nn.Module
+    eval_net: torch.nn.Module
+    ema: Any
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    amp_dtype: Optional[torch.dtype]
+    params: List[torch.nn.Parameter]
+    meta: Dict[str, Any]
+
+
+@dataclass
+class LoopState:
+    """Where the loop is: what a last checkpoint saves and a resume restores."""
+
+    epoch: int = 0
+    step: int = 0
+    elapsed_before_s: float = 0.0
+    best: float = float("-inf")
+    history: List[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long the run lasts: epochs, steps and wall time (None = no limit)."""
+
+    epoch_limit: Optional[int]
+    total_steps: Optional[int]
+    max_time_s: Optional[float]
+
+    def progress(self, step: int, elapsed_s: float) -> float:
+        """Share of the schedule at a step: steps or time, whichever is further along."""
+        fracs = [] if self.total_steps is None else [step / self.total_steps]
+        if self.max_time_s is not None:
+            fracs.append(elapsed_s / self.max_time_s)
+        return max(fracs)
+
+
 def train(
     imagery: Sequence[str],
     labels: str,
     out: str,
     *,
     class_field: Optional[str] = None,
-    chip: ChipConfig = ChipConfig(),
+    chip: ChipConfig = TRAIN_CHIP,
     model: Optional[dict] = None,
     config: TrainConfig = TrainConfig(),
     anchors: AnchorsArg = "auto",
@@ -256,12 +362,14 @@ def train(
         out: model file path; the last (resumable) checkpoint goes beside it
             as ``<stem>.last.pt``.
         class_field: the labels' class column.
-        chip: chip size/overlap/bands for training (and the default for detection).
+        chip: chip size/overlap/bands for training (and the default for
+            detection); default :data:`geodet.config.TRAIN_CHIP` (256 px).
         model: :class:`ModelConfig` field overrides (``num_classes``,
             ``in_channels`` and, unless given, ``levels``/``anchors`` are filled in).
         config: training loop settings.
         anchors: ``"auto"`` (fit to the labels), ``"coco"`` (torchvision
-            defaults) or ``(levels, AnchorConfig)``.
+            defaults) or ``(levels, AnchorConfig)`` (:func:`explicit_anchors`);
+            see :func:`resolve_anchors`.
         resume: continue from ``<stem>.last.pt``.
         overwrite: replace an existing ``out``.
         progress: show a progress bar with the running loss (stderr).
@@ -271,10 +379,31 @@ def train(
     Returns:
         :class:`TrainResult` with the model path and per-epoch history.
     """
-    from geodet.anchors import anchor_coverage
-    from geodet.model import build_model
-    from geodet.modelfile import save_model
+    last_path = _check_outputs(out, resume=resume, overwrite=overwrite)
+    run, state = prepare_run(imagery, labels, class_field=class_field, chip=chip, model=model, config=config,
+                             anchors=anchors, resume_from=last_path if resume else None)
+    budget = _budget(run, config)
+    clock = _Clock(state.elapsed_before_s)
+    claimed = resume or overwrite  # may the best-model file at ``out`` be replaced?
+    epochs = (range(state.epoch, budget.epoch_limit) if budget.epoch_limit is not None
+              else itertools.count(state.epoch))
+    lr = _lr_at(0.0, config.lr, config.warmup)
+    for epoch in epochs:
+        record, lr, stop = train_one_epoch(run, state, epoch, config, budget, clock, lr, progress=progress)
+        _end_of_epoch(run, state, record, config, budget, clock)
+        if on_epoch is not None:
+            on_epoch(record)
+        claimed = save_checkpoints(run, state, record, out, last_path, clock, claimed=claimed)
+        if stop:
+            log.info("time limit of %.1f min reached; stopped after %d steps", config.max_time_min, state.step)
+            break
+    _warn_if_nothing_learned(state.history)
+    return TrainResult(model_path=str(out), last_path=last_path, history=state.history,
+                       model_config=run.model_config)
 
+
+def _check_outputs(out: str, *, resume: bool, overwrite: bool) -> str:
+    """Refuse to start a run that would clobber ``out`` or resume from nothing; the last checkpoint's path."""
     from geodet.outputs import check_output
 
     last_path = last_checkpoint_path(out)
@@ -283,47 +412,101 @@ def train(
     if not resume and os.path.exists(out) and not overwrite:
         raise GeodetError(f"{out} already exists; choose another name, pass --overwrite, or --resume.")
     check_output(out, overwrite=True)  # the folder exists and can be written
+    return last_path
+
+
+def prepare_run(
+    imagery: Sequence[str],
+    labels: str,
+    *,
+    class_field: Optional[str],
+    chip: ChipConfig,
+    model: Optional[dict],
+    config: TrainConfig,
+    anchors: AnchorsArg,
+    resume_from: Optional[str] = None,
+) -> Tuple[TrainingRun, LoopState]:
+    """Set a run up: seed, sources, model config (anchors), datasets and
+    sampler, model, optimizer, loader; restored from the last checkpoint
+    ``resume_from`` when given. Returns the run and the loop's starting state."""
+    from geodet.model import build_model
 
     device = resolve_device(config.device)
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
     infos, label_set, sources = load_sources(imagery, labels, class_field, chip)
     boxes_px = boxes_in_chip_frame(sources, chip.size)
-
-    overrides = dict(model or {})
-    state = None
-    if resume:
-        state = _load_checkpoint_state(last_path)
-        model_cfg = state["model_config"]
-        if list(state["class_names"]) != list(label_set.class_names):
+    checkpoint = None if resume_from is None else load_checkpoint_state(resume_from)
+    class_names = list(label_set.class_names)
+    if checkpoint is not None:
+        model_cfg = checkpoint["model_config"]
+        if list(checkpoint["class_names"]) != class_names:
             raise GeodetError(
-                f"cannot resume: the checkpoint's classes {state['class_names']} differ from the labels' "
-                f"{list(label_set.class_names)}."
+                f"cannot resume: the checkpoint's classes {checkpoint['class_names']} differ from the labels' "
+                f"{class_names}."
             )
     else:
-        if "levels" in overrides and "anchors" in overrides:
-            levels, anchor_cfg = tuple(overrides.pop("levels")), overrides.pop("anchors")
-            if isinstance(anchor_cfg, dict):
-                anchor_cfg = from_dict(AnchorConfig, anchor_cfg)
-        else:
-            class_ids = np.concatenate([s.class_ids for s in sources])  # per-class anchor fitting
-            levels, anchor_cfg, thresholds = _anchor_choice(anchors, boxes_px, overrides, chip.size,
-                                                            class_ids=class_ids)
-            overrides.update(thresholds)
-        overrides.update(
-            num_classes=len(label_set.class_names),
-            in_channels=len(sources[0].bands),
-            levels=tuple(levels),
-            anchors=anchor_cfg,
-        )
-        model_cfg = ModelConfig(**overrides)
+        model_cfg = _new_model_config(model, anchors, sources, boxes_px, len(class_names), chip.size)
+    _log_anchor_coverage(model_cfg, boxes_px, chip.size)
+    train_ds, val_ds, sampler = _datasets(sources, class_names, chip, config)
+
+    net = build_model(model_cfg).to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        net = net.to(memory_format=torch.channels_last)
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    amp_dtype = training_autocast_dtype(device, config.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    ema = _ema_model(net, config.ema_decay)
+    run = TrainingRun(
+        device=device, model_config=model_cfg, class_names=class_names, train_ds=train_ds, val_ds=val_ds,
+        sampler=sampler, loader=None, net=net, eval_net=net if ema is None else ema.module, ema=ema,
+        optimizer=optimizer, scaler=scaler, amp_dtype=amp_dtype, params=params,
+        meta=_model_meta(model_cfg, class_names, sources, infos, chip),
+    )
+    state = LoopState() if checkpoint is None else _restore(run, checkpoint, resume_from)
+    run.loader = torch.utils.data.DataLoader(
+        train_ds, batch_size=config.batch_size, sampler=sampler, collate_fn=collate,
+        num_workers=config.workers, persistent_workers=config.workers > 0, drop_last=False,
+        generator=torch.Generator().manual_seed(config.seed),
+        pin_memory=device.type == "cuda",
+    )
+    return run, state
+
+
+def _new_model_config(model: Optional[dict], anchors: AnchorsArg, sources: Sequence[SceneSource],
+                      boxes_px: np.ndarray, num_classes: int, chip_px: int) -> ModelConfig:
+    """The :class:`ModelConfig` of a new run: ``model`` overrides, anchors, classes and bands."""
+    overrides = dict(model or {})
+    class_ids = np.concatenate([s.class_ids for s in sources])  # per-class anchor fitting
+    levels, anchor_cfg, thresholds = resolve_anchors(anchors, overrides, boxes_px, chip_px=chip_px,
+                                                     class_ids=class_ids)
+    overrides.update(thresholds)
+    overrides.update(
+        num_classes=num_classes,
+        in_channels=len(sources[0].bands),
+        levels=tuple(levels),
+        anchors=anchor_cfg,
+    )
+    return from_dict(ModelConfig, overrides)
+
+
+def _log_anchor_coverage(model_cfg: ModelConfig, boxes_px: np.ndarray, chip_px: int) -> None:
+    from geodet.anchors import anchor_coverage
+
     cov = anchor_coverage(
-        boxes_px, model_cfg.levels, model_cfg.anchors, iou_thresh=model_cfg.fg_iou_thresh, chip_size=chip.size
+        boxes_px, model_cfg.levels, model_cfg.anchors, iou_thresh=model_cfg.fg_iou_thresh, chip_size=chip_px
     )
     log.info(
         "anchors: levels %s sizes %s; coverage %.3f; foreground/background IoU %.2f/%.2f",
         model_cfg.levels, model_cfg.anchors.sizes, cov, model_cfg.fg_iou_thresh, model_cfg.bg_iou_thresh,
     )
 
+
+def _datasets(sources: Sequence[SceneSource], class_names: Sequence[str], chip: ChipConfig,
+              config: TrainConfig) -> Tuple[ChipDataset, Optional[ChipDataset], RepeatFactorSampler]:
+    """Training and validation chips from spatial blocks, the label warnings, and the
+    repeat-factor sampler of the training chips."""
     block_px = choose_block_px(sources, chip.size, config.val_fraction)
     train_blocks, val_blocks = split_blocks(spatial_blocks(sources, block_px), config.val_fraction, config.seed)
     train_ds = ChipDataset(
@@ -342,7 +525,6 @@ def train(
         len(train_ds), train_ds.positives, len(val_ds) if val_ds else 0,
         len(train_blocks) + len(val_blocks), block_px,
     )
-    class_names = list(label_set.class_names)
     n_classes = len(class_names)
     n_labelled = np.bincount(np.concatenate([s.class_ids for s in sources]).astype(np.int64), minlength=n_classes)
     n_val = None
@@ -356,47 +538,16 @@ def train(
         "repeat-factor sampling (t=%g): %.1f chip draws per epoch from %d chips, largest factor %.2f",
         config.repeat_thresh, sampler.expected_len(), len(train_ds), float(factors.max(initial=1.0)),
     )
+    return train_ds, val_ds, sampler
 
-    net = build_model(model_cfg).to(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        net = net.to(memory_format=torch.channels_last)
-    params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    amp_dtype = training_autocast_dtype(device, config.amp)
-    use_amp = amp_dtype is not None
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    ema = _ema_model(net, config.ema_decay)
-    # the weights validated and kept as the model: the moving average when it is on
-    eval_net = net if ema is None else ema.module
 
-    epoch_limit = config.epoch_limit
-    steps_per_epoch = math.ceil(sampler.expected_len() / config.batch_size)
-    total_steps = None if epoch_limit is None else max(1, steps_per_epoch * epoch_limit)
-    max_time_s = None if config.max_time_min is None else 60.0 * config.max_time_min
-
-    history: List[dict] = []
-    start_epoch, step, elapsed_before, best = 0, 0, 0.0, float("-inf")
-    if state is not None:
-        net.load_state_dict(state["state_dict"])
-        ts = state["train_state"]
-        optimizer.load_state_dict(ts["optimizer"])
-        if ts.get("scaler"):
-            scaler.load_state_dict(ts["scaler"])
-        if ema is not None:
-            if ts.get("ema") is None:
-                raise GeodetError(f"cannot resume with an EMA of weights: {last_path} was trained without one.")
-            ema.load_state_dict(ts["ema"])
-        start_epoch, step = int(ts["epoch"]), int(ts["step"])
-        elapsed_before, best = float(ts["elapsed_s"]), float(ts["best"])
-        history = list(ts["history"])
-        _set_rng_state(ts["rng"])
-        log.info("resumed from %s at epoch %d, step %d", last_path, start_epoch, step)
-
+def _model_meta(model_cfg: ModelConfig, class_names: Sequence[str], sources: Sequence[SceneSource],
+                infos, chip: ChipConfig) -> Dict[str, Any]:
+    """What the model file describes besides the weights (detection reads it back)."""
     stored_stats = pool_band_stats([s.stats for s in sources])  # what detection normalises with
-    meta = dict(
+    return dict(
         model_config=model_cfg,
-        class_names=list(label_set.class_names),
+        class_names=list(class_names),
         bands=list(sources[0].bands),
         band_mean=list(stored_stats.mean),
         band_std=list(stored_stats.std),
@@ -405,112 +556,161 @@ def train(
         gsd=float(np.mean([gsd_metres(i) for i in infos])),
         dtype=infos[0].dtype,
     )
-    loader = torch.utils.data.DataLoader(
-        train_ds, batch_size=config.batch_size, sampler=sampler, collate_fn=collate,
-        num_workers=config.workers, persistent_workers=config.workers > 0, drop_last=False,
-        generator=torch.Generator().manual_seed(config.seed),
-        pin_memory=device.type == "cuda",
+
+
+def _restore(run: TrainingRun, checkpoint: dict, path: str) -> LoopState:
+    """Load a last checkpoint's weights, optimizer, scaler, EMA and RNG into ``run``; its loop state."""
+    run.net.load_state_dict(checkpoint["state_dict"])
+    ts = checkpoint["train_state"]
+    run.optimizer.load_state_dict(ts["optimizer"])
+    if ts.get("scaler"):
+        run.scaler.load_state_dict(ts["scaler"])
+    if run.ema is not None:
+        if ts.get("ema") is None:
+            raise GeodetError(f"cannot resume with an EMA of weights: {path} was trained without one.")
+        run.ema.load_state_dict(ts["ema"])
+    state = LoopState(epoch=int(ts["epoch"]), step=int(ts["step"]), elapsed_before_s=float(ts["elapsed_s"]),
+                      best=float(ts["best"]), history=list(ts["history"]))
+    set_rng_state(ts["rng"])
+    log.info("resumed from %s at epoch %d, step %d", path, state.epoch, state.step)
+    return state
+
+
+def _budget(run: TrainingRun, config: TrainConfig) -> Budget:
+    epoch_limit = config.epoch_limit
+    steps_per_epoch = math.ceil(run.sampler.expected_len() / config.batch_size)
+    return Budget(
+        epoch_limit=epoch_limit,
+        total_steps=None if epoch_limit is None else max(1, steps_per_epoch * epoch_limit),
+        max_time_s=None if config.max_time_min is None else 60.0 * config.max_time_min,
     )
-    t0 = time.monotonic()
-    stop = False
-    claimed = resume or overwrite  # may the best-model file at ``out`` be replaced?
-    epoch = start_epoch
-    epochs = range(start_epoch, epoch_limit) if epoch_limit is not None else itertools.count(start_epoch)
-    lr = _lr_at(0.0, config.lr, config.warmup)
-    for epoch in epochs:
-        train_ds.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        loader.generator.manual_seed(config.seed + epoch)
-        net.train()
-        t_epoch, seen, loss_sum = time.monotonic(), 0, 0.0
-        total = f"/{epoch_limit}" if epoch_limit is not None else ""
-        bar = _progress_bar(progress, len(loader), f"epoch {epoch + 1}{total}")
-        for images, targets in loader:
-            elapsed = elapsed_before + time.monotonic() - t0
-            fracs = [] if total_steps is None else [step / total_steps]
-            if max_time_s is not None:
-                fracs.append(elapsed / max_time_s)
-            lr = _lr_at(max(fracs), config.lr, config.warmup)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            images = images.to(device, non_blocking=True)
-            if device.type == "cuda":
-                images = images.contiguous(memory_format=torch.channels_last)
-            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                losses = net(images, targets)
-                loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, 10.0)
-            scaler.step(optimizer)
-            scaler.update()
-            if ema is not None:
-                ema.update_parameters(net)
-            step += 1
-            seen += len(images)
-            loss_sum += float(loss.detach()) * len(images)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{lr:.2e}")
-            if max_time_s is not None and elapsed_before + time.monotonic() - t0 >= max_time_s:
-                stop = True
-                break
+
+
+class _Clock:
+    """Training time in seconds, counting the time before a resume."""
+
+    def __init__(self, elapsed_before_s: float):
+        self.elapsed_before_s, self.t0 = elapsed_before_s, time.monotonic()
+
+    def elapsed(self) -> float:
+        return self.elapsed_before_s + time.monotonic() - self.t0
+
+
+def train_one_epoch(run: TrainingRun, state: LoopState, epoch: int, config: TrainConfig, budget: Budget,
+                    clock: _Clock, lr: float, *, progress: bool = False) -> Tuple[Dict[str, Any], float, bool]:
+    """One pass over the sampler's draws (0-based ``epoch``), stopping early when
+    the time budget is spent. Advances ``state.step``.
+
+    Returns:
+        ``(record, lr, stop)``: the epoch's history record (epoch, loss, lr,
+        seconds, chips_per_s, chips, complete), the last learning rate, and
+        whether the time limit stopped it.
+    """
+    run.train_ds.set_epoch(epoch)
+    run.sampler.set_epoch(epoch)
+    run.loader.generator.manual_seed(config.seed + epoch)
+    net, device, use_amp = run.net, run.device, run.amp_dtype is not None
+    net.train()
+    t_epoch, seen, loss_sum, stop = time.monotonic(), 0, 0.0, False
+    total = f"/{budget.epoch_limit}" if budget.epoch_limit is not None else ""
+    bar = _progress_bar(progress, len(run.loader), f"epoch {epoch + 1}{total}")
+    for images, targets in run.loader:
+        lr = _lr_at(budget.progress(state.step, clock.elapsed()), config.lr, config.warmup)
+        for g in run.optimizer.param_groups:
+            g["lr"] = lr
+        images = images.to(device, non_blocking=True)
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        with torch.autocast(device.type, dtype=run.amp_dtype, enabled=use_amp):
+            losses = net(images, targets)
+            loss = sum(losses.values())
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.params, 10.0)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        if run.ema is not None:
+            run.ema.update_parameters(net)
+        state.step += 1
+        seen += len(images)
+        loss_sum += float(loss.detach()) * len(images)
         if bar is not None:
-            bar.close()
-        seconds = time.monotonic() - t_epoch
-        record = {
-            "epoch": epoch + 1,
-            "loss": loss_sum / max(seen, 1),
-            "lr": lr,
-            "seconds": seconds,
-            "chips_per_s": seen / max(seconds, 1e-9),
-            "chips": seen,
-            "complete": not stop,
-        }
-        if val_ds is not None:
-            metrics = validate(eval_net, val_ds, device, batch_size=config.batch_size, amp_dtype=amp_dtype if use_amp else None)
-            record.update(
-                val_map50=metrics["map_50"], val_map=metrics["map"],
-                val_ap50={class_names[c]: ap for c, ap in metrics["ap50_per_class"].items()},
-            )
-        record["progress"] = budget_progress(
-            epoch + 1, epoch_limit, elapsed_before + time.monotonic() - t0, max_time_s
-        )
-        _warn_weak_classes(record, history, config.weak_class_ap50)
-        history.append(record)
-        log.info("%s", format_epoch(record, epoch_limit))
-        if on_epoch is not None:
-            on_epoch(record)
-        score = record["val_map50"] if val_ds is not None else -record["loss"]
-        if score > best:
-            best = score
-            # the first write of a new run never replaces a file that appeared meanwhile (another run)
-            save_model(out, eval_net, extra={"history": history}, overwrite=claimed, **meta)
-            claimed = True
-        train_state = {
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-            "epoch": epoch + 1,
-            "step": step,
-            "elapsed_s": elapsed_before + time.monotonic() - t0,
-            "best": best,
-            "history": history,
-            "rng": _get_rng_state(),
-            "ema": None if ema is None else ema.state_dict(),
-        }
-        save_model(last_path, net, extra={"history": history, "train_state": train_state}, **meta)
-        if stop:
-            log.info("time limit of %.1f min reached; stopped after %d steps", config.max_time_min, step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{lr:.2e}")
+        if budget.max_time_s is not None and clock.elapsed() >= budget.max_time_s:
+            stop = True
             break
+    if bar is not None:
+        bar.close()
+    seconds = time.monotonic() - t_epoch
+    record = {
+        "epoch": epoch + 1,
+        "loss": loss_sum / max(seen, 1),
+        "lr": lr,
+        "seconds": seconds,
+        "chips_per_s": seen / max(seconds, 1e-9),
+        "chips": seen,
+        "complete": not stop,
+    }
+    return record, lr, stop
+
+
+def _end_of_epoch(run: TrainingRun, state: LoopState, record: Dict[str, Any], config: TrainConfig,
+                  budget: Budget, clock: _Clock) -> None:
+    """Validate, add the budget's progress, warn about weak classes, log and keep ``record``."""
+    if run.val_ds is not None:
+        metrics = validate(run.eval_net, run.val_ds, run.device, batch_size=config.batch_size,
+                           amp_dtype=run.amp_dtype)
+        record.update(
+            val_map50=metrics["map_50"], val_map=metrics["map"],
+            val_ap50={run.class_names[c]: ap for c, ap in metrics["ap50_per_class"].items()},
+        )
+    record["progress"] = budget_progress(record["epoch"], budget.epoch_limit, clock.elapsed(), budget.max_time_s)
+    _warn_weak_classes(record, state.history, config.weak_class_ap50)
+    state.history.append(record)
+    log.info("%s", format_epoch(record, budget.epoch_limit))
+
+
+def save_checkpoints(run: TrainingRun, state: LoopState, record: Dict[str, Any], out: str, last_path: str,
+                     clock: _Clock, *, claimed: bool) -> bool:
+    """Save the best model at ``out`` when this epoch is the best so far, and the
+    resumable last checkpoint (weights, optimizer, scaler, EMA, loop state, RNG).
+
+    ``claimed``: may ``out`` be replaced? The first save of a new run never
+    replaces a file that appeared meanwhile (another run). Returns the new ``claimed``.
+    """
+    from geodet.modelfile import save_model
+
+    state.epoch = record["epoch"]
+    score = record["val_map50"] if run.val_ds is not None else -record["loss"]
+    if score > state.best:
+        state.best = score
+        save_model(out, run.eval_net, extra={"history": state.history}, overwrite=claimed, **run.meta)
+        claimed = True
+    train_state = {
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {},
+        "epoch": state.epoch,
+        "step": state.step,
+        "elapsed_s": clock.elapsed(),
+        "best": state.best,
+        "history": state.history,
+        "rng": get_rng_state(),
+        "ema": None if run.ema is None else run.ema.state_dict(),
+    }
+    save_model(last_path, run.net, extra={"history": state.history, "train_state": train_state}, **run.meta)
+    return claimed
+
+
+def _warn_if_nothing_learned(history: Sequence[dict]) -> None:
     if history and history[-1].get("val_map50") == 0.0:
         log.warning(
             "training ended with validation mAP50 still 0.0 after %d epoch(s): the model finds none of the "
             "validation objects; give it more labelled objects, more epochs or time, or check that the labels "
             "lie on the objects (geodet tile).", len(history),
         )
-    return TrainResult(model_path=str(out), last_path=last_path, history=history, model_config=model_cfg)
 
 
 def _warn_weak_classes(record: Dict[str, Any], history: Sequence[dict], threshold: float) -> None:
@@ -562,56 +762,3 @@ def _progress_bar(enabled: bool, total: int, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def _get_rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": _python_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _numpy_state() -> dict:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached": float(cached)}
-
-
-def _python_state() -> list:
-    version, internal, gauss = random.getstate()
-    return [int(version), torch.tensor(internal, dtype=torch.int64), gauss]
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(int(v) for v in internal.tolist()), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _load_checkpoint_state(path: str) -> dict:
-    """The training state of a last checkpoint, read by :func:`geodet.modelfile.read_model_file`."""
-    from geodet.modelfile import read_model_file
-
-    try:
-        raw = read_model_file(path)
-    except GeodetError as exc:
-        raise GeodetError(f"cannot resume: {exc}") from None
-    extra = raw.get("extra") or {}
-    if "train_state" not in extra:
-        raise GeodetError(f"cannot resume: {path} holds no training state.")
-    return {
-        "model_config": from_dict(ModelConfig, dict(raw["config"])),
-        "class_names": list(raw["class_names"]),
-        "state_dict": raw["state_dict"],
-        "train_state": extra["train_state"],
-    }

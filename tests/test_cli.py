@@ -95,3 +95,57 @@ def test_anchors_command(sample_scene, sample_labels):
     assert result.exit_code == 0 and "coverage" in result.output.lower()
     result = run("anchors", "--imagery", sample_scene, "--labels", sample_labels, "--json", "--fg-iou", "0.3")
     assert json.loads(result.output)["fg_iou"] == 0.3
+
+
+def test_user_errors_keeps_bugs_visible():
+    """A GeodetError (ConfigError included) becomes one line; a plain ValueError is a bug and is not hidden."""
+    import click
+
+    from geodet.config import ChipConfig
+    from geodet.errors import ConfigError, GeodetError
+    from geodet_cli.options import user_errors
+
+    with pytest.raises(click.ClickException, match="cannot read"):
+        with user_errors():
+            raise GeodetError("cannot read x.tif.")
+    with pytest.raises(click.ClickException, match="overlap"):
+        with user_errors():
+            ChipConfig(size=64, overlap=64)
+    with pytest.raises(ValueError, match="a bug") as info:
+        with user_errors():
+            raise ValueError("a bug")
+    assert not isinstance(info.value, click.ClickException)
+    with pytest.raises(ConfigError) as info:
+        ChipConfig(size=4)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, GeodetError)
+
+
+def test_cli_defaults_read_the_config_dataclasses():
+    from geodet.config import TRAIN_CHIP, ChipConfig, DetectConfig, TrainConfig
+    from geodet.vector import AUTO_CLASS_FIELDS
+
+    def defaults(command):
+        ctx = cli.make_context("geodet", [command, "--help"], resilient_parsing=True)
+        cmd = cli.get_command(ctx, command)
+        return {p.name: p.default for p in cmd.params}
+
+    train = defaults("train")
+    assert train["chip_size"] == TRAIN_CHIP.size == 256 and train["overlap"] == TRAIN_CHIP.overlap
+    assert train["batch_size"] == TrainConfig.batch_size and train["lr"] == TrainConfig.lr
+    assert train["point_size"] == TRAIN_CHIP.point_size_m and train["seed"] == TrainConfig.seed
+    tile = defaults("tile")
+    assert tile["chip_size"] == ChipConfig.size and tile["min_visible"] == ChipConfig.min_visible
+    assert defaults("anchors")["chip_size"] == TRAIN_CHIP.size
+    detect = defaults("detect")
+    assert detect["score_threshold"] == DetectConfig.score_threshold and detect["nms_iou"] == DetectConfig.nms_iou
+    text = CliRunner().invoke(cli, ["tile", "--help"]).output
+    assert ", ".join(AUTO_CLASS_FIELDS) in " ".join(text.split())
+
+
+def test_train_api_and_cli_share_the_chip_default():
+    import inspect
+
+    from geodet.config import TRAIN_CHIP
+    from geodet.training import train
+
+    assert inspect.signature(train).parameters["chip"].default == TRAIN_CHIP

@@ -268,3 +268,34 @@ def test_training_on_two_scenes(tmp_path):
     result = train(paths, str(labels), str(tmp_path / "m.pt"), chip=ChipConfig(size=64, overlap=16),
                    model=tiny_model_overrides(), anchors="coco", config=TrainConfig(epochs=1, batch_size=4))
     assert len(result.history) == 1 and result.history[0]["chips"] > 0
+
+
+def test_explicit_anchors_and_resolution_order():
+    from geodet.config import COCO_ANCHORS, COCO_LEVELS, AnchorConfig
+    from geodet.errors import ConfigError
+    from geodet.training import explicit_anchors, resolve_anchors
+
+    assert explicit_anchors() is None
+    levels, cfg = explicit_anchors(sizes=(8.0, 16.0), ratios=(1.0,))
+    assert levels == (3, 4) and cfg.scales == AnchorConfig().scales and cfg.ratios == (1.0,)
+    assert explicit_anchors(sizes=(8.0,), levels=(2.0,))[0] == (2,)
+    with pytest.raises(ConfigError, match="--anchor-sizes"):
+        explicit_anchors(scales=(1.0, 2.0))
+    boxes = np.zeros((0, 4))
+    assert resolve_anchors("coco", {}, boxes, chip_px=64) == (COCO_LEVELS, COCO_ANCHORS, {})
+    # a model: table with levels and anchors wins, and leaves the other overrides
+    overrides = {"levels": [2, 3], "anchors": {"sizes": [8, 16]}, "focal_gamma": 1.5}
+    levels, cfg, thresholds = resolve_anchors("coco", overrides, boxes, chip_px=64)
+    assert levels == (2, 3) and cfg.sizes == (8, 16) and thresholds == {} and overrides == {"focal_gamma": 1.5}
+    with pytest.raises(ConfigError, match="assigner"):
+        resolve_anchors("auto", {"assigner": "nope"}, boxes, chip_px=64)
+
+
+def test_unknown_model_setting_is_one_sentence(small_scene, tmp_path):
+    from geodet_cli.main import cli
+
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("model:\n  fpn_chanels: 32\n")
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "--imagery", small_scene.path,
+                                   "--labels", small_scene.labels, "-o", str(tmp_path / "m.pt")])
+    assert res.exit_code == 1 and "unknown ModelConfig setting(s): fpn_chanels" in res.output
