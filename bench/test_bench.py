@@ -1,4 +1,4 @@
-"""Tests of the benchmark harness's own pieces (not part of `pytest -q`, whose testpaths is tests/).
+"""Tests of the benchmark harness's own pieces (collected by `pytest -q`: pyproject lists bench/ in testpaths).
 
     python -m pytest -q bench/test_bench.py -p no:cacheprovider
 """
