@@ -97,7 +97,7 @@ def run_job(job: dict, setting: str, anchors: str, args, work: Path) -> dict:
     for tif in job["train"]:
         cmd += ["--imagery", tif]
     cmd += ["--labels", job["train_labels"], "--class-field", job["class_field"], "-o", model,
-            "--max-time", str(args.minutes), "--epochs", "1000", "--anchors", anchors, "--device", args.device,
+            "--max-time", str(args.minutes), "--anchors", anchors, "--device", args.device,
             "--seed", str(job["train_seed"]), "--quiet"]
     _, train_s = run(cmd)
     _, detect_s = run([args.geodet, "detect", job["test"], "-m", model, "-o", dets, "--score-threshold", "0.05",

@@ -3,7 +3,7 @@
 matplotlib only, and no pyplot state is touched at import. A function given
 an ``ax`` draws on it and returns it; without one it makes a figure with
 ``matplotlib.pyplot.subplots`` (so it shows in a notebook) and returns its
-Axes. Files are written atomically (a temporary file, then ``os.replace``)
+Axes. Files are written atomically through :mod:`geodet.outputs` (never replacing a file unasked)
 without pyplot.
 
 Coordinate spaces: :func:`show_scene` draws in the scene's CRS (imshow
