@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from dataclasses import dataclass
 import glob
 import logging
 import os
@@ -98,6 +99,109 @@ def config_for_model(config: DetectConfig, meta) -> DetectConfig:
     return dataclasses.replace(config, bands=bands, chip_size=chip_px, overlap=overlap)
 
 
+@dataclass(frozen=True)
+class SceneTask:
+    """One scene's share of a detection job: what is read, and whose detections are reported.
+
+    A task is the unit of work that runs in-process or as one Dask task.
+
+    Attributes:
+        path: the scene as GDAL opens it; its detections carry this scene's name.
+        context: how neighbouring scenes of the same mosaic take part (None: the
+            scene alone). Filled in by :func:`plan_tasks`.
+    """
+
+    path: str
+    context: Optional[object] = None
+
+
+def plan_tasks(paths: Sequence[str]) -> List[SceneTask]:
+    """One :class:`SceneTask` per scene path, in the given order."""
+    return [SceneTask(str(p)) for p in paths]
+
+
+@dataclass
+class Detector:
+    """A model ready for inference, with the settings resolved for it.
+
+    Built once per process (or Dask worker) by :func:`load_detector` and reused
+    for every scene.
+    """
+
+    net: object
+    meta: object
+    device: object
+    config: DetectConfig
+
+
+def load_detector(model=None, config: DetectConfig = DetectConfig()) -> Detector:
+    """Load ``model`` (a path, None for the default model, or ``(net, meta)``) for ``config``.
+
+    Warns when the overlap is small for the model's anchors.
+    """
+    net, meta, device = load(model, config.device)
+    run_config = config_for_model(config, meta)
+    warn = _overlap_warning(meta, run_config.overlap)
+    if warn:
+        log.warning(warn)
+    return Detector(net, meta, device, run_config)
+
+
+def scene_name(path: str) -> str:
+    """The ``scene`` column's value for a scene path."""
+    return Path(path).name
+
+
+def detect_task(task: SceneTask, detector: Detector, *, progress: Optional[Callable[[int, int], None]] = None) -> gpd.GeoDataFrame:
+    """Detections of one task, in its scene's CRS (an empty frame with that CRS when none).
+
+    Raises:
+        GeodetError: the scene cannot be opened or read, or does not fit the model.
+    """
+    from geodet.predict import plan_scene, predict_scene
+
+    path = task.path
+    # The scene is opened once: its metadata, the check against the model, the optional
+    # statistics and the first reader thread share this handle.
+    with open_dataset(path) as src:
+        info = scene_info(src)
+        plan = plan_scene(src, info, detector.config, detector.meta)
+        dets = predict_scene(detector.net, src, plan, detector.config, device=detector.device, progress=progress)
+    log.info("%s: %d detections from %d chips (%d nodata chips skipped)", path, len(dets.scores), dets.chips, dets.skipped)
+    if len(dets.scores) == 0:
+        return empty_frame(info.crs)
+    return gpd.GeoDataFrame(
+        {
+            "class": np.asarray(detector.meta.class_names, dtype=object)[dets.labels],
+            "score": dets.scores.astype(np.float64),
+            "scene": scene_name(path),
+        },
+        geometry=pixel_boxes_to_polygons(dets.boxes_px, info.transform),
+        crs=info.crs,
+    )
+
+
+def combine_frames(frames: Sequence[gpd.GeoDataFrame]) -> gpd.GeoDataFrame:
+    """One detections frame from per-scene frames (each in its scene's CRS).
+
+    The result is in the scenes' CRS when they share one, else in EPSG:4326;
+    rows are sorted by scene, then by descending score.
+    """
+    if not frames:
+        return empty_frame("EPSG:4326")
+    crs_set = {frame.crs.to_string() for frame in frames if frame.crs is not None}
+    out_crs = frames[0].crs if len(crs_set) <= 1 else "EPSG:4326"
+    if len(crs_set) > 1:
+        frames = [frame.to_crs(out_crs) for frame in frames]
+    frames = [frame for frame in frames if len(frame)]
+    if not frames:
+        return empty_frame(out_crs)
+    out = pd.concat(frames, ignore_index=True)
+    return gpd.GeoDataFrame(out, geometry="geometry", crs=out_crs).sort_values(
+        ["scene", "score"], ascending=[True, False], ignore_index=True
+    )
+
+
 def detect(
     scenes: Union[str, Sequence[str]],
     model=None,
@@ -131,8 +235,6 @@ def detect(
         polygons (four pixel corners through the scene's affine) in the
         scene's CRS; when scenes have different CRSs, in EPSG:4326.
     """
-    from geodet.predict import plan_scene, predict_scene
-
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if bands is not None:
@@ -141,73 +243,23 @@ def detect(
         config = dataclasses.replace(config, chip_size=chip_size)
     paths = expand_scenes(scenes)
     failed: Dict[str, str] = {}
-
-    def scene_failed(path: str, exc: GeodetError) -> None:
-        if on_error == "raise":
-            raise exc
-        failed[path] = str(exc)
-        log.warning("skipped %s: %s", path, exc)
-
-    # Each scene is opened once: its metadata, the check against the model, the optional
-    # statistics and the first reader thread share this handle.
-    loaded = None  # (net, meta, device, config resolved for the model), on the first scene that opens
-    scene_crs: Dict[str, object] = {}
+    detector: Optional[Detector] = None
     frames: List[gpd.GeoDataFrame] = []
-    for path in paths:
+    for task in plan_tasks(paths):
+        if detector is None:
+            detector = load_detector(model, config)
         try:
-            src = open_dataset(path)
+            frames.append(detect_task(task, detector, progress=progress))
         except GeodetError as exc:
-            scene_failed(path, exc)
-            continue
-        with src:
-            info = scene_info(src)
-            scene_crs[path] = info.crs
-            if loaded is None:
-                loaded = _load_for_detection(model, config)
-            net, meta, device, run_config = loaded
-            try:
-                plan = plan_scene(src, info, run_config, meta)
-                dets = predict_scene(net, src, plan, run_config, device=device, progress=progress)
-            except GeodetError as exc:
-                scene_failed(path, exc)
-                continue
-        log.info("%s: %d detections from %d chips (%d nodata chips skipped)", path, len(dets.scores), dets.chips, dets.skipped)
-        if len(dets.scores) == 0:
-            continue
-        frames.append(gpd.GeoDataFrame(
-            {
-                "class": np.asarray(meta.class_names, dtype=object)[dets.labels],
-                "score": dets.scores.astype(np.float64),
-                "scene": Path(path).name,
-            },
-            geometry=pixel_boxes_to_polygons(dets.boxes_px, info.transform),
-            crs=info.crs,
-        ))
+            if on_error == "raise":
+                raise
+            failed[task.path] = str(exc)
+            log.warning("skipped %s: %s", task.path, exc)
     if len(failed) == len(paths):
         raise GeodetError("no scene could be read: " + "; ".join(failed.values()))
-    crs_set = {crs.to_string() for crs in scene_crs.values()}
-    out_crs = next(iter(scene_crs.values())) if len(crs_set) == 1 else "EPSG:4326"
-    if len(crs_set) > 1:
-        frames = [frame.to_crs(out_crs) for frame in frames]
-    if not frames:
-        out = empty_frame(out_crs)
-    else:
-        out = pd.concat(frames, ignore_index=True)
-        out = gpd.GeoDataFrame(out, geometry="geometry", crs=out_crs).sort_values(
-            ["scene", "score"], ascending=[True, False], ignore_index=True
-        )
+    out = combine_frames(frames)
     out.attrs["failed_scenes"] = failed
     return out
-
-
-def _load_for_detection(model, config: DetectConfig):
-    """``(net, meta, device, config resolved for the model)``; warns when the overlap is small for the anchors."""
-    net, meta, device = load(model, config.device)
-    run_config = config_for_model(config, meta)
-    warn = _overlap_warning(meta, run_config.overlap)
-    if warn:
-        log.warning(warn)
-    return net, meta, device, run_config
 
 
 def _overlap_warning(meta, overlap_px: int) -> Optional[str]:

@@ -10,6 +10,7 @@ normalisation statistics, chip size, overlap and ground sample distance.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -201,6 +202,23 @@ def load_plain(path: Union[str, os.PathLike], what: str) -> Any:
                 "only weights and plain values, so this one was not written by geodet or was altered."
             ) from None
         raise GeodetError(f"{file} is not a readable {what}: it is corrupt, truncated or of another kind.") from None
+
+
+#: Hex digits of a model file's SHA-256 kept as its short hash.
+HASH_HEX_DIGITS = 16
+
+
+def model_hash(path: Union[str, os.PathLike]) -> str:
+    """The first :data:`HASH_HEX_DIGITS` hex digits of the SHA-256 of a model file's bytes.
+
+    The one identity of a model across outputs, job manifests and exports: two
+    files with the same hash hold the same model.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:HASH_HEX_DIGITS]
 
 
 def read_model_file(path: Union[str, os.PathLike]) -> dict:
