@@ -125,13 +125,16 @@ class Detector:
     """A model ready for inference, with the settings resolved for it.
 
     Built once per process (or Dask worker) by :func:`load_detector` and reused
-    for every scene.
+    for every scene. ``model_name`` / ``model_hash`` identify the model file
+    (:func:`geodet.modelfile.model_hash`; None for an in-memory model).
     """
 
     net: object
     meta: object
     device: object
     config: DetectConfig
+    model_name: str = "in-memory model"
+    model_hash: Optional[str] = None
 
 
 def load_detector(model=None, config: DetectConfig = DetectConfig()) -> Detector:
@@ -139,12 +142,17 @@ def load_detector(model=None, config: DetectConfig = DetectConfig()) -> Detector
 
     Warns when the overlap is small for the model's anchors.
     """
+    from geodet.modelfile import model_hash
+
     net, meta, device = load(model, config.device)
     run_config = config_for_model(config, meta)
     warn = _overlap_warning(meta, run_config.overlap)
     if warn:
         log.warning(warn)
-    return Detector(net, meta, device, run_config)
+    if isinstance(model, tuple):
+        return Detector(net, meta, device, run_config)
+    path = default_model_path() if model is None else str(model)
+    return Detector(net, meta, device, run_config, model_name=Path(path).name, model_hash=model_hash(path))
 
 
 def scene_name(path: str) -> str:
