@@ -7,6 +7,7 @@ import click
 from geodet.config import NORMALISATIONS, PRECISIONS, DetectConfig
 from geodet_cli.options import (
     ProgressBar,
+    asset_option,
     device_option,
     exit_on_failed_scenes,
     overwrite_option,
@@ -46,25 +47,35 @@ _DEFAULTS = DetectConfig()
               help="Scene bands fed to the model, 1-based, e.g. 3,2,1 (default: the model's).")
 @click.option("--quicklook", type=click.Path(dir_okay=False), default=None,
               help="Also write a downsampled PNG of the scene with the detections drawn.")
+@asset_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @overwrite_option
 def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_threshold, nms_iou, device, workers,
-               precision, normalisation, bands, quicklook, quiet, overwrite):
-    """Detect objects in SCENES (GeoTIFFs or glob patterns) and write them to OUT.
+               precision, normalisation, bands, quicklook, asset, quiet, overwrite):
+    """Detect objects in SCENES and write them to OUT.
 
-    Several scenes give one output with a `scene` column. A scene that cannot
-    be read is reported and left out; the others are still written, and the
-    command then exits with status 1, naming the failed scenes.
+    A scene is a GeoTIFF or VRT path, a glob pattern (quoted), @LIST.txt (one
+    per line, # comments), a URL (https://, s3://, gs://, az://) or GDAL path
+    (/vsicurl/, /vsis3/, ...), or a STAC Item, ItemCollection or Catalog JSON
+    (one scene per item; --asset picks the band asset).
+
+    Several scenes give one output with a `scene` column (the file name). A
+    scene that cannot be read is reported and left out; the others are still
+    written, and the command then exits with status 1, naming the failed scenes.
 
     \b
     Examples:
       geodet detect sample_data/suburb.tif -o pools.geojson
       geodet detect 'tiles/*.tif' -m cars.pt -o cars.gpkg --device cuda --batch-size 32
+      geodet detect https://example.com/cogs/area.tif s3://bucket/ortho/t1.tif -o pools.gpkg
+      geodet detect @scenes.txt -o pools.parquet
+      geodet detect items.json --asset visual -o pools.parquet
       geodet detect scene.tif -o pools.parquet --score-threshold 0.5 --quicklook pools.png
       geodet detect other_sensor.tif -m pools.pt -o pools.gpkg --normalisation scene
     """
     with user_errors():
-        from geodet.detection import detect, expand_scenes, write_detections
+        from geodet.detection import detect, write_detections
+        from geodet.sources import resolve_scenes
         from geodet.vector import check_output_path
 
         check_output_path(out, overwrite=overwrite)
@@ -72,7 +83,7 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
             from geodet.plot import check_png_path
 
             check_png_path(quicklook, overwrite=overwrite)
-        paths = expand_scenes(list(scenes))
+        paths = resolve_scenes(list(scenes), asset=asset)
         cfg = DetectConfig(batch_size=batch_size, overlap=overlap, chip_size=chip_size, bands=bands,
                            score_threshold=score_threshold, nms_iou=nms_iou, device=device, workers=workers,
                            precision=precision, normalisation=normalisation)

@@ -61,6 +61,18 @@ class_field_option = click.option(
                     "present, else one class).",
 )
 overwrite_option = click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+asset_option = click.option(
+    "--asset", default=None, metavar="KEY",
+    help="STAC inputs: the asset to read from each item (default: 'visual', else the asset with role visual, "
+         "else the only RGB GeoTIFF).",
+)
+
+#: What a scene argument may be (help text of every command that takes scenes).
+SCENES_HELP = (
+    "A scene is a GeoTIFF or VRT path, a glob pattern (quoted), @LIST.txt (one per line, # comments), "
+    "a URL (https://, s3://, gs://, az://) or GDAL path (/vsicurl/, /vsis3/, ...), or a STAC Item, "
+    "ItemCollection or Catalog JSON (one scene per item)."
+)
 
 
 @contextlib.contextmanager
@@ -82,8 +94,10 @@ def exit_on_failed_scenes(failed: dict, n_scenes: int) -> None:
     if not failed:
         return
     click.echo(f"{len(failed)} of {n_scenes} scene(s) failed and were left out:", err=True)
+    from geodet.sources import redact
+
     for path, reason in failed.items():
-        click.echo(f"  {path}: {reason}", err=True)
+        click.echo(f"  {redact(path)}: {reason}", err=True)
     raise SystemExit(1)
 
 

@@ -6,6 +6,7 @@ import click
 
 from geodet.config import ChipConfig
 from geodet_cli.options import (
+    asset_option,
     bands_option,
     chip_size_option,
     class_field_option,
@@ -28,9 +29,14 @@ from geodet_cli.options import (
 @click.option("--point-size", type=click.FloatRange(0, min_open=True), default=ChipConfig.point_size_m,
               show_default=True, help="Side in metres of the box drawn around a point label.")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@asset_option
 @overwrite_option
-def tile_cmd(imagery, labels, class_field, chip_size, overlap, bands, min_visible, point_size, out_dir, overwrite):
-    """Cut IMAGERY (GeoTIFFs) into georeferenced chips with COCO annotations.
+def tile_cmd(imagery, labels, class_field, chip_size, overlap, bands, min_visible, point_size, out_dir, asset,
+             overwrite):
+    """Cut IMAGERY into georeferenced chips with COCO annotations.
+
+    IMAGERY takes the scenes `geodet detect` takes: GeoTIFF or VRT paths, glob
+    patterns, @LIST.txt, URLs and GDAL paths, STAC JSON (see --asset).
 
     Writes OUT_DIR/chips/*.tif (each with its own transform and CRS) and
     OUT_DIR/annotations.json (COCO: bbox = [x, y, w, h] in chip pixels).
@@ -47,11 +53,12 @@ def tile_cmd(imagery, labels, class_field, chip_size, overlap, bands, min_visibl
 
         chip = ChipConfig(size=chip_size, overlap=overlap, bands=bands, min_visible=min_visible,
                           point_size_m=point_size)
-        summary = tile(list(imagery), labels, out_dir, class_field=class_field, chip=chip, overwrite=overwrite)
+        summary = tile(list(imagery), labels, out_dir, class_field=class_field, chip=chip, overwrite=overwrite,
+                       asset=asset)
     click.echo(
         f"wrote {summary.chips} chips and {summary.annotations} boxes "
         f"({', '.join(summary.class_names)}) to {summary.out_dir}; "
         f"{summary.labels_inside} of {summary.labels_total} labels inside the imagery; "
         f"{summary.skipped_nodata} nodata-only chips skipped"
     )
-    exit_on_failed_scenes(summary.failed, len(imagery))
+    exit_on_failed_scenes(summary.failed, summary.scenes)

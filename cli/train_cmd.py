@@ -6,6 +6,8 @@ import click
 
 from geodet.config import DEFAULT_EPOCHS, TRAIN_CHIP, ModelConfig, TrainConfig
 from geodet_cli.options import (
+    SCENES_HELP,
+    asset_option,
     bands_option,
     class_field_option,
     config_option,
@@ -23,7 +25,8 @@ _DEFAULTS = TrainConfig()
 @click.command("train")
 @config_option
 @click.option("--imagery", multiple=True, required=True, type=click.Path(dir_okay=False),
-              help="Training GeoTIFF; repeat for several scenes.")
+              help="Training scene; repeat for several. " + SCENES_HELP)
+@asset_option
 @click.option("--labels", required=True, type=click.Path(dir_okay=False), help="Vector labels (any CRS).")
 @class_field_option
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
@@ -73,7 +76,7 @@ _DEFAULTS = TrainConfig()
               help="Turn off augmentation (dihedral flips/rotations, scale, colour, blur, noise, chip shift).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @overwrite_option
-def train_cmd(imagery, labels, class_field, out, epochs, batch_size, lr, chip_size, overlap, bands, backbone,
+def train_cmd(imagery, asset, labels, class_field, out, epochs, batch_size, lr, chip_size, overlap, bands, backbone,
               backbone_weights, device, val_fraction, negative_ratio, repeat_thresh, seed, resume, workers,
               max_time, anchors,
               anchor_sizes, anchor_scales, anchor_ratios, levels, point_size, ema_decay, no_augment, quiet, overwrite):
@@ -89,6 +92,7 @@ def train_cmd(imagery, labels, class_field, out, epochs, batch_size, lr, chip_si
       geodet train --imagery sample_data/suburb.tif --labels sample_data/pools.geojson -o pools.pt
       geodet train --imagery a.tif --imagery b.tif --labels cars.gpkg --class-field type \\
           --max-time 60 --device cuda -o cars.pt
+      geodet train --imagery @scenes.txt --imagery 'more/*.tif' --labels cars.gpkg -o cars.pt
       geodet train --config train.yaml -o model.pt
     """
     ctx = click.get_current_context()
@@ -120,7 +124,7 @@ def train_cmd(imagery, labels, class_field, out, epochs, batch_size, lr, chip_si
 
         result = train(list(imagery), labels, out, class_field=class_field, chip=chip, model=model, config=cfg,
                        anchors=explicit or anchors, resume=resume, overwrite=overwrite, progress=not quiet,
-                       on_epoch=None if quiet else show_epoch)
+                       on_epoch=None if quiet else show_epoch, asset=asset)
     last = result.history[-1] if result.history else {}
     summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float))
     click.echo(f"wrote {result.model_path} (last checkpoint {result.last_path}); "

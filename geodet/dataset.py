@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import rasterio
 import torch
 from rasterio.windows import Window
 
 from geodet.boxes import clip_boxes_to_window
 from geodet.config import AugmentConfig
-from geodet.raster import BandStats, read_chip
+from geodet.raster import BandStats, open_raster, read_chip
 from geodet.windows import chip_offsets, window_bounds_px
 
 log = logging.getLogger(__name__)
@@ -179,7 +178,7 @@ class ChipDataset(torch.utils.data.Dataset):
         key = (os.getpid(), scene)
         handle = self._handles.get(key)
         if handle is None:
-            handle = rasterio.open(self.sources[scene].path)
+            handle = open_raster(self.sources[scene].path)
             self._handles[key] = handle
         return handle
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
-import glob
 import logging
-import os
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
@@ -25,6 +23,7 @@ from geodet.boxes import pixel_boxes_to_polygons
 from geodet.config import DetectConfig
 from geodet.errors import GeodetError
 from geodet.raster import open_dataset, scene_info
+from geodet.sources import file_name, redact, resolve_scenes
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +41,8 @@ def default_model_path() -> str:
 
 
 def expand_scenes(scenes: Union[str, Sequence[str]]) -> List[str]:
-    """Scene paths from paths and glob patterns, in a stable order."""
-    if isinstance(scenes, (str, os.PathLike)):
-        scenes = [scenes]
-    out: List[str] = []
-    for s in scenes:
-        s = str(s)
-        if any(ch in s for ch in "*?["):
-            matches = sorted(glob.glob(s))
-            if not matches:
-                raise GeodetError(f"no file matches {s}.")
-            out.extend(matches)
-        else:
-            out.append(s)
-    if not out:
-        raise GeodetError("no scene given.")
-    return out
+    """Former name of :func:`geodet.sources.resolve_scenes` (kept for callers of the old name)."""
+    return resolve_scenes(scenes)
 
 
 def load(model=None, device: str = "auto"):
@@ -156,8 +141,9 @@ def load_detector(model=None, config: DetectConfig = DetectConfig()) -> Detector
 
 
 def scene_name(path: str) -> str:
-    """The ``scene`` column's value for a scene path."""
-    return Path(path).name
+    """The ``scene`` column's value for a scene reference: its file name, without a URL's query
+    (``/vsicurl/https://host/a/b.tif?sig=...`` -> ``b.tif``)."""
+    return file_name(path)
 
 
 def detect_task(task: SceneTask, detector: Detector, *, progress: Optional[Callable[[int, int], None]] = None) -> gpd.GeoDataFrame:
@@ -219,11 +205,13 @@ def detect(
     chip_size: Optional[int] = None,
     progress: Optional[Callable[[int, int], None]] = None,
     on_error: str = "raise",
+    asset: Optional[str] = None,
 ) -> gpd.GeoDataFrame:
     """Detect objects in one or more scenes.
 
     Args:
-        scenes: GeoTIFF path(s) or glob pattern(s).
+        scenes: what :func:`geodet.sources.resolve_scenes` takes: GeoTIFF or VRT path(s), glob
+            pattern(s), ``@list.txt``, GDAL virtual paths, http(s)/s3/gs/az URLs, STAC JSON.
         model: a model file path, None for the bundled default model, or a
             ``(net, meta)`` pair from :func:`geodet.modelfile.load_model`.
         config: every inference setting (:class:`geodet.config.DetectConfig`):
@@ -237,6 +225,7 @@ def detect(
             ``"skip"`` it and go on with the others; skipped scenes are listed
             in ``frame.attrs["failed_scenes"]`` (path -> reason) and logged.
             With ``"skip"``, a run where every scene failed still raises.
+        asset: the STAC asset key to read from STAC inputs (default: the visual/RGB one).
 
     Returns:
         GeoDataFrame with columns ``class``, ``score``, ``scene`` and box
@@ -249,7 +238,7 @@ def detect(
         config = dataclasses.replace(config, bands=tuple(bands))
     if chip_size is not None:
         config = dataclasses.replace(config, chip_size=chip_size)
-    paths = expand_scenes(scenes)
+    paths = resolve_scenes(scenes, asset=asset)
     failed: Dict[str, str] = {}
     detector: Optional[Detector] = None
     frames: List[gpd.GeoDataFrame] = []
@@ -262,7 +251,7 @@ def detect(
             if on_error == "raise":
                 raise
             failed[task.path] = str(exc)
-            log.warning("skipped %s: %s", task.path, exc)
+            log.warning("skipped %s: %s", redact(task.path), exc)
     if len(failed) == len(paths):
         raise GeodetError("no scene could be read: " + "; ".join(failed.values()))
     out = combine_frames(frames)

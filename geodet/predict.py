@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-import rasterio
 import torch
 from rasterio.windows import Window
 
@@ -27,7 +26,8 @@ from geodet.config import DetectConfig
 from geodet.device import autocast_dtype
 from geodet.errors import GeodetError
 from geodet.modelfile import ModelMeta
-from geodet.raster import GDAL_CACHE_MB, BandStats, SceneInfo, gsd_metres, read_chip, sample_band_stats
+from geodet.raster import BandStats, SceneInfo, gsd_metres, open_raster, read_chip, sample_band_stats
+from geodet.sources import gdal_env
 from geodet.windows import chip_windows, window_bounds_px
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class ChipReader:
                 if not self._shared_taken:
                     self._shared_taken, src = True, self.src
             if src is None:
-                src = rasterio.open(self.src.name)
+                src = open_raster(self.src.name)
                 with self._lock:
                     self._opened.append(src)
             self._local.src = src
@@ -312,7 +312,7 @@ def predict_scene(
             chip_idx_all.append(np.full(len(boxes), index, np.int64))
 
     # one inference-mode and autocast region for the whole scene, not one per batch
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20), torch.inference_mode(), torch.autocast(
+    with gdal_env(), torch.inference_mode(), torch.autocast(
         device.type, dtype=amp_dtype, enabled=use_amp
     ):
         for item in reader:

@@ -20,13 +20,10 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
 from geodet.errors import GeodetError
+from geodet.sources import GDAL_CACHE_MB, gdal_env, is_virtual, redact, to_gdal_path  # noqa: F401 (GDAL_CACHE_MB re-exported)
 from geodet.windows import chip_windows
 
 log = logging.getLogger(__name__)
-
-#: GDAL block cache (MB; rasterio.Env takes bytes) while geodet reads. It bounds memory on striped
-#: scenes, whose strips span the whole width (GDAL's default is 5% of RAM).
-GDAL_CACHE_MB = 128
 
 #: Normalised values are clipped to this many standard deviations.
 CLIP_SIGMA = 6.0
@@ -37,7 +34,7 @@ class SceneInfo:
     """What geodet needs to know about a scene, without its pixels.
 
     Attributes:
-        path: file path.
+        path: the scene as GDAL opened it (a file path or a GDAL virtual path).
         height, width: size in pixels.
         count: number of bands in the file.
         dtype: numpy dtype name of the pixels.
@@ -63,14 +60,28 @@ class SceneInfo:
         return float((self.res[0] + self.res[1]) / 2)
 
 
-def _open(path: str):
-    if not os.path.exists(path):
+def open_raster(path: str):
+    """Open any raster GDAL reads, with geodet's GDAL settings (:func:`geodet.sources.gdal_env`).
+
+    ``path`` is a local path, a GDAL virtual path (``/vsicurl/...``, ``/vsis3/...``) or a URL
+    (mapped by :func:`geodet.sources.to_gdal_path`). Returns an open rasterio dataset (the
+    caller closes it); no georeferencing check (see :func:`open_dataset`).
+
+    Raises:
+        GeodetError: a missing local file, an unreachable or missing remote one, or a file GDAL
+            cannot read as a raster; one sentence naming it.
+    """
+    path = to_gdal_path(os.fspath(path))
+    remote = is_virtual(path)
+    if not remote and not os.path.exists(path):
         raise GeodetError(f"{path} does not exist.")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), gdal_env():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path)
     except RasterioIOError as exc:
+        if remote:
+            raise GeodetError(f"{redact(path)} could not be opened ({_first_line(exc).rstrip('.')}).") from None
         raise GeodetError(f"{path} is not a readable raster ({_first_line(exc)}).") from exc
 
 
@@ -80,14 +91,14 @@ def _first_line(exc: Exception) -> str:
 
 
 def open_dataset(path: str):
-    """Open a scene for windowed reads after checking it is georeferenced.
+    """Open a scene (see :func:`open_raster`) for windowed reads after checking it is georeferenced.
 
     Returns an open rasterio dataset (the caller closes it).
 
     Raises:
         GeodetError: missing or unreadable file, no geotransform, no CRS.
     """
-    src = _open(path)
+    src = open_raster(path)
     try:
         _check_georeferenced(src, path)
     except GeodetError:
@@ -184,17 +195,23 @@ def read_errors(src, window: Window):
     """Turn a failed read of ``window`` into one sentence naming the file, window and GDAL's reason.
 
     A file whose header is intact but whose data blocks are cut off or corrupt (a half-downloaded
-    COG, a bad disk) opens fine and fails only here.
+    COG, a bad disk) opens fine and fails only here; a remote one also when the network fails.
+
+    Every windowed read in geodet runs in this context, so it also holds geodet's GDAL settings
+    (:func:`geodet.sources.gdal_env`: retries of remote reads, the byte-range cache), in
+    whichever thread the read runs.
     """
     try:
-        yield
+        with gdal_env():
+            yield
     except RasterioIOError as exc:
         cause = exc.__cause__ or exc.__context__
         reason = (_first_line(cause) if cause is not None else _first_line(exc)).rstrip(".")
-        raise GeodetError(
-            f"{src.name} is damaged or incomplete: reading the window at column {int(window.col_off)}, "
-            f"row {int(window.row_off)} ({int(window.width)} x {int(window.height)} px) failed ({reason})."
-        ) from None
+        where = (f"the window at column {int(window.col_off)}, row {int(window.row_off)} "
+                 f"({int(window.width)} x {int(window.height)} px)")
+        if is_virtual(src.name):
+            raise GeodetError(f"{redact(src.name)}: reading {where} failed ({reason}).") from None
+        raise GeodetError(f"{src.name} is damaged or incomplete: reading {where} failed ({reason}).") from None
 
 
 def read_raw(
@@ -313,7 +330,7 @@ def sample_band_stats(
     total = np.zeros(len(bands), np.float64)
     total_sq = np.zeros(len(bands), np.float64)
     n = 0
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20):
+    with gdal_env():
         for window in windows:
             data, valid = read_window(src, window, bands)
             if not valid.any():

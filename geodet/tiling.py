@@ -20,7 +20,8 @@ from geodet.boxes import clip_boxes_to_window
 from geodet.config import ChipConfig
 from geodet.errors import GeodetError
 from geodet.outputs import check_output, staged_folder
-from geodet.raster import open_dataset, read_raw, resolve_bands, scene_info
+from geodet.raster import open_dataset, open_raster, read_raw, resolve_bands, scene_info
+from geodet.sources import file_name, resolve_scenes
 from geodet.vector import check_labels_inside, labels_for_scene, read_labels
 from geodet.windows import chip_transform, chip_windows, window_bounds_px
 
@@ -40,6 +41,7 @@ class TileSummary:
         labels_total: labels in the file.
         class_names: the categories, in COCO id order (id = index + 1).
         failed: scenes left out because they could not be read: path -> reason.
+        scenes: scenes asked for (after resolving patterns, lists and STAC inputs).
     """
 
     out_dir: str
@@ -50,6 +52,7 @@ class TileSummary:
     labels_total: int
     class_names: tuple
     failed: Dict[str, str] = field(default_factory=dict)
+    scenes: int = 0
 
 
 def tile(
@@ -61,17 +64,20 @@ def tile(
     chip: ChipConfig = ChipConfig(),
     overwrite: bool = False,
     progress: Optional[Callable[[int], None]] = None,
+    asset: Optional[str] = None,
 ) -> TileSummary:
     """Cut scenes into georeferenced chips and write COCO annotations.
 
     Args:
-        imagery: GeoTIFF paths.
+        imagery: scenes, as :func:`geodet.sources.resolve_scenes` takes them (paths, globs,
+            ``@list.txt``, URLs, GDAL virtual paths, STAC JSON).
         labels: a vector file of objects (polygons or points).
         out_dir: output folder; gets ``chips/*.tif`` and ``annotations.json``.
         class_field: the labels' class column (see :func:`geodet.vector.read_labels`).
         chip: chip size, overlap, bands, minimum visible fraction, point size.
         overwrite: replace a non-empty ``out_dir``.
         progress: called with the number of the scene's chips done after each chip.
+        asset: the STAC asset key read from STAC inputs (default: the visual/RGB one).
 
     Everything is written into a temporary folder beside ``out_dir`` and
     moved into place at the end, so a failure leaves nothing half-written.
@@ -84,6 +90,7 @@ def tile(
     if not imagery:
         raise GeodetError("no imagery given.")
     check_output(out_dir, overwrite=overwrite, folder=True)  # before any work
+    imagery = resolve_scenes(imagery, asset=asset)
     failed: Dict[str, str] = {}
     infos = []
     for path in imagery:
@@ -128,6 +135,7 @@ def tile(
         labels_total=len(label_set.frame),
         class_names=label_set.class_names,
         failed=failed,
+        scenes=len(imagery),
     )
 
 
@@ -141,10 +149,10 @@ def _scene_failed(failed: Dict[str, str], path: str, exc: GeodetError, n_scenes:
 
 def _tile_scene(info, bands, scene_labels, chip: ChipConfig, work: Path, coco: dict, progress) -> int:
     """Write one scene's chips and annotations; returns the nodata-only chips skipped."""
-    stem = Path(info.path).stem
+    stem = Path(file_name(info.path)).stem
     skipped = 0
     windows = chip_windows(info.height, info.width, chip.size, chip.overlap)
-    with rasterio.open(info.path) as src:
+    with open_raster(info.path) as src:
         for done, window in enumerate(windows, start=1):
             raw, valid = read_raw(src, window, bands)  # one read serves the check and the chip
             if not valid.any():

@@ -47,6 +47,7 @@ from geodet.dataset import (
 from geodet.device import resolve_device, training_autocast_dtype
 from geodet.errors import ConfigError, GeodetError
 from geodet.train_state import get_rng_state, load_checkpoint_state, seed_everything, set_rng_state
+from geodet.sources import resolve_scenes
 from geodet.raster import gsd_metres, open_dataset, pool_band_stats, resolve_bands, sample_band_stats, scene_info
 from geodet.vector import check_labels_inside, labels_for_scene, read_labels
 
@@ -353,11 +354,13 @@ def train(
     overwrite: bool = False,
     progress: bool = False,
     on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None,
+    asset: Optional[str] = None,
 ) -> TrainResult:
     """Train a RetinaNet on scenes and vector labels; write the model file.
 
     Args:
-        imagery: GeoTIFF paths.
+        imagery: scenes, as :func:`geodet.sources.resolve_scenes` takes them (paths, globs,
+            ``@list.txt``, URLs, GDAL virtual paths, STAC JSON).
         labels: vector labels (any format/CRS geopandas reads).
         out: model file path; the last (resumable) checkpoint goes beside it
             as ``<stem>.last.pt``.
@@ -375,11 +378,13 @@ def train(
         progress: show a progress bar with the running loss (stderr).
         on_epoch: called with each epoch's history record (the CLI prints
             :func:`format_epoch` of it).
+        asset: the STAC asset key read from STAC inputs (default: the visual/RGB one).
 
     Returns:
         :class:`TrainResult` with the model path and per-epoch history.
     """
     last_path = _check_outputs(out, resume=resume, overwrite=overwrite)
+    imagery = resolve_scenes(imagery, asset=asset)
     run, state = prepare_run(imagery, labels, class_field=class_field, chip=chip, model=model, config=config,
                              anchors=anchors, resume_from=last_path if resume else None)
     budget = _budget(run, config)

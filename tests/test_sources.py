@@ -1,0 +1,392 @@
+"""Scene sources: the URL mappings, @lists, globs, STAC, GDAL settings, and a COG read over real HTTP.
+
+The HTTP tests serve a real COG from a threaded server on 127.0.0.1 that answers ``Range``
+requests with 206 and ``Content-Range`` (and HEAD), as object storage does; GDAL reads it
+through ``/vsicurl/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pystac
+import pytest
+import rasterio
+import rasterio.shutil
+from click.testing import CliRunner
+
+from geodet.detection import scene_name
+from geodet.errors import GeodetError
+from geodet.raster import open_dataset, read_raw
+from geodet.sources import (
+    GDAL_DEFAULTS,
+    choose_asset,
+    dedupe,
+    file_name,
+    gdal_options,
+    redact,
+    resolve_scenes,
+    to_gdal_path,
+)
+from geodet_cli.main import cli
+
+PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
+              "GDAL_HTTP_PROXY")
+
+
+# ------------------------------------------------------------------------------------------ pure maps
+
+
+@pytest.mark.parametrize("typed, gdal", [
+    ("https://host/a/b.tif", "/vsicurl/https://host/a/b.tif"),
+    ("http://host:8080/b.tif?sig=x&se=y", "/vsicurl/http://host:8080/b.tif?sig=x&se=y"),
+    ("s3://bucket/key/c.tif", "/vsis3/bucket/key/c.tif"),
+    ("gs://bucket/key/c.tif", "/vsigs/bucket/key/c.tif"),
+    ("az://container/blob/c.tif", "/vsiaz/container/blob/c.tif"),
+    ("abfs://container/blob/c.tif", "/vsiaz/container/blob/c.tif"),
+    ("file:///data/my%20scene.tif", "/data/my scene.tif"),
+    ("/vsicurl/https://host/b.tif", "/vsicurl/https://host/b.tif"),
+    ("/vsizip//vsicurl/https://host/a.zip/b.tif", "/vsizip//vsicurl/https://host/a.zip/b.tif"),
+    ("/vsis3/bucket/c.tif", "/vsis3/bucket/c.tif"),
+    ("relative/scene.tif", "relative/scene.tif"),
+    ("/abs/scene.vrt", "/abs/scene.vrt"),
+])
+def test_to_gdal_path(typed, gdal):
+    assert to_gdal_path(typed) == gdal
+
+
+def test_to_gdal_path_refuses_unknown_schemes_and_abfs_accounts():
+    with pytest.raises(GeodetError, match="ftp:// URL"):
+        to_gdal_path("ftp://host/a.tif")
+    with pytest.raises(GeodetError, match="AZURE_STORAGE_ACCOUNT"):
+        to_gdal_path("abfs://container@account.dfs.core.windows.net/a.tif")
+
+
+@pytest.mark.parametrize("ref, name", [
+    ("/vsicurl/https://host/a/b.tif?sig=abc/def&x=1", "b.tif"),
+    ("https://host/a/b.tif#frag", "b.tif"),
+    ("/vsicurl/https://host/a/my%20scene.tif", "my scene.tif"),
+    ("/vsis3/bucket/k/c.tif", "c.tif"),
+    ("/vsizip//vsicurl/https://host/a.zip/d.tif", "d.tif"),
+    ("/data/e.tif", "e.tif"),
+    ("e.tif", "e.tif"),
+])
+def test_scene_name_is_the_file_name(ref, name):
+    assert file_name(ref) == name
+    assert scene_name(ref) == name
+
+
+def test_redact_hides_signed_queries():
+    assert redact("/vsicurl/https://h/b.tif?sig=SECRET") == "/vsicurl/https://h/b.tif?..."
+    assert redact("/data/a?b.tif") == "/data/a?b.tif"
+
+
+def test_dedupe_keeps_first_occurrences_in_order():
+    assert dedupe(["b", "a", "b", "c", "a"]) == ["b", "a", "c"]
+
+
+def test_gdal_options_let_the_environment_win():
+    environ = {"GDAL_HTTP_MAX_RETRY": "0", "UNRELATED": "1"}
+    options = gdal_options(environ)
+    assert "GDAL_HTTP_MAX_RETRY" not in options
+    assert options["GDAL_DISABLE_READDIR_ON_OPEN"] == "EMPTY_DIR"
+    assert set(options) == set(GDAL_DEFAULTS) - {"GDAL_HTTP_MAX_RETRY"}
+
+
+def test_gdal_env_sets_geodet_options():
+    from rasterio.env import get_gdal_config
+
+    from geodet.sources import gdal_env
+
+    with gdal_env():
+        for key, value in gdal_options().items():
+            assert str(get_gdal_config(key, normalize=False)) == str(value), key
+
+
+# ---------------------------------------------------------------------------------- lists and globs
+
+
+def test_list_file_with_comments_relative_paths_and_duplicates(make_scene_files, tmp_path):
+    a = make_scene_files(64, 64, name="a")
+    b = make_scene_files(64, 64, name="b")
+    sub = tmp_path / "lists"
+    sub.mkdir()
+    listing = sub / "scenes.txt"
+    listing.write_text("# the study area\n\n../a.tif\n   \n  # indented comment\n../b.tif\n../a.tif\n"
+                       "https://host/c.tif?sig=1\n")
+    refs = resolve_scenes([f"@{listing}", b.path])
+    assert refs == [a.path, b.path, "/vsicurl/https://host/c.tif?sig=1"]
+
+
+def test_globs_sorted_and_errors(make_scene_files, tmp_path):
+    for name in ("s2", "s1", "s3"):
+        make_scene_files(32, 32, name=name)
+    assert [Path(p).name for p in resolve_scenes(str(tmp_path / "s*.tif"))] == ["s1.tif", "s2.tif", "s3.tif"]
+    with pytest.raises(GeodetError, match="no file matches"):
+        resolve_scenes(str(tmp_path / "none*.tif"))
+    with pytest.raises(GeodetError, match="does not exist"):
+        resolve_scenes(str(tmp_path / "missing.tif"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing yet\n\n")
+    with pytest.raises(GeodetError, match="names no scene"):
+        resolve_scenes(f"@{empty}")
+    with pytest.raises(GeodetError, match="does not exist"):
+        resolve_scenes(f"@{tmp_path / 'nolist.txt'}")
+    with pytest.raises(GeodetError, match="local paths only"):
+        resolve_scenes("s3://bucket/*.tif")
+    with pytest.raises(GeodetError, match="no scene given"):
+        resolve_scenes([])
+
+
+def test_vrt_is_a_scene(make_scene_files, tmp_path):
+    s = make_scene_files(64, 64, name="base")
+    vrt = tmp_path / "mosaic.vrt"
+    with rasterio.open(s.path) as src:
+        rasterio.shutil.copy(src, vrt, driver="VRT")
+    [ref] = resolve_scenes(str(vrt))
+    with open_dataset(ref) as src, rasterio.open(s.path) as ref_src:
+        assert np.array_equal(src.read(), ref_src.read())
+
+
+def test_json_that_is_not_stac(tmp_path):
+    plain = tmp_path / "thing.json"
+    plain.write_text(json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": None,
+                                                                            "properties": {}}]}))
+    with pytest.raises(GeodetError, match="is not a STAC"):
+        resolve_scenes(str(plain))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(GeodetError, match="not valid JSON"):
+        resolve_scenes(str(broken))
+
+
+# ----------------------------------------------------------------------------------------------- STAC
+
+
+def _item(item_id: str, assets: dict) -> pystac.Item:
+    item = pystac.Item(item_id, geometry=None, bbox=None, datetime=pystac.utils.str_to_datetime("2024-01-01T00:00:00Z"),
+                       properties={})
+    for key, asset in assets.items():
+        item.add_asset(key, asset)
+    return item
+
+
+COG = "image/tiff; application=geotiff; profile=cloud-optimized"
+
+
+def test_choose_asset_defaults_and_errors():
+    visual = {"visual": pystac.Asset("v.tif", media_type=COG), "B04": pystac.Asset("b4.tif", media_type=COG)}
+    assert choose_asset(visual, None, "i") == "visual"
+    by_role = {"rgb": pystac.Asset("r.tif", media_type=COG, roles=["visual"]),
+               "thumb": pystac.Asset("t.png", media_type="image/png", roles=["thumbnail"])}
+    assert choose_asset(by_role, None, "i") == "rgb"
+    one_tiff = {"image": pystac.Asset("x.tif", media_type=COG, roles=["data"]),
+                "meta": pystac.Asset("m.xml", media_type="application/xml", roles=["metadata"])}
+    assert choose_asset(one_tiff, None, "i") == "image"
+    rgb = {"pan": pystac.Asset("p.tif", media_type=COG, roles=["data"], extra_fields={"eo:bands": [{"name": "pan"}]}),
+           "ms": pystac.Asset("m.tif", media_type=COG, roles=["data"],
+                              extra_fields={"eo:bands": [{"name": "red"}, {"name": "green"}, {"name": "blue"}]})}
+    assert choose_asset(rgb, None, "i") == "ms"
+    assert choose_asset(rgb, "pan", "i") == "pan"
+    with pytest.raises(GeodetError, match=r"no asset 'nir' \(its assets: ms, pan\)"):
+        choose_asset(rgb, "nir", "i")
+    bands = {"B02": pystac.Asset("b2.tif", media_type=COG), "B03": pystac.Asset("b3.tif", media_type=COG)}
+    with pytest.raises(GeodetError, match=r"choose one with --asset \(its assets: B02, B03\)"):
+        choose_asset(bands, None, "item-7")
+
+
+def test_stac_catalog_walk_and_relative_hrefs(make_scene_files, tmp_path):
+    a = make_scene_files(32, 32, name="a")
+    b = make_scene_files(32, 32, name="b")
+    catalog = pystac.Catalog("area", "study area")
+    sub = pystac.Catalog("north", "north part")
+    catalog.add_child(sub)
+    catalog.add_item(_item("item-a", {"visual": pystac.Asset("../a.tif", media_type=COG)}))
+    sub.add_item(_item("item-b", {"visual": pystac.Asset(os.path.abspath(b.path), media_type=COG)}))
+    catalog.normalize_hrefs(str(tmp_path / "stac"))
+    catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    refs = resolve_scenes(str(tmp_path / "stac" / "catalog.json"))
+    # item-a's JSON is stac/item-a/item-a.json: "../a.tif" resolves against it
+    assert sorted(refs) == sorted([str(tmp_path / "stac" / "a.tif"), os.path.abspath(b.path)])
+    assert refs == dedupe(refs)
+    del a
+
+
+# ------------------------------------------------------------------------------------------ real HTTP
+
+
+class RangeHandler(BaseHTTPRequestHandler):
+    """Serves files from ``self.server.root``: HEAD, GET, and GET with one ``bytes=a-b`` range (206)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def _target(self):
+        name = self.path.split("?", 1)[0].lstrip("/")
+        path = Path(self.server.root) / name
+        if not name or not path.is_file():
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        return path
+
+    def do_HEAD(self):
+        path = self._target()
+        if path is None:
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(path.stat().st_size))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+
+    def do_GET(self):
+        path = self._target()
+        if path is None:
+            return
+        data = path.read_bytes()
+        size = len(data)
+        match = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
+        if match is None:
+            self.send_response(200)
+            body = data
+        else:
+            first, last = match.groups()
+            if first == "":
+                start, end = max(size - int(last), 0), size - 1
+            else:
+                start, end = int(first), min(int(last) if last else size - 1, size - 1)
+            if start >= size:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = data[start:end + 1]
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.server.requests.append(self.headers.get("Range"))
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def http_root(tmp_path, monkeypatch):
+    """``(root folder, base URL, server)``: files put in the folder are served on 127.0.0.1."""
+    for var in PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    root = tmp_path / "www"
+    root.mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
+    server.daemon_threads = True
+    server.root, server.requests = str(root), []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}", server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _write_cog(src_path: str, dst: Path) -> Path:
+    with rasterio.open(src_path) as src:
+        rasterio.shutil.copy(src, dst, driver="COG", BLOCKSIZE=64, COMPRESS="DEFLATE")
+    return dst
+
+
+def _pixels(ref: str):
+    with open_dataset(ref) as src:
+        window = rasterio.windows.Window(40, 70, 100, 90)
+        return read_raw(src, window, [1, 2, 3])[0], src.profile["driver"], src.crs, src.transform
+
+
+def test_cog_over_http_reads_the_same_pixels(make_scene_files, http_root):
+    root, base, server = http_root
+    s = make_scene_files(256, 256, seed=4, name="area")
+    cog = _write_cog(s.path, root / "area.tif")
+    local = _pixels(str(cog))
+    for typed in (f"/vsicurl/{base}/area.tif", f"{base}/area.tif", f"{base}/area.tif?sig=abc"):
+        [ref] = resolve_scenes(typed)
+        remote = _pixels(ref)
+        assert np.array_equal(remote[0], local[0]), typed
+        assert remote[1:] == local[1:]
+    assert any(r and r.startswith("bytes=") for r in server.requests)  # read by ranges, not whole
+
+
+def _item_collection(path: Path, items) -> Path:
+    path.write_text(json.dumps(pystac.ItemCollection(items).to_dict()))
+    return path
+
+
+def test_stac_item_collection_points_at_served_cog_and_local_file(make_scene_files, http_root, tmp_path):
+    root, base, _ = http_root
+    s = make_scene_files(128, 128, seed=5, name="served")
+    _write_cog(s.path, root / "served.tif")
+    local = make_scene_files(64, 64, seed=6, name="local")
+    items = [
+        _item("remote", {"visual": pystac.Asset(f"{base}/served.tif", media_type=COG),
+                         "thumbnail": pystac.Asset(f"{base}/t.png", media_type="image/png", roles=["thumbnail"])}),
+        _item("here", {"image": pystac.Asset("local.tif", media_type=COG, roles=["data"])}),  # relative to the JSON
+    ]
+    collection = _item_collection(tmp_path / "items.json", items)
+    refs = resolve_scenes(str(collection))
+    assert refs == [f"/vsicurl/{base}/served.tif", local.path]
+    for ref, expected in zip(refs, (s.path, local.path)):
+        with open_dataset(ref) as src, rasterio.open(expected) as truth:
+            assert np.array_equal(src.read(), truth.read())
+    with pytest.raises(GeodetError, match=r"STAC item here has no asset 'visual' \(its assets: image\)"):
+        resolve_scenes(str(collection), asset="visual")
+    # the ItemCollection itself served over HTTP: relative hrefs resolve against its URL
+    _write_cog(local.path, root / "local.tif")
+    (root / "items.json").write_text(collection.read_text())
+    assert resolve_scenes(f"{base}/items.json") == [f"/vsicurl/{base}/served.tif", f"/vsicurl/{base}/local.tif"]
+
+
+def test_detect_cli_on_a_url(http_root, tmp_path, sample_scene):
+    root, base, _ = http_root
+    with rasterio.open(sample_scene) as src:  # a small window of the sample scene, as a COG
+        window = rasterio.windows.Window(0, 0, 256, 256)
+        profile = dict(src.profile, width=256, height=256, transform=src.window_transform(window), driver="GTiff")
+        small = tmp_path / "small.tif"
+        with rasterio.open(small, "w", **profile) as dst:
+            dst.write(src.read(window=window))
+    _write_cog(str(small), root / "small.tif")
+    runner = CliRunner()
+    local = runner.invoke(cli, ["detect", str(small), "-o", str(tmp_path / "local.geojson"), "--quiet",
+                                "--device", "cpu"], catch_exceptions=False)
+    remote = runner.invoke(cli, ["detect", f"{base}/small.tif?token=x", "-o", str(tmp_path / "remote.geojson"),
+                                 "--quiet", "--device", "cpu"], catch_exceptions=False)
+    assert local.exit_code == 0 and remote.exit_code == 0, remote.output
+    import geopandas as gpd
+
+    a, b = gpd.read_file(tmp_path / "local.geojson"), gpd.read_file(tmp_path / "remote.geojson")
+    assert len(a) == len(b) > 0
+    assert set(b["scene"]) == {"small.tif"}
+    assert np.allclose(a["score"], b["score"], atol=1e-6)  # same pixels, same model, same CPU
+
+
+def test_missing_url_is_one_sentence(http_root, tmp_path, monkeypatch):
+    _, base, _ = http_root
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
+    result = CliRunner().invoke(cli, ["detect", f"{base}/nothing.tif?sig=SECRET", "-o", str(tmp_path / "o.geojson"),
+                                      "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if "nothing.tif" in line]
+    assert errors and all("SECRET" not in line for line in result.output.splitlines())
+    assert "404" in result.output or "not exist" in result.output, result.output
+    with pytest.raises(GeodetError, match="nothing.tif"):
+        open_dataset(f"{base}/nothing.tif")
