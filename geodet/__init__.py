@@ -6,6 +6,7 @@ The public API, each a thin layer over the code the CLI uses::
     geodet.fit_anchors(boxes_px)                   # anchors fitted to objects
     geodet.train(imagery, labels, "model.pt")      # -> TrainResult(model_path, history)
     geodet.detect("scene.tif", model="model.pt")   # -> GeoDataFrame
+    geodet.resolve_scenes(["@list.txt", "s3://b/k.tif"])  # -> GDAL-openable scene references
     geodet.evaluate(pred, truth)                   # -> dict
 
 Heavy dependencies (torch, geopandas) load on first use.
@@ -23,6 +24,7 @@ _API = {
     "tile": ("geodet.tiling", "tile"),
     "train": ("geodet.training", "train"),
     "detect": ("geodet.detection", "detect"),
+    "resolve_scenes": ("geodet.sources", "resolve_scenes"),
     "write_detections": ("geodet.detection", "write_detections"),
     "evaluate": ("geodet.evaluation", "evaluate"),
     "fit_anchors": ("geodet.anchors", "fit_anchors"),

@@ -85,6 +85,7 @@ def last_checkpoint_path(model_path: str) -> str:
 
 
 def load_sources(imagery, labels_path, class_field, chip: ChipConfig):
+    imagery = resolve_scenes(imagery)  # paths, patterns, @lists, URLs, STAC (default asset)
     infos = []
     for path in imagery:
         with open_dataset(path) as src:

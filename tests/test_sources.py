@@ -390,3 +390,48 @@ def test_missing_url_is_one_sentence(http_root, tmp_path, monkeypatch):
     assert "404" in result.output or "not exist" in result.output, result.output
     with pytest.raises(GeodetError, match="nothing.tif"):
         open_dataset(f"{base}/nothing.tif")
+
+
+def test_tile_cli_on_a_signed_url_names_chips_by_file(make_scene_files, http_root, tmp_path):
+    root, base, _ = http_root
+    s = make_scene_files(128, 128, seed=7, name="site")
+    _write_cog(s.path, root / "site.tif")
+    result = CliRunner().invoke(cli, ["tile", f"{base}/site.tif?sig=abc", "--labels", s.labels, "--chip-size", "64",
+                                      "--overlap", "0", "-o", str(tmp_path / "tiles")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    chips = sorted(p.name for p in (tmp_path / "tiles" / "chips").iterdir())
+    assert chips and all(name.startswith("site_r") and name.endswith(".tif") for name in chips), chips
+
+
+def test_training_sources_take_lists_and_patterns(make_scene_files, tmp_path):
+    from geodet.config import TRAIN_CHIP
+    from geodet.training import load_sources
+
+    a = make_scene_files(64, 64, seed=1, name="t1")
+    make_scene_files(64, 64, seed=2, name="t2")
+    (tmp_path / "train.txt").write_text("# training scenes\nt1.tif\n")
+    infos, _, _ = load_sources([f"@{tmp_path / 'train.txt'}", str(tmp_path / "t*.tif")], a.labels, None, TRAIN_CHIP)
+    assert [Path(i.path).name for i in infos] == ["t1.tif", "t2.tif"]
+
+
+def test_reads_in_any_thread_hold_geodet_settings_and_the_environment_wins(make_scene_files, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rasterio.env import get_gdal_config
+
+    from geodet.raster import read_errors
+
+    s = make_scene_files(32, 32, name="th")
+    window = rasterio.windows.Window(0, 0, 8, 8)
+
+    def settings():
+        with open_dataset(s.path) as src, read_errors(src, window):
+            return {k: str(get_gdal_config(k, normalize=False)) for k in ("GDAL_HTTP_MAX_RETRY",
+                                                                          "GDAL_DISABLE_READDIR_ON_OPEN")}
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(settings).result() == {"GDAL_HTTP_MAX_RETRY": str(GDAL_DEFAULTS["GDAL_HTTP_MAX_RETRY"]),
+                                                  "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(settings).result()["GDAL_HTTP_MAX_RETRY"] == "0"  # GDAL reads the variable itself
