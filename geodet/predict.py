@@ -312,7 +312,7 @@ def predict_scene(
             chip_idx_all.append(np.full(len(boxes), index, np.int64))
 
     # one inference-mode and autocast region for the whole scene, not one per batch
-    with gdal_env(), torch.inference_mode(), torch.autocast(
+    with gdal_env(src.name), torch.inference_mode(), torch.autocast(
         device.type, dtype=amp_dtype, enabled=use_amp
     ):
         for item in reader:

@@ -76,7 +76,7 @@ def open_raster(path: str):
     if not remote and not os.path.exists(path):
         raise GeodetError(f"{path} does not exist.")
     try:
-        with warnings.catch_warnings(), gdal_env():
+        with warnings.catch_warnings(), gdal_env(path):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path)
     except RasterioIOError as exc:
@@ -202,7 +202,7 @@ def read_errors(src, window: Window):
     whichever thread the read runs.
     """
     try:
-        with gdal_env():
+        with gdal_env(src.name):
             yield
     except RasterioIOError as exc:
         cause = exc.__cause__ or exc.__context__
@@ -330,7 +330,7 @@ def sample_band_stats(
     total = np.zeros(len(bands), np.float64)
     total_sq = np.zeros(len(bands), np.float64)
     n = 0
-    with gdal_env():
+    with gdal_env(src.name):
         for window in windows:
             data, valid = read_window(src, window, bands)
             if not valid.any():

@@ -42,8 +42,8 @@ CURL_CACHE_MB = 64
 #: GDAL 3.10 that rasterio 1.4 bundles (``VSIGetFileSystemOptions``), except GDAL_CACHEMAX (core)
 #: and GDAL_INGESTED_BYTES_AT_OPEN (read by the same handler since GDAL 2.3).
 GDAL_DEFAULTS: Dict[str, Union[str, int]] = {
-    # Opening a remote file must not list its folder (one request instead of a listing that may
-    # hold thousands of sidecar candidates); a local scene's .ovr/.aux.xml are still found.
+    # Opening a remote file must not list its folder (a listing of a bucket prefix may take longer
+    # than the read, and sidecars of COGs are rare); for local files see LOCAL_OVERRIDES.
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_CACHEMAX": GDAL_CACHE_MB * 2**20,
     "CPL_VSIL_CURL_CACHE_SIZE": CURL_CACHE_MB * 2**20,
@@ -57,6 +57,10 @@ GDAL_DEFAULTS: Dict[str, Union[str, int]] = {
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "GDAL_HTTP_MULTIRANGE": "PARALLEL",
 }
+
+#: Settings that differ for local files: a local scene's sidecars (a .tfw world file, .aux.xml, .ovr
+#: overviews, a .msk mask) are found by listing its folder, as GDAL does by default.
+LOCAL_OVERRIDES: Dict[str, Union[str, int]] = {"GDAL_DISABLE_READDIR_ON_OPEN": "NO"}
 
 #: URL scheme -> GDAL virtual file system prefix.
 URL_PREFIXES: Dict[str, str] = {
@@ -74,25 +78,33 @@ _GLOB_CHARS = "*?["
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
-def gdal_options(environ: Optional[Mapping[str, str]] = None) -> Dict[str, Union[str, int]]:
-    """geodet's GDAL settings (:data:`GDAL_DEFAULTS`) less those set in ``environ`` (default: ``os.environ``).
+def gdal_options(path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None) -> Dict[str, Union[str, int]]:
+    """geodet's GDAL settings for reading ``path``, less those set in ``environ`` (default: ``os.environ``).
 
-    GDAL falls back to environment variables for any option not set explicitly, so leaving
-    these out lets the user's own values win.
+    Args:
+        path: the file opened or read: a local path gets :data:`LOCAL_OVERRIDES` on top of
+            :data:`GDAL_DEFAULTS`; a GDAL virtual path, or None, gets the defaults alone.
+        environ: the environment. GDAL falls back to environment variables for any option not
+            set explicitly, so leaving these out lets the user's own values win.
     """
     env = os.environ if environ is None else environ
-    return {key: value for key, value in GDAL_DEFAULTS.items() if key not in env}
+    options = dict(GDAL_DEFAULTS)
+    if path is not None and not is_virtual(str(path)):
+        options.update(LOCAL_OVERRIDES)
+    return {key: value for key, value in options.items() if key not in env}
 
 
-def gdal_env():
-    """A ``rasterio.Env`` with :func:`gdal_options`: wrap every raster open and read in it.
+def gdal_env(path: Optional[str] = None):
+    """A ``rasterio.Env`` with :func:`gdal_options` for ``path``: wrap every raster open and read in it.
 
-    Entering one costs some 50 microseconds; in a thread other than the main one its settings
-    hold for that thread only, so reader threads enter their own.
+    Entering one costs some 50 microseconds. In the main thread its settings hold for every
+    thread (GDAL's global options) until it exits; in another thread they hold for that thread
+    only, so reader threads enter their own, and the local-file overrides keep a remote
+    setting of an enclosing context off local files.
     """
     import rasterio
 
-    return rasterio.Env(**gdal_options())
+    return rasterio.Env(**gdal_options(path))
 
 
 def is_virtual(ref: str) -> bool:

@@ -93,10 +93,25 @@ def test_dedupe_keeps_first_occurrences_in_order():
 
 def test_gdal_options_let_the_environment_win():
     environ = {"GDAL_HTTP_MAX_RETRY": "0", "UNRELATED": "1"}
-    options = gdal_options(environ)
+    options = gdal_options("/vsicurl/https://h/a.tif", environ=environ)
     assert "GDAL_HTTP_MAX_RETRY" not in options
     assert options["GDAL_DISABLE_READDIR_ON_OPEN"] == "EMPTY_DIR"
     assert set(options) == set(GDAL_DEFAULTS) - {"GDAL_HTTP_MAX_RETRY"}
+    # a local scene's folder is listed, so that its sidecars (.tfw, .aux.xml, .ovr, .msk) are found
+    assert gdal_options("/data/a.tif", environ={})["GDAL_DISABLE_READDIR_ON_OPEN"] == "NO"
+    assert "GDAL_DISABLE_READDIR_ON_OPEN" not in gdal_options("/data/a.tif", environ={"GDAL_DISABLE_READDIR_ON_OPEN": "YES"})
+
+
+def test_local_sidecars_are_still_found(tmp_path):
+    # a GeoTIFF georeferenced only by a world file beside it, opened inside a remote-settings context
+    from geodet.sources import gdal_env
+
+    path = tmp_path / "plain.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8", crs="EPSG:32611") as dst:
+        dst.write(np.ones((1, 8, 8), np.uint8))
+    (tmp_path / "plain.tfw").write_text("0.5\n0\n0\n-0.5\n100.25\n200.25\n")
+    with gdal_env("/vsicurl/https://h/x.tif"), open_dataset(str(path)) as src:
+        assert (src.transform.c, src.transform.f) == (100.0, 200.5)
 
 
 def test_gdal_env_sets_geodet_options():
@@ -230,6 +245,7 @@ class RangeHandler(BaseHTTPRequestHandler):
         pass
 
     def _target(self):
+        self.server.paths.append(self.path)
         name = self.path.split("?", 1)[0].lstrip("/")
         path = Path(self.server.root) / name
         if not name or not path.is_file():
@@ -291,7 +307,7 @@ def http_root(tmp_path, monkeypatch):
     root.mkdir()
     server = ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
     server.daemon_threads = True
-    server.root, server.requests = str(root), []
+    server.root, server.requests, server.paths = str(root), [], []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -324,6 +340,7 @@ def test_cog_over_http_reads_the_same_pixels(make_scene_files, http_root):
         assert np.array_equal(remote[0], local[0]), typed
         assert remote[1:] == local[1:]
     assert any(r and r.startswith("bytes=") for r in server.requests)  # read by ranges, not whole
+    assert {p.split("?")[0] for p in server.paths} == {"/area.tif"}  # no folder listing, no sidecar probes
 
 
 def _item_collection(path: Path, items) -> Path:
@@ -358,8 +375,8 @@ def test_stac_item_collection_points_at_served_cog_and_local_file(make_scene_fil
 def test_detect_cli_on_a_url(http_root, tmp_path, sample_scene):
     root, base, _ = http_root
     with rasterio.open(sample_scene) as src:  # a small window of the sample scene, as a COG
-        window = rasterio.windows.Window(0, 0, 256, 256)
-        profile = dict(src.profile, width=256, height=256, transform=src.window_transform(window), driver="GTiff")
+        window = rasterio.windows.Window(0, 0, 192, 192)  # one chip of the default model
+        profile = dict(src.profile, width=192, height=192, transform=src.window_transform(window), driver="GTiff")
         small = tmp_path / "small.tif"
         with rasterio.open(small, "w", **profile) as dst:
             dst.write(src.read(window=window))
@@ -431,7 +448,7 @@ def test_reads_in_any_thread_hold_geodet_settings_and_the_environment_wins(make_
 
     with ThreadPoolExecutor(1) as pool:
         assert pool.submit(settings).result() == {"GDAL_HTTP_MAX_RETRY": str(GDAL_DEFAULTS["GDAL_HTTP_MAX_RETRY"]),
-                                                  "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+                                                  "GDAL_DISABLE_READDIR_ON_OPEN": "NO"}  # a local file
     monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
     with ThreadPoolExecutor(1) as pool:
         assert pool.submit(settings).result()["GDAL_HTTP_MAX_RETRY"] == "0"  # GDAL reads the variable itself
