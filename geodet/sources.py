@@ -103,8 +103,12 @@ def gdal_env(path: Optional[str] = None):
     setting of an enclosing context off local files.
     """
     import rasterio
+    from rasterio.session import DummySession
 
-    return rasterio.Env(**gdal_options(path))
+    # GDAL finds credentials itself (AWS_*, GOOGLE_*, AZURE_* variables, ~/.aws, instance roles)
+    # and an enclosing Env's stay set; without this, rasterio would build a boto3 session from
+    # AWS_* variables on every read.
+    return rasterio.Env(session=DummySession(), **gdal_options(path))
 
 
 def is_virtual(ref: str) -> bool:

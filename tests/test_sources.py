@@ -268,6 +268,12 @@ class RangeHandler(BaseHTTPRequestHandler):
         path = self._target()
         if path is None:
             return
+        if self.headers.get("Range") and self.server.fail_ranges > 0:  # a transient failure
+            self.server.fail_ranges -= 1
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         data = path.read_bytes()
         size = len(data)
         match = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
@@ -307,7 +313,7 @@ def http_root(tmp_path, monkeypatch):
     root.mkdir()
     server = ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
     server.daemon_threads = True
-    server.root, server.requests, server.paths = str(root), [], []
+    server.root, server.requests, server.paths, server.fail_ranges = str(root), [], [], 0
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -341,6 +347,18 @@ def test_cog_over_http_reads_the_same_pixels(make_scene_files, http_root):
         assert remote[1:] == local[1:]
     assert any(r and r.startswith("bytes=") for r in server.requests)  # read by ranges, not whole
     assert {p.split("?")[0] for p in server.paths} == {"/area.tif"}  # no folder listing, no sidecar probes
+
+
+def test_transient_http_errors_are_retried(make_scene_files, http_root, monkeypatch):
+    # GDAL's own default is no retry; geodet's GDAL_HTTP_MAX_RETRY carries the read through two 503s
+    root, base, server = http_root
+    monkeypatch.setenv("GDAL_HTTP_RETRY_DELAY", "0.01")  # the user's value wins: a fast test
+    s = make_scene_files(128, 128, seed=8, name="flaky")
+    cog = _write_cog(s.path, root / "flaky.tif")
+    server.fail_ranges = 2
+    [ref] = resolve_scenes(f"{base}/flaky.tif")
+    assert np.array_equal(_pixels(ref)[0], _pixels(str(cog))[0])
+    assert server.fail_ranges == 0
 
 
 def _item_collection(path: Path, items) -> Path:
