@@ -1,4 +1,4 @@
-"""Scene I/O: open a GeoTIFF, sample band statistics, read one chip.
+"""Scene I/O: open a scene (a local file or a remote one through GDAL), sample band statistics, read one chip.
 
 Only windowed reads: no function here reads a whole scene into memory,
 whether the GeoTIFF is internally tiled or striped.
@@ -20,7 +20,8 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
 from geodet.errors import GeodetError
-from geodet.sources import GDAL_CACHE_MB, gdal_env, is_virtual, redact, to_gdal_path  # noqa: F401 (GDAL_CACHE_MB re-exported)
+from geodet.sources import GDAL_CACHE_MB  # noqa: F401 (its home is geodet.sources; still importable here)
+from geodet.sources import gdal_env, is_virtual, redact, to_gdal_path
 from geodet.windows import chip_windows
 
 log = logging.getLogger(__name__)
