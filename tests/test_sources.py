@@ -217,7 +217,7 @@ def test_choose_asset_defaults_and_errors():
 
 
 def test_stac_catalog_walk_and_relative_hrefs(make_scene_files, tmp_path):
-    a = make_scene_files(32, 32, name="a")
+    make_scene_files(32, 32, name="a")
     b = make_scene_files(32, 32, name="b")
     catalog = pystac.Catalog("area", "study area")
     sub = pystac.Catalog("north", "north part")
@@ -230,7 +230,6 @@ def test_stac_catalog_walk_and_relative_hrefs(make_scene_files, tmp_path):
     # item-a's JSON is stac/item-a/item-a.json: "../a.tif" resolves against it
     assert sorted(refs) == sorted([str(tmp_path / "stac" / "a.tif"), os.path.abspath(b.path)])
     assert refs == dedupe(refs)
-    del a
 
 
 # ------------------------------------------------------------------------------------------ real HTTP
@@ -347,6 +346,14 @@ def test_cog_over_http_reads_the_same_pixels(make_scene_files, http_root):
         assert remote[1:] == local[1:]
     assert any(r and r.startswith("bytes=") for r in server.requests)  # read by ranges, not whole
     assert {p.split("?")[0] for p in server.paths} == {"/area.tif"}  # no folder listing, no sidecar probes
+    # /vsicurl/ inside another virtual file system: a COG stored in a zip on the server
+    import zipfile
+
+    with zipfile.ZipFile(root / "bundle.zip", "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.write(cog, "inner/area.tif")
+    [ref] = resolve_scenes(f"/vsizip//vsicurl/{base}/bundle.zip/inner/area.tif")
+    assert np.array_equal(_pixels(ref)[0], local[0])
+    assert scene_name(ref) == "area.tif"
 
 
 def test_transient_http_errors_are_retried(make_scene_files, http_root, monkeypatch):
