@@ -355,6 +355,8 @@ def _resolve_one(text: str, asset: Optional[str], depth: int) -> List[str]:
         text = to_gdal_path(text)
     if is_url(text) or is_virtual(text):
         if _is_stac_input(text):
+            if text.startswith("/vsicurl/"):
+                text = text[len("/vsicurl/"):]
             if urlsplit(text).scheme.lower() not in ("http", "https"):
                 raise GeodetError(f"{redact(text)}: STAC JSON is read from local files and http(s) URLs only.")
             return read_stac(text, asset)

@@ -394,7 +394,10 @@ def test_stac_item_collection_points_at_served_cog_and_local_file(make_scene_fil
     # the ItemCollection itself served over HTTP: relative hrefs resolve against its URL
     _write_cog(local.path, root / "local.tif")
     (root / "items.json").write_text(collection.read_text())
-    assert resolve_scenes(f"{base}/items.json") == [f"/vsicurl/{base}/served.tif", f"/vsicurl/{base}/local.tif"]
+    served = [f"/vsicurl/{base}/served.tif", f"/vsicurl/{base}/local.tif"]
+    assert resolve_scenes(f"{base}/items.json") == resolve_scenes(f"/vsicurl/{base}/items.json") == served
+    with pytest.raises(GeodetError, match="local files and http"):
+        resolve_scenes("s3://bucket/items.json")
 
 
 def test_detect_cli_on_a_url(http_root, tmp_path, sample_scene):
