@@ -73,6 +73,9 @@ def test_specs_and_placement_rules():
     assert worker_device("cpu", 1, 8) == "cpu" and worker_device("cuda:2", 0, 8) == "cuda:2"
     assert worker_device("cuda", 0, 0) == "cuda"  # refused in one sentence when the worker loads the model
     assert threads_per_worker(16, 4) == 4 and threads_per_worker(2, 3) == 1 and threads_per_worker(8, 0) == 8
+    for bad in (dict(retries=-1), dict(retries=1.5), dict(connect_timeout_s=0)):
+        with pytest.raises(GeodetError):
+            ClusterConfig(**bad)
 
 
 def test_bad_specs_and_absent_scheduler_are_one_sentence(make_scene_files, tmp_path):
@@ -119,6 +122,16 @@ def test_cluster_equals_in_process(client, scenes):
     _assert_same_detections(got, want)
     assert set(got.scene) == {os.path.basename(p) for p in paths}
     assert len(client.run(os.getpid)) == 2  # the work ran on 2 worker processes
+    loaded = client.run(_loaded_detectors)
+    assert list(loaded.values()) == [1, 1]  # each worker loaded the model once and keeps it
+    got_again = detect(paths, config=CONFIG, client=client)
+    assert client.run(_loaded_detectors) == loaded and len(got_again) == len(got)
+
+
+def _loaded_detectors() -> int:
+    import geodet.cluster
+
+    return len(geodet.cluster._DETECTOR)
 
 
 def test_in_memory_model_is_refused(client, scenes):
