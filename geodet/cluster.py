@@ -150,6 +150,18 @@ def _require_dask():
     return distributed
 
 
+def _follow_geodet_log_level() -> None:
+    """Dask's own messages (workers starting, joining, closing) only as verbose as the caller's logging.
+
+    Dask sets its loggers to INFO; under ``geodet detect`` (root at WARNING unless -v) they would
+    print a dozen lines per run.
+    """
+    root_level = logging.getLogger().getEffectiveLevel()
+    dask_logger = logging.getLogger("distributed")
+    if dask_logger.getEffectiveLevel() < root_level:
+        dask_logger.setLevel(root_level)
+
+
 @contextlib.contextmanager
 def open_client(
     cluster: Optional[str] = None,
@@ -174,6 +186,7 @@ def open_client(
     if cluster:
         n_workers = parse_cluster_spec(cluster)
         distributed = _require_dask()
+        _follow_geodet_log_level()
         with distributed.LocalCluster(
             n_workers=n_workers,
             threads_per_worker=1,
@@ -187,6 +200,7 @@ def open_client(
         return
     address = parse_scheduler_address(scheduler)
     distributed = _require_dask()
+    _follow_geodet_log_level()
     try:
         client = distributed.Client(address, timeout=config.connect_timeout_s, set_as_default=False)
     except (OSError, TimeoutError):

@@ -166,6 +166,8 @@ def test_cli_reports_damaged_scene_and_writes_the_rest(client, scenes, make_scen
     assert res.exit_code == 1, res.output
     assert "1 of 4 scene(s) failed" in res.output and "damaged.tif" in res.output and "Traceback" not in res.output
     _assert_same_detections(gpd.read_parquet(out), want[want.scene.isin([os.path.basename(p) for p in paths[:3]])])
+    with pytest.raises(GeodetError, match="damaged.tif"):  # the API's default, on_error="raise"
+        detect([paths[0], damaged], config=CONFIG, client=client)
 
 
 def test_killed_worker_still_completes_every_scene_once(client, scenes):
