@@ -8,7 +8,7 @@ a subprocess timed by wall clock (process start, model load and, for
     serial       in-process, the default
     local:2      ``--cluster local:2`` (a LocalCluster of 2 worker processes)
     scheduler    ``--scheduler ADDRESS`` against one ``dask scheduler`` and
-                 ``--workers`` separately started ``dask worker`` processes (the
+                 ``--dask-workers`` separately started ``dask worker`` processes (the
                  multi-machine path, here on one machine); the workers are up
                  and warm before the clock starts, as a running cluster is
     worker-kill  as ``scheduler``, with one worker process killed by SIGKILL
@@ -193,7 +193,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenes", type=int, default=16, help="number of scenes (default 16)")
     p.add_argument("--size", type=int, default=4096, help="scene side in px (default 4096)")
-    p.add_argument("--workers", type=int, default=2, help="dask worker processes of the scheduler modes (default 2)")
+    p.add_argument("--dask-workers", type=int, default=2,
+                   help="dask worker processes of the scheduler modes (default 2)")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}")
     p.add_argument("--kill-at", type=float, default=0.5, help="share of the serial time at which a kill lands (0.5)")
     p.add_argument("-m", "--model", default=None, help="model file (default: the bundled model)")
@@ -249,12 +250,12 @@ def main(argv=None) -> int:
                "cluster start included")
 
     if "scheduler" in modes or "worker-kill" in modes:
-        with SchedulerAndWorkers(args.workers, workdir) as cluster:
+        with SchedulerAndWorkers(args.dask_workers, workdir) as cluster:
             extra = ["--scheduler", cluster.address]
             if "scheduler" in modes:
                 out = workdir / "scheduler.parquet"
                 record("scheduler", run_timed(detect_command(paths, out, args.model, extra)), out,
-                       f"{args.workers} dask worker processes, started and warm beforehand")
+                       f"{args.dask_workers} dask worker processes, started and warm beforehand")
             if "worker-kill" in modes:
                 out = workdir / "worker_kill.parquet"
                 victims = cluster.worker_pids()[:1]

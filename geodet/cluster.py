@@ -30,10 +30,11 @@ The plugin stays registered after the job so that a second job with the same
 model reuses it; its bytes are held by the scheduler until it stops.
 
 Devices and threads: with ``device`` ``auto`` or ``cuda``, a worker on a GPU
-machine takes ``cuda:(worker index % GPU count)`` (the index is the worker's
-name when it is a number, as in a ``LocalCluster``; a worker that sees one
-GPU, e.g. through ``CUDA_VISIBLE_DEVICES``, takes it). A worker limits torch
-to its share of its machine's cores: cores // workers on that host.
+machine takes ``cuda:(slot % GPU count)`` (the slot is the worker's place
+among the workers of its machine when the job starts, e.g.
+``dask worker --nworkers 8`` on an 8-GPU machine; a worker that sees one GPU,
+e.g. through ``CUDA_VISIBLE_DEVICES``, takes it). A worker limits torch to its
+share of its machine's cores: cores // workers on that machine.
 Memory per worker stays bounded as in-process: the streaming predict path.
 
 Failure: a :class:`~geodet.errors.GeodetError` in a scene (a damaged or
@@ -119,6 +120,15 @@ def worker_index(name: object) -> int:
         return name
     text = str(name)
     return int(text) if text.isdigit() else zlib.crc32(text.encode())
+
+
+def worker_slot(address: str, name: object, host_workers: Sequence[str]) -> int:
+    """A worker's place among the workers of its machine: its position in ``host_workers`` (their addresses,
+    sorted), so that the G workers of a G-GPU machine take G different GPUs; a worker that joined later
+    (not in the list) falls back to :func:`worker_index` of its name."""
+    if address in host_workers:
+        return list(host_workers).index(address)
+    return worker_index(name)
 
 
 def worker_device(requested: str, index: int, cuda_devices: int) -> str:
@@ -254,7 +264,9 @@ class ModelFilePlugin(_WorkerPluginBase):
             Path(path).unlink(missing_ok=True)
 
 
-def _worker_detector(model_hash: str, model_name: str, config: DetectConfig, workers_per_host: Mapping[str, int]) -> Detector:
+def _worker_detector(
+    model_hash: str, model_name: str, config: DetectConfig, hosts: Mapping[str, Sequence[str]]
+) -> Detector:
     """This worker's loaded detector for the model (loaded on the first scene, then kept)."""
     import torch
     from distributed import get_worker
@@ -262,9 +274,10 @@ def _worker_detector(model_hash: str, model_name: str, config: DetectConfig, wor
 
     worker = get_worker()
     cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    device = worker_device(config.device, worker_index(worker.name), cuda_devices)
+    host_workers = hosts.get(get_address_host(worker.address), ())
+    device = worker_device(config.device, worker_slot(worker.address, worker.name, host_workers), cuda_devices)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = threads_per_worker(cpus, workers_per_host.get(get_address_host(worker.address), 1))
+    threads = threads_per_worker(cpus, len(host_workers))
     key = (model_hash, config, device, threads)
     if key not in _DETECTOR:
         path = _MODEL_FILES.get(model_hash)
@@ -286,7 +299,7 @@ def _with_device(config: DetectConfig, device: str) -> DetectConfig:
 
 
 def _detect_on_worker(
-    task: SceneTask, model_hash: str, model_name: str, config: DetectConfig, workers_per_host: Mapping[str, int]
+    task: SceneTask, model_hash: str, model_name: str, config: DetectConfig, hosts: Mapping[str, Sequence[str]]
 ) -> Tuple[str, object, float]:
     """One scene on a worker: ``("done", frame, seconds)`` or ``("failed", reason, seconds)``.
 
@@ -294,7 +307,7 @@ def _detect_on_worker(
     """
     start = time.perf_counter()
     try:
-        detector = _worker_detector(model_hash, model_name, config, workers_per_host)
+        detector = _worker_detector(model_hash, model_name, config, hosts)
         start = time.perf_counter()
         frame = detect_task(task, detector)
     except GeodetError as exc:
@@ -305,13 +318,14 @@ def _detect_on_worker(
 # --------------------------------------------------------------------- client side
 
 
-def workers_per_host(client) -> Dict[str, int]:
-    """Worker processes per host of the client's cluster now: ``{host: count}``."""
-    counts: Dict[str, int] = {}
-    for info in client.scheduler_info().get("workers", {}).values():
-        host = info.get("host", "")
-        counts[host] = counts.get(host, 0) + 1
-    return counts
+def workers_by_host(client) -> Dict[str, Tuple[str, ...]]:
+    """The addresses of the client's workers now, per machine, sorted: ``{host: (address, ...)}``."""
+    from distributed.comm import get_address_host
+
+    by_host: Dict[str, list] = {}
+    for address in client.scheduler_info().get("workers", {}):
+        by_host.setdefault(get_address_host(address), []).append(address)
+    return {host: tuple(sorted(addresses)) for host, addresses in by_host.items()}
 
 
 def _model_path(model) -> str:
@@ -364,7 +378,7 @@ def dask_runner(
     def run(tasks: Sequence[SceneTask], on_done: OnDone, on_failed: OnFailed) -> None:
         from distributed import KilledWorker, as_completed
 
-        hosts = workers_per_host(client)
+        hosts = workers_by_host(client)
         job = uuid.uuid4().hex[:8]
         pending = {}
         for i, task in enumerate(tasks):

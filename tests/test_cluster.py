@@ -24,6 +24,7 @@ from geodet.cluster import (  # noqa: E402
     threads_per_worker,
     worker_device,
     worker_index,
+    worker_slot,
 )
 from geodet.config import ClusterConfig, DetectConfig  # noqa: E402
 from geodet.detection import combine_frames, default_model_path, detect, plan_tasks  # noqa: E402
@@ -66,6 +67,9 @@ def test_specs_and_placement_rules():
         with pytest.raises(GeodetError, match="tcp://HOST:PORT"):
             parse_scheduler_address(bad)
     assert worker_index(3) == 3 and worker_index("2") == 2
+    node = ("tcp://10.0.0.1:4001", "tcp://10.0.0.1:4002", "tcp://10.0.0.1:4003")
+    assert [worker_slot(a, a, node) for a in node] == [0, 1, 2]  # one GPU each on a 3-GPU machine
+    assert worker_slot("tcp://10.0.0.1:4999", 5, node) == 5  # joined later: its name
     assert worker_index("tcp://10.0.0.1:4000") == worker_index("tcp://10.0.0.1:4000")  # stable
     assert [worker_device("auto", i, 4) for i in (0, 5)] == ["cuda:0", "cuda:1"]
     assert worker_device("cuda", 7, 1) == "cuda:0"
