@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from geodet.config import NORMALISATIONS, PRECISIONS, DetectConfig
@@ -49,9 +51,15 @@ _DEFAULTS = DetectConfig()
               help="Also write a downsampled PNG of the scene with the detections drawn.")
 @asset_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--cluster", default=None, metavar="local:N",
+              help="Run each scene as a task on a local Dask cluster of N worker processes (needs geodet[cluster]).")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
+              help="Run each scene as a task on the Dask cluster of this running scheduler. Its workers need "
+                   "geodet installed and must be able to open the scenes (shared paths or URLs); the model file is "
+                   "sent to them.")
 @overwrite_option
 def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_threshold, nms_iou, device, workers,
-               precision, normalisation, bands, quicklook, asset, quiet, overwrite):
+               precision, normalisation, bands, quicklook, asset, quiet, cluster, scheduler, overwrite):
     """Detect objects in SCENES and write them to OUT.
 
     A scene is a GeoTIFF or VRT path, a glob pattern (quoted), @LIST.txt (one
@@ -72,6 +80,8 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
       geodet detect items.json --asset visual -o pools.parquet
       geodet detect scene.tif -o pools.parquet --score-threshold 0.5 --quicklook pools.png
       geodet detect other_sensor.tif -m pools.pt -o pools.gpkg --normalisation scene
+      geodet detect 'tiles/*.tif' -m pools.pt -o pools.parquet --cluster local:4
+      geodet detect 'tiles/*.tif' -m pools.pt -o pools.parquet --scheduler tcp://10.0.0.5:8786
     """
     with user_errors():
         from geodet.detection import detect, write_detections
@@ -87,9 +97,15 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
         cfg = DetectConfig(batch_size=batch_size, overlap=overlap, chip_size=chip_size, bands=bands,
                            score_threshold=score_threshold, nms_iou=nms_iou, device=device, workers=workers,
                            precision=precision, normalisation=normalisation)
-        bar = ProgressBar("detect", enabled=not quiet)
+        client_context = contextlib.nullcontext()
+        if cluster or scheduler:  # Dask is imported only when asked for
+            from geodet.cluster import open_client
+
+            client_context = open_client(cluster, scheduler)
+        bar = ProgressBar("detect", enabled=not quiet and not (cluster or scheduler))
         try:
-            frame = detect(paths, model, config=cfg, progress=bar, on_error="skip")
+            with client_context as client:
+                frame = detect(paths, model, config=cfg, progress=bar, on_error="skip", client=client)
         finally:
             bar.close()
         write_detections(frame, out, overwrite=overwrite)

@@ -351,6 +351,34 @@ class DetectConfig:
             object.__setattr__(self, "bands", tuple(int(b) for b in self.bands))
 
 
+@dataclass(frozen=True)
+class ClusterConfig:
+    """How detection fans out over a Dask cluster (:mod:`geodet.cluster`).
+
+    Attributes:
+        retries: times a scene's task runs again after an exception other
+            than a :class:`~geodet.errors.GeodetError` (a damaged scene fails
+            at once). A worker that dies mid-scene is another matter: the
+            scheduler re-runs its scenes elsewhere, up to its own
+            ``distributed.scheduler.allowed-failures`` times (3 by default).
+        connect_timeout_s: seconds to wait for a ``--scheduler`` to answer.
+        memory_limit: memory limit of each worker of a ``--cluster local:N``
+            (Dask's spelling: ``"auto"`` shares the machine's memory equally,
+            or e.g. ``"4GiB"``); a worker past 95% of it is restarted and its
+            scene re-run.
+    """
+
+    retries: int = 2
+    connect_timeout_s: float = 10.0
+    memory_limit: str = "auto"
+
+    def __post_init__(self) -> None:
+        if int(self.retries) != self.retries or self.retries < 0:
+            raise ConfigError(f"retries must be a whole number >= 0, got {self.retries!r}")
+        if not self.connect_timeout_s > 0:
+            raise ConfigError(f"connect_timeout_s must be positive, got {self.connect_timeout_s}")
+
+
 def to_dict(cfg: Any) -> dict:
     """A JSON-safe ``dict`` of a (possibly nested) config dataclass."""
     out = {}
