@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import click
 
-from geodet.config import NORMALISATIONS, PRECISIONS, DetectConfig
+from geodet.config import NORMALISATIONS, PRECISIONS, DetectConfig, JobConfig
 from geodet_cli.options import (
     ProgressBar,
     device_option,
     exit_on_failed_scenes,
-    overwrite_option,
     parse_bands_option,
     user_errors,
 )
@@ -17,6 +16,7 @@ from geodet_cli.options import (
 
 #: Defaults shown by --help and used when a flag is left out: DetectConfig's, the one home.
 _DEFAULTS = DetectConfig()
+_JOB_DEFAULTS = JobConfig()
 
 
 @click.command("detect")
@@ -46,15 +46,24 @@ _DEFAULTS = DetectConfig()
               help="Scene bands fed to the model, 1-based, e.g. 3,2,1 (default: the model's).")
 @click.option("--quicklook", type=click.Path(dir_okay=False), default=None,
               help="Also write a downsampled PNG of the scene with the detections drawn.")
+@click.option("--checkpoint-chips", type=click.IntRange(min=1), default=_JOB_DEFAULTS.block_chips, show_default=True,
+              help="A scene of more chips than this is run in blocks of this many chips, each kept in the job "
+                   "folder, so that a rerun resumes mid-scene.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@overwrite_option
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing output, and start over instead of resuming OUT.geodet-job.")
 def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_threshold, nms_iou, device, workers,
-               precision, normalisation, bands, quicklook, quiet, overwrite):
+               precision, normalisation, bands, quicklook, checkpoint_chips, quiet, overwrite):
     """Detect objects in SCENES (GeoTIFFs or glob patterns) and write them to OUT.
 
     Several scenes give one output with a `scene` column. A scene that cannot
     be read is reported and left out; the others are still written, and the
     command then exits with status 1, naming the failed scenes.
+
+    The work is kept in OUT.geodet-job/ while the command runs: one part per
+    finished scene, and finished chip blocks of large scenes. Running the same
+    command again after an interruption or a failed scene skips what is done
+    and retries the rest; the folder is removed once OUT holds every scene.
 
     \b
     Examples:
@@ -64,10 +73,9 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
       geodet detect other_sensor.tif -m pools.pt -o pools.gpkg --normalisation scene
     """
     with user_errors():
-        from geodet.detection import detect, expand_scenes, write_detections
-        from geodet.vector import check_output_path
+        from geodet.detection import detect_to_file, expand_scenes
+        from geodet.jobs import job_dir_for
 
-        check_output_path(out, overwrite=overwrite)
         if quicklook:
             from geodet.plot import check_png_path
 
@@ -78,10 +86,10 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
                            precision=precision, normalisation=normalisation)
         bar = ProgressBar("detect", enabled=not quiet)
         try:
-            frame = detect(paths, model, config=cfg, progress=bar, on_error="skip")
+            frame = detect_to_file(paths, out, model, config=cfg, job_config=JobConfig(block_chips=checkpoint_chips),
+                                   overwrite=overwrite, progress=bar)
         finally:
             bar.close()
-        write_detections(frame, out, overwrite=overwrite)
         failed = frame.attrs.get("failed_scenes", {})
         if quicklook:
             from geodet.plot import quicklook as make_quicklook
@@ -89,5 +97,10 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
             make_quicklook(next(p for p in paths if p not in failed), frame, quicklook, overwrite=overwrite)
     counts = frame["class"].value_counts().to_dict() if len(frame) else {}
     detail = ", ".join(f"{n} {c}" for c, n in sorted(counts.items())) or "nothing found"
-    click.echo(f"wrote {len(frame)} detections ({detail}) from {len(paths) - len(failed)} scene(s) to {out}")
+    before = frame.attrs.get("scenes_done_before", 0)
+    resumed = f"; {before} of them finished by an earlier run" if before else ""
+    click.echo(f"wrote {len(frame)} detections ({detail}) from {len(paths) - len(failed)} scene(s) to {out}{resumed}")
+    if failed:
+        click.echo(f"the finished scenes are kept in {job_dir_for(out)}: run the same command again to retry the "
+                   "failed ones.", err=True)
     exit_on_failed_scenes(failed, len(paths))
