@@ -351,7 +351,7 @@ def detect(
         polygons (four pixel corners through the scene's affine) in the
         scene's CRS; when scenes have different CRSs, in EPSG:4326.
     """
-    from geodet.jobs import detection_settings, open_job
+    from geodet.jobs import JobGone, detection_settings, open_job
 
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -390,6 +390,8 @@ def detect(
             runner = in_process_runner(load_detector(model, config), progress=progress, job=job)
         runner(pending, on_done, on_failed)
     if job is not None:
+        if not job.folder.is_dir():
+            raise JobGone(f"{job.folder} was removed by another run of the same job meanwhile.")
         finished = [task for task in tasks if job.is_done(task)]
         collected = [job.frame(task) for task in finished]
     else:
@@ -436,7 +438,7 @@ def detect_to_file(
         GeodetError: the output cannot be written, the job folder belongs to another
             model or settings, or no scene could be read.
     """
-    from geodet.jobs import job_dir_for, job_owns_output, mark_partial_output, remove_job
+    from geodet.jobs import JobGone, job_dir_for, job_owns_output, mark_partial_output, remove_job
 
     job_dir = job_dir_for(output)
     replace = overwrite or job_owns_output(job_dir, output)
@@ -445,8 +447,12 @@ def detect_to_file(
     check_output_path(str(output), overwrite=replace)
     if overwrite:
         remove_job(job_dir)
-    frame = detect(scenes, model, config=config, progress=progress, on_error="skip", job_dir=job_dir,
-                   job_config=job_config, runner=runner)
+    try:
+        frame = detect(scenes, model, config=config, progress=progress, on_error="skip", job_dir=job_dir,
+                       job_config=job_config, runner=runner)
+    except JobGone:
+        check_output_path(str(output), overwrite=replace)  # another run finished it: "already exists"
+        raise
     write_detections(frame, str(output), overwrite=replace)
     if frame.attrs["failed_scenes"]:
         mark_partial_output(job_dir, output)

@@ -28,6 +28,7 @@ share it (:data:`geodet.detection.Runner`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -36,7 +37,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -63,6 +64,22 @@ DETECTION_SETTINGS = ("chip_size", "overlap", "bands", "score_threshold", "nms_i
 LAYOUT = 1
 
 DONE, FAILED = "done", "failed"
+
+
+class JobGone(GeodetError):
+    """The job folder was removed while this run wrote to it: another run of the same command
+    finished the job (or started it over)."""
+
+
+@contextlib.contextmanager
+def _in_job(folder: Path) -> Iterator[None]:
+    """Turn a write that fails because the job folder vanished into :class:`JobGone`."""
+    try:
+        yield
+    except FileNotFoundError:
+        if folder.is_dir():
+            raise
+        raise JobGone(f"{folder} was removed by another run of the same job meanwhile.") from None
 
 
 def job_dir_for(output: PathLike) -> Path:
@@ -157,7 +174,7 @@ class BlockStore:
     """
 
     def __init__(self, folder: Path, block_chips: int):
-        self.folder, self.block_chips = folder, int(block_chips)
+        self.folder, self.block_chips = Path(folder), int(block_chips)
 
     def _path(self, index: int) -> Path:
         return self.folder / f"{index:06d}.npz"
@@ -180,10 +197,14 @@ class BlockStore:
             return None
 
     def save(self, index: int, n_chips: int, dets: "ChipDetections") -> None:
-        """Keep block ``index`` (written whole, replacing any earlier copy)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with staged_file(self._path(index), overwrite=True) as tmp:
-            with open(tmp, "wb") as fh:
+        """Keep block ``index`` (written whole, replacing any earlier copy).
+
+        Raises:
+            JobGone: the job folder was removed meanwhile.
+        """
+        with _in_job(self.folder.parent.parent):
+            self.folder.mkdir(exist_ok=True)  # inside blocks/ of the job folder, never recreating that
+            with staged_file(self._path(index), overwrite=True) as tmp, open(tmp, "wb") as fh:
                 np.savez(fh, boxes_px=dets.boxes_px, scores=dets.scores, labels=dets.labels,
                          chip_index=dets.chip_index, chips=dets.chips, skipped=dets.skipped,
                          n_chips=n_chips, block_chips=self.block_chips)
@@ -256,17 +277,23 @@ class Job:
         """The finished task's detections, read back from its part."""
         import geopandas as gpd
 
-        return gpd.read_parquet(self.part_path(task))
+        with _in_job(self.folder):
+            return gpd.read_parquet(self.part_path(task))
 
     # ------------------------------------------------------------------ writing
     def _record(self, task: "SceneTask", status: str, **fields) -> None:
         rec = SceneRecord(scene_ref(task.path), task_key(task), status, model_hash=self.model_hash,
                           settings_hash=self.settings_hash, version=_version(), **fields)
-        _write_json(self._record_path(task), asdict(rec), overwrite=True)
+        with _in_job(self.folder):
+            _write_json(self._record_path(task), asdict(rec), overwrite=True)
 
     def record_done(self, task: "SceneTask", frame: "gpd.GeoDataFrame", seconds: float) -> None:
-        """Keep a finished scene: its part first, then its record (the commit), then drop its blocks."""
-        with staged_file(self.part_path(task), overwrite=True) as tmp:
+        """Keep a finished scene: its part first, then its record (the commit), then drop its blocks.
+
+        Raises:
+            JobGone: the job folder was removed meanwhile.
+        """
+        with _in_job(self.folder), staged_file(self.part_path(task), overwrite=True) as tmp:
             frame.to_parquet(tmp)
         self._record(task, DONE, detections=int(len(frame)), seconds=round(float(seconds), 3))
         self.blocks(task).clear()

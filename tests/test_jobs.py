@@ -115,6 +115,7 @@ def test_records_done_and_failed(tmp_path):
 
 
 def test_block_store_round_trip_and_other_plans(tmp_path):
+    (tmp_path / "blocks").mkdir()
     store = BlockStore(tmp_path / "blocks" / "k", block_chips=4)
     dets = ChipDetections(np.array([[1, 2, 3, 4]], np.float32), np.array([0.5], np.float32), np.array([0]),
                           np.array([2]), chips=4, skipped=0)
@@ -134,13 +135,13 @@ class Interrupted(Exception):
 
 
 def test_blocks_resumed_in_process_equal_the_whole_scene(make_scene_files, tmp_path, caplog):
-    s = make_scene_files(768, 768, seed=4, name="big")  # 16 chips of the bundled model
+    s = make_scene_files(640, 640, seed=4, name="big")  # 9 chips of the bundled model
     cfg = DetectConfig(batch_size=1, device="cpu")  # one chip per forward pass: blocks batch chips alike
     whole = detect(s.path, config=cfg)
-    job_dir, blocks = tmp_path / "job", JobConfig(block_chips=5)
+    job_dir, blocks = tmp_path / "job", JobConfig(block_chips=4)  # chips 0-3, 4-7, 8
 
     def crash_in_block_3(done, total):
-        if done > 11:
+        if done > 8:
             raise Interrupted
 
     with pytest.raises(Interrupted):
@@ -149,7 +150,7 @@ def test_blocks_resumed_in_process_equal_the_whole_scene(make_scene_files, tmp_p
     assert kept == ["000000.npz", "000001.npz"]
     with caplog.at_level("INFO", logger="geodet.detection"):
         resumed = detect(s.path, config=cfg, job_dir=job_dir, job_config=blocks)
-    assert "2 of 4 chip blocks taken from an earlier run" in caplog.text
+    assert "2 of 3 chip blocks taken from an earlier run" in caplog.text
     assert_geodataframe_equal(resumed, whole)
     assert not any((job_dir / "blocks").iterdir())  # a scene's blocks go once it is done
 
@@ -167,7 +168,7 @@ def test_in_memory_model_cannot_keep_a_job(scenes, tmp_path):
 
 
 def test_kill_9_between_scenes_then_the_same_command_completes(make_scene_files, tmp_path):
-    paths = [make_scene_files(512, 512, seed=i, name=f"t{i}").path for i in range(4)]
+    paths = [make_scene_files(384, 384, seed=i, name=f"t{i}").path for i in range(4)]  # 4 chips each
     ref = tmp_path / "ref.parquet"
     assert run_cli("detect", *paths, "-o", ref, "--quiet").exit_code == 0
     out = tmp_path / "out.parquet"
@@ -186,8 +187,8 @@ def test_kill_9_between_scenes_then_the_same_command_completes(make_scene_files,
 
 
 def test_kill_9_mid_scene_resumes_from_its_blocks(make_scene_files, tmp_path, caplog):
-    s = make_scene_files(1024, 1024, seed=6, name="big")  # 25 chips of the bundled model
-    args = [s.path, "--quiet", "--batch-size", "1", "--checkpoint-chips", "3"]
+    s = make_scene_files(640, 640, seed=6, name="big")  # 9 chips of the bundled model
+    args = [s.path, "--quiet", "--batch-size", "1", "--checkpoint-chips", "2"]
     ref = tmp_path / "ref.parquet"
     assert run_cli("detect", *args, "-o", ref).exit_code == 0
     out = tmp_path / "out.parquet"
@@ -202,8 +203,8 @@ def test_kill_9_mid_scene_resumes_from_its_blocks(make_scene_files, tmp_path, ca
     from geodet.detection import detect_to_file
 
     with caplog.at_level("INFO", logger="geodet.detection"):
-        frame = detect_to_file([s.path], out, config=DetectConfig(batch_size=1), job_config=JobConfig(block_chips=3))
-    assert f"{len(kept)} of 9 chip blocks taken from an earlier run" in caplog.text
+        frame = detect_to_file([s.path], out, config=DetectConfig(batch_size=1), job_config=JobConfig(block_chips=2))
+    assert f"{len(kept)} of 5 chip blocks taken from an earlier run" in caplog.text
     assert_geodataframe_equal(read(out), read(ref))
     assert len(frame) == len(read(ref)) and not job_dir_for(out).exists()
 
