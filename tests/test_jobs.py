@@ -17,13 +17,15 @@ from click.testing import CliRunner
 from geopandas.testing import assert_geodataframe_equal
 
 from geodet.config import DetectConfig, JobConfig
-from geodet.detection import SceneTask, detect
+from geodet.detection import SceneTask, detect, in_process_runner, load_detector
 from geodet.errors import GeodetError
 from geodet.jobs import (
     BlockStore,
+    JobGone,
     detection_settings,
     job_dir_for,
     open_job,
+    remove_job,
     settings_hash,
     task_key,
 )
@@ -62,7 +64,7 @@ def kill_when(cmd, predicate, log: Path):
 
 @pytest.fixture
 def scenes(make_scene_files):
-    return [make_scene_files(512, 512, seed=i, name=f"s{i}").path for i in range(3)]
+    return [make_scene_files(384, 384, seed=i, name=f"s{i}").path for i in range(3)]  # 4 chips each
 
 
 # ---------------------------------------------------------------- bookkeeping, no model
@@ -109,9 +111,13 @@ def test_records_done_and_failed(tmp_path):
     rec = json.loads((tmp_path / "j" / "scenes" / f"{task_key(a)}.json").read_text())
     assert (rec["status"], rec["detections"], rec["seconds"], rec["model_hash"]) == ("done", 1, 1.5, "a" * 16)
     assert not [p for p in (tmp_path / "j").rglob("*") if TEMP_TAG in p.name]
-    # the same folder opened for another model sees no done scene
-    other = open_job(tmp_path / "j2", model_hash="c" * 16, settings={})
-    assert other.split([a]) == ([a], [])
+    # a job whose folder another run removed (it finished the job) says so, and nothing is recreated
+    remove_job(job.folder)
+    with pytest.raises(JobGone):
+        job.record_done(b, frame, 1.0)
+    with pytest.raises(JobGone):
+        job.blocks(b).save(0, 10, ChipDetections.empty())
+    assert not job.folder.exists()
 
 
 def test_block_store_round_trip_and_other_plans(tmp_path):
@@ -155,6 +161,28 @@ def test_blocks_resumed_in_process_equal_the_whole_scene(make_scene_files, tmp_p
     assert not any((job_dir / "blocks").iterdir())  # a scene's blocks go once it is done
 
 
+def test_a_runner_reports_in_any_order_and_twice_and_each_scene_counts_once(scenes, tmp_path):
+    cfg = DetectConfig(device="cpu")
+    plain = detect(scenes, config=cfg)
+    local = in_process_runner(load_detector(None, cfg))
+
+    def unruly(tasks, on_done, on_failed):  # like a cluster: any order, and a retried task reported twice
+        def twice(task, frame, seconds):
+            on_done(task, frame, seconds)
+            on_done(task, frame, seconds)
+
+        local(list(reversed(tasks)), twice, on_failed)
+
+    assert_geodataframe_equal(detect(scenes, config=cfg, runner=unruly), plain)
+    assert_geodataframe_equal(detect(scenes, config=cfg, runner=unruly, job_dir=tmp_path / "job"), plain)
+
+    def loses_one(tasks, on_done, on_failed):
+        local(tasks[1:], on_done, on_failed)
+
+    frame = detect(scenes, config=cfg, runner=loses_one, on_error="skip")
+    assert frame.attrs["failed_scenes"] == {scenes[0]: "the runner reported no result for this scene."}
+
+
 def test_in_memory_model_cannot_keep_a_job(scenes, tmp_path):
     from geodet.modelfile import load_model
 
@@ -176,7 +204,9 @@ def test_kill_9_between_scenes_then_the_same_command_completes(make_scene_files,
     cmd = [*GEODET, "detect", *paths, "-o", str(out), "--quiet", "--batch-size", "1"]
     kill_when(cmd, lambda: parts.is_dir() and any(p.suffix == ".parquet" for p in parts.iterdir()), tmp_path / "e")
     assert not out.exists()
-    done_before = sum(1 for p in parts.iterdir() if p.suffix == ".parquet")
+    records = [json.loads(p.read_text()) for p in (job_dir_for(out) / "scenes").glob("*.json")]
+    done_before = sum(r["status"] == "done" for r in records)  # a part without its record is not done
+    assert done_before >= 1 or len(list(parts.glob("*.parquet"))) == 1
     res = run_cli("detect", *paths, "-o", out, "--quiet")
     assert res.exit_code == 0, res.output
     assert f"{done_before} of them finished by an earlier run" in res.output
