@@ -6,13 +6,12 @@ import contextlib
 
 import click
 
-from geodet.config import NORMALISATIONS, PRECISIONS, DetectConfig
+from geodet.config import NORMALISATIONS, PRECISIONS, DetectConfig, JobConfig
 from geodet_cli.options import (
     ProgressBar,
     asset_option,
     device_option,
     exit_on_failed_scenes,
-    overwrite_option,
     parse_bands_option,
     user_errors,
 )
@@ -20,6 +19,7 @@ from geodet_cli.options import (
 
 #: Defaults shown by --help and used when a flag is left out: DetectConfig's, the one home.
 _DEFAULTS = DetectConfig()
+_JOB_DEFAULTS = JobConfig()
 
 
 @click.command("detect")
@@ -50,6 +50,9 @@ _DEFAULTS = DetectConfig()
 @click.option("--quicklook", type=click.Path(dir_okay=False), default=None,
               help="Also write a downsampled PNG of the scene with the detections drawn.")
 @asset_option
+@click.option("--checkpoint-chips", type=click.IntRange(min=1), default=_JOB_DEFAULTS.block_chips, show_default=True,
+              help="A scene of more chips than this is run in blocks of this many chips, each kept in the job "
+                   "folder, so that a rerun resumes mid-scene.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--cluster", default=None, metavar="local:N",
               help="Run each scene as a task on a local Dask cluster of N worker processes (needs geodet[cluster]).")
@@ -57,9 +60,10 @@ _DEFAULTS = DetectConfig()
               help="Run each scene as a task on the Dask cluster of this running scheduler. Its workers need "
                    "geodet installed and must be able to open the scenes (shared paths or URLs); the model file is "
                    "sent to them.")
-@overwrite_option
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing output, and start over instead of resuming OUT.geodet-job.")
 def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_threshold, nms_iou, device, workers,
-               precision, normalisation, bands, quicklook, asset, quiet, cluster, scheduler, overwrite):
+               precision, normalisation, bands, quicklook, asset, checkpoint_chips, quiet, cluster, scheduler, overwrite):
     """Detect objects in SCENES and write them to OUT.
 
     A scene is a GeoTIFF or VRT path, a glob pattern (quoted), @LIST.txt (one
@@ -70,6 +74,11 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
     Several scenes give one output with a `scene` column (the file name). A
     scene that cannot be read is reported and left out; the others are still
     written, and the command then exits with status 1, naming the failed scenes.
+
+    The work is kept in OUT.geodet-job/ while the command runs: one part per
+    finished scene, and finished chip blocks of large scenes. Running the same
+    command again after an interruption or a failed scene skips what is done
+    and retries the rest; the folder is removed once OUT holds every scene.
 
     \b
     Examples:
@@ -84,11 +93,11 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
       geodet detect 'tiles/*.tif' -m pools.pt -o pools.parquet --scheduler tcp://10.0.0.5:8786
     """
     with user_errors():
-        from geodet.detection import detect, write_detections
+        from geodet.detection import check_job_output, detect_to_file
+        from geodet.jobs import job_dir_for
         from geodet.sources import resolve_scenes
-        from geodet.vector import check_output_path
 
-        check_output_path(out, overwrite=overwrite)
+        check_job_output(out, overwrite=overwrite)
         if quicklook:
             from geodet.plot import check_png_path
 
@@ -105,10 +114,10 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
         bar = ProgressBar("detect", enabled=not quiet and not (cluster or scheduler))
         try:
             with client_context as client:
-                frame = detect(paths, model, config=cfg, progress=bar, on_error="skip", client=client)
+                frame = detect_to_file(paths, out, model, config=cfg, job_config=JobConfig(block_chips=checkpoint_chips),
+                                       overwrite=overwrite, progress=bar, client=client)
         finally:
             bar.close()
-        write_detections(frame, out, overwrite=overwrite)
         failed = frame.attrs.get("failed_scenes", {})
         if quicklook:
             from geodet.plot import quicklook as make_quicklook
@@ -116,5 +125,10 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
             make_quicklook(next(p for p in paths if p not in failed), frame, quicklook, overwrite=overwrite)
     counts = frame["class"].value_counts().to_dict() if len(frame) else {}
     detail = ", ".join(f"{n} {c}" for c, n in sorted(counts.items())) or "nothing found"
-    click.echo(f"wrote {len(frame)} detections ({detail}) from {len(paths) - len(failed)} scene(s) to {out}")
+    before = frame.attrs.get("scenes_done_before", 0)
+    resumed = f"; {before} of them finished by an earlier run" if before else ""
+    click.echo(f"wrote {len(frame)} detections ({detail}) from {len(paths) - len(failed)} scene(s) to {out}{resumed}")
+    if failed:
+        click.echo(f"the finished scenes are kept in {job_dir_for(out)}: run the same command again to retry the "
+                   "failed ones.", err=True)
     exit_on_failed_scenes(failed, len(paths))

@@ -379,6 +379,22 @@ class ClusterConfig:
             raise ConfigError(f"connect_timeout_s must be positive, got {self.connect_timeout_s}")
 
 
+@dataclass(frozen=True)
+class JobConfig:
+    """Settings of a resumable detection job (:mod:`geodet.jobs`); none changes the detections.
+
+    Attributes:
+        block_chips: a scene with more chips than this is predicted in blocks of
+            this many chips, and each finished block is kept in the job folder,
+            so a rerun resumes mid-scene.
+    """
+
+    block_chips: int = 512
+
+    def __post_init__(self) -> None:
+        if int(self.block_chips) < 1:
+            raise ConfigError(f"block_chips must be at least 1, got {self.block_chips!r}")
+
 def to_dict(cfg: Any) -> dict:
     """A JSON-safe ``dict`` of a (possibly nested) config dataclass."""
     out = {}

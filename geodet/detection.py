@@ -12,6 +12,8 @@ import copy
 import dataclasses
 from dataclasses import dataclass
 import logging
+import os
+import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
@@ -20,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from geodet.boxes import pixel_boxes_to_polygons
-from geodet.config import DetectConfig
+from geodet.config import DetectConfig, JobConfig
 from geodet.errors import GeodetError
 from geodet.raster import open_dataset, scene_info
 from geodet.sources import file_name, redact, resolve_scenes
@@ -146,8 +148,19 @@ def scene_name(path: str) -> str:
     return file_name(path)
 
 
-def detect_task(task: SceneTask, detector: Detector, *, progress: Optional[Callable[[int, int], None]] = None) -> gpd.GeoDataFrame:
+def detect_task(
+    task: SceneTask,
+    detector: Detector,
+    *,
+    progress: Optional[Callable[[int, int], None]] = None,
+    blocks=None,
+) -> gpd.GeoDataFrame:
     """Detections of one task, in its scene's CRS (an empty frame with that CRS when none).
+
+    Args:
+        blocks: a :class:`geodet.jobs.BlockStore`: a scene of more chips than its
+            ``block_chips`` is predicted block by block, each block kept there and
+            taken from there when a rerun finds it (:func:`predict_in_blocks`).
 
     Raises:
         GeodetError: the scene cannot be opened or read, or does not fit the model.
@@ -160,7 +173,10 @@ def detect_task(task: SceneTask, detector: Detector, *, progress: Optional[Calla
     with open_dataset(path) as src:
         info = scene_info(src)
         plan = plan_scene(src, info, detector.config, detector.meta)
-        dets = predict_scene(detector.net, src, plan, detector.config, device=detector.device, progress=progress)
+        if blocks is not None and len(plan.chips.windows) > blocks.block_chips:
+            dets = predict_in_blocks(detector, src, plan, blocks, progress=progress)
+        else:
+            dets = predict_scene(detector.net, src, plan, detector.config, device=detector.device, progress=progress)
     log.info("%s: %d detections from %d chips (%d nodata chips skipped)", path, len(dets.scores), dets.chips, dets.skipped)
     if len(dets.scores) == 0:
         return empty_frame(info.crs)
@@ -173,6 +189,83 @@ def detect_task(task: SceneTask, detector: Detector, *, progress: Optional[Calla
         geometry=pixel_boxes_to_polygons(dets.boxes_px, info.transform),
         crs=info.crs,
     )
+
+
+def predict_in_blocks(detector: Detector, src, plan, blocks, *, progress: Optional[Callable[[int, int], None]] = None):
+    """A scene's stitched detections (:class:`geodet.predict.SceneDetections`), predicted by blocks of chips.
+
+    Blocks found in ``blocks`` (a :class:`geodet.jobs.BlockStore`) are taken as they are;
+    the others are predicted (:func:`geodet.predict.predict_chips`) and kept there. The
+    stitch runs once over all blocks, so the result is that of an uninterrupted run.
+    """
+    from geodet.predict import ChipDetections, chip_blocks, predict_chips, stitch_chips
+
+    n_chips = len(plan.chips.windows)
+    parts = []
+    resumed = 0
+    for index, chips in enumerate(chip_blocks(n_chips, blocks.block_chips)):
+        raw = blocks.load(index, n_chips)
+        if raw is None:
+            offset = chips.start
+            step = (lambda done, _total, offset=offset: progress(offset + done, n_chips)) if progress else None
+            raw = predict_chips(detector.net, src, plan, detector.config, indices=chips, device=detector.device,
+                                progress=step)
+            blocks.save(index, n_chips, raw)
+        else:
+            resumed += 1
+            if progress:
+                progress(chips.stop, n_chips)
+        parts.append(raw)
+    if resumed:
+        log.info("%s: %d of %d chip blocks taken from an earlier run", src.name, resumed, len(parts))
+    return stitch_chips(ChipDetections.concat(parts), plan, (src.height, src.width), detector.config)
+
+
+#: Called by a runner when a task finished: ``(task, its detections frame, seconds)``.
+OnDone = Callable[[SceneTask, gpd.GeoDataFrame, float], None]
+#: Called by a runner when a task failed: ``(task, one-sentence reason)``; it may raise to stop the run.
+OnFailed = Callable[[SceneTask, str], None]
+#: Runs tasks somewhere (in this process, on a Dask cluster) and reports each task exactly once,
+#: to ``on_done`` or ``on_failed``, from the calling process.
+Runner = Callable[[Sequence[SceneTask], OnDone, OnFailed], None]
+
+
+def in_process_runner(detector: Detector, progress: Optional[Callable[[int, int], None]] = None, job=None) -> Runner:
+    """The default :data:`Runner`: tasks one after another in this process, with ``detector``.
+
+    Args:
+        detector: the loaded model (:func:`load_detector`).
+        progress: called with (chips done, chips total) per scene.
+        job: a :class:`geodet.jobs.Job` whose chip-block checkpoints large scenes use.
+    """
+
+    def run(tasks: Sequence[SceneTask], on_done: OnDone, on_failed: OnFailed) -> None:
+        for task in tasks:
+            t0 = time.perf_counter()
+            try:
+                frame = detect_task(task, detector, progress=progress, blocks=job.blocks(task) if job else None)
+            except GeodetError as exc:
+                on_failed(task, str(exc))
+                continue
+            on_done(task, frame, time.perf_counter() - t0)
+
+    return run
+
+
+def model_identity(model) -> Optional[str]:
+    """:func:`geodet.modelfile.model_hash` of a model path (None: the bundled model); None for ``(net, meta)``.
+
+    Raises:
+        GeodetError: the model file is missing.
+    """
+    from geodet.modelfile import model_hash, read_model_file
+
+    if isinstance(model, tuple):
+        return None
+    path = default_model_path() if model is None else str(model)
+    if not os.path.isfile(path):
+        read_model_file(path)  # its one sentence for a missing file
+    return model_hash(path)
 
 
 def combine_frames(frames: Sequence[gpd.GeoDataFrame]) -> gpd.GeoDataFrame:
@@ -207,8 +300,15 @@ def detect(
     on_error: str = "raise",
     asset: Optional[str] = None,
     client=None,
+    job_dir: Optional[Union[str, os.PathLike]] = None,
+    job_config: JobConfig = JobConfig(),
+    runner: Optional[Runner] = None,
 ) -> gpd.GeoDataFrame:
     """Detect objects in one or more scenes.
+
+    Plans one task per scene, skips the tasks a job folder holds as done, hands
+    the others to a runner (``runner(pending, on_done, on_failed)``), and
+    combines the per-scene frames.
 
     Args:
         scenes: what :func:`geodet.sources.resolve_scenes` takes: GeoTIFF or VRT path(s), glob
@@ -220,7 +320,7 @@ def detect(
             device, workers, precision, normalisation.
         bands: shorthand for ``config.bands`` (1-based scene bands; default: the model's).
         chip_size: shorthand for ``config.chip_size`` (default: the model's).
-        progress: called with (chips done, chips total) per scene.
+        progress: called with (chips done, chips total) per scene (in-process runner).
         on_error: what a scene that cannot be opened or read (a damaged file,
             wrong bands) does: ``"raise"`` its :class:`GeodetError`, or
             ``"skip"`` it and go on with the others; skipped scenes are listed
@@ -230,63 +330,152 @@ def detect(
         client: a :class:`distributed.Client`: each scene is one task on its
             cluster (:func:`geodet.cluster.dask_runner`; needs a model file,
             ``progress`` is not called); None runs in this process.
+        job_dir: a job folder (:mod:`geodet.jobs`) that keeps every finished
+            scene and chip block, so that the same call after a crash resumes:
+            scenes done there are not run again (their count is in
+            ``frame.attrs["scenes_done_before"]``) and the result is read from its
+            parts. Needs a model file. None (the default): no job, nothing kept.
+            The folder is left for the caller (:func:`geodet.jobs.remove_job`).
+        job_config: block size of chip checkpoints (with ``job_dir``).
+        runner: where the tasks run (:data:`Runner`); default
+            :func:`in_process_runner` with the model loaded here.
 
     Returns:
         GeoDataFrame with columns ``class``, ``score``, ``scene`` and box
         polygons (four pixel corners through the scene's affine) in the
         scene's CRS; when scenes have different CRSs, in EPSG:4326.
     """
+    from geodet.jobs import JobGone, detection_settings, open_job
+
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if bands is not None:
         config = dataclasses.replace(config, bands=tuple(bands))
     if chip_size is not None:
         config = dataclasses.replace(config, chip_size=chip_size)
-    paths = resolve_scenes(scenes, asset=asset)
+    tasks = plan_tasks(resolve_scenes(scenes, asset=asset))
+    job = None
+    pending = list(tasks)
+    if job_dir is not None:
+        job = open_job(job_dir, model_hash=model_identity(model), settings=detection_settings(config), config=job_config)
+        pending, done_before = job.split(tasks)
+        if done_before:
+            log.info("%d of %d scene(s) were finished by an earlier run", len(done_before), len(tasks))
+    frames: Dict[str, gpd.GeoDataFrame] = {}
     failed: Dict[str, str] = {}
-    detector: Optional[Detector] = None
-    frames: List[gpd.GeoDataFrame] = []
-    if client is not None:
-        frames = _detect_on_cluster(client, plan_tasks(paths), model, config, failed, on_error)
+
+    def on_done(task: SceneTask, frame: gpd.GeoDataFrame, seconds: float) -> None:
+        failed.pop(task.path, None)
+        if job is not None:
+            job.record_done(task, frame, seconds)
+        else:
+            frames[task.path] = frame
+
+    def on_failed(task: SceneTask, reason: str) -> None:
+        if job is not None:
+            job.record_failed(task, reason)
+        failed[task.path] = reason
+        if on_error == "raise":
+            raise GeodetError(reason)
+        log.warning("skipped %s: %s", redact(task.path), reason)
+
+    if pending:
+        if runner is None and client is not None:
+            from geodet.cluster import dask_runner
+
+            runner = dask_runner(client, model, config)
+        if runner is None:
+            runner = in_process_runner(load_detector(model, config), progress=progress, job=job)
+        runner(pending, on_done, on_failed)
+    if job is not None:
+        if not job.folder.is_dir():
+            raise JobGone(f"{job.folder} was removed by another run of the same job meanwhile.")
+        finished = [task for task in tasks if job.is_done(task)]
+        collected = [job.frame(task) for task in finished]
     else:
-        for task in plan_tasks(paths):
-            if detector is None:
-                detector = load_detector(model, config)
-            try:
-                frames.append(detect_task(task, detector, progress=progress))
-            except GeodetError as exc:
-                if on_error == "raise":
-                    raise
-                failed[task.path] = str(exc)
-                log.warning("skipped %s: %s", redact(task.path), exc)
-    if len(failed) == len(paths):
+        finished = [task for task in tasks if task.path in frames]
+        collected = [frames[task.path] for task in finished]
+    done_paths = {task.path for task in finished}
+    for task in tasks:
+        if task.path not in done_paths and task.path not in failed:
+            failed[task.path] = "the runner reported no result for this scene."
+    if not finished:
         raise GeodetError("no scene could be read: " + "; ".join(failed.values()))
-    out = combine_frames(frames)
+    out = combine_frames(collected)
     out.attrs["failed_scenes"] = failed
+    out.attrs["scenes_done_before"] = len(tasks) - len(pending)
     return out
 
 
-def _detect_on_cluster(client, tasks: List[SceneTask], model, config: DetectConfig, failed: Dict[str, str],
-                       on_error: str) -> List[gpd.GeoDataFrame]:
-    """Per-scene frames of ``tasks`` run on a Dask cluster, in task order; failures go into ``failed``.
+def check_job_output(output: Union[str, os.PathLike], *, overwrite: bool = False) -> bool:
+    """Check before any work that ``output`` can be written by a detection job.
 
-    A hook until the job folder runs every runner: it keeps no parts on disk.
+    An existing ``output`` is refused unless ``overwrite`` or the job folder
+    beside it wrote it as a partial output (a rerun then replaces it).
+
+    Returns:
+        whether an existing ``output`` may be replaced.
+
+    Raises:
+        GeodetError: the folder cannot be written, or ``output`` exists.
     """
-    from geodet.cluster import dask_runner
+    from geodet.jobs import job_dir_for, job_owns_output
+    from geodet.vector import check_output_path
 
-    done: Dict[int, gpd.GeoDataFrame] = {}  # id(task) -> frame: the runner hands back the tasks it was given
+    replace = overwrite or job_owns_output(job_dir_for(output), output)
+    check_output_path(str(output), overwrite=replace)
+    return replace
 
-    def on_done(task: SceneTask, frame: gpd.GeoDataFrame, seconds: float) -> None:
-        done[id(task)] = frame
 
-    def on_failed(task: SceneTask, reason: str) -> None:
-        if on_error == "raise":
-            raise GeodetError(reason)
-        failed[task.path] = reason
-        log.warning("skipped %s: %s", task.path, reason)
+def detect_to_file(
+    scenes: Union[str, Sequence[str]],
+    output: Union[str, os.PathLike],
+    model=None,
+    *,
+    config: DetectConfig = DetectConfig(),
+    job_config: JobConfig = JobConfig(),
+    overwrite: bool = False,
+    progress: Optional[Callable[[int, int], None]] = None,
+    runner: Optional[Runner] = None,
+    client=None,
+) -> gpd.GeoDataFrame:
+    """Detect objects in scenes and write them to ``output``, resumably: what ``geodet detect`` runs.
 
-    dask_runner(client, model, config)(tasks, on_done, on_failed)
-    return [done[id(task)] for task in tasks if id(task) in done]
+    The work is kept in the job folder ``<output>.geodet-job/``
+    (:func:`geodet.jobs.job_dir_for`) while it runs. When every scene is done,
+    ``output`` is written atomically from the parts and the job folder removed,
+    so running a finished command again says that ``output`` already exists.
+    When some scenes failed, ``output`` is written from the others and the job
+    folder kept: the same command again retries the failed scenes and replaces
+    that partial ``output``. ``overwrite`` starts over (the old job folder is
+    deleted) and replaces an existing ``output``.
+
+    Returns:
+        the frame written, with ``attrs["failed_scenes"]`` and ``attrs["scenes_done_before"]``.
+
+    Raises:
+        GeodetError: the output cannot be written, the job folder belongs to another
+            model or settings, or no scene could be read.
+    """
+    from geodet.jobs import JobGone, job_dir_for, mark_partial_output, remove_job
+    from geodet.vector import check_output_path
+
+    job_dir = job_dir_for(output)
+    replace = check_job_output(output, overwrite=overwrite)
+    if overwrite:
+        remove_job(job_dir)
+    try:
+        frame = detect(scenes, model, config=config, progress=progress, on_error="skip", job_dir=job_dir,
+                       job_config=job_config, runner=runner, client=client)
+    except JobGone:
+        check_output_path(str(output), overwrite=replace)  # another run finished it: "already exists"
+        raise
+    write_detections(frame, str(output), overwrite=replace)
+    if frame.attrs["failed_scenes"]:
+        mark_partial_output(job_dir, output)
+    else:
+        remove_job(job_dir)
+    return frame
 
 
 def _overlap_warning(meta, overlap_px: int) -> Optional[str]:

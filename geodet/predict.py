@@ -2,7 +2,9 @@
 
 :func:`plan_scene` checks an open scene against the model and decides how it
 is read (:class:`ScenePlan`: bands, normalisation statistics, chip windows);
-:func:`predict_scene` runs that plan. Chips are read by a pool of reader
+:func:`predict_scene` runs that plan: :func:`predict_chips` turns chip windows
+into raw per-chip detections (a resumable job runs it block by block and keeps
+each block), :func:`stitch_chips` merges them across chips. Chips are read by a pool of reader
 threads (each with its own rasterio handle, the first reusing the caller's)
 a bounded number of chips ahead of the model, so reading overlaps compute and
 memory is bounded by the chips in flight, not the scene size. Model outputs
@@ -125,10 +127,13 @@ class ChipReader:
         plan: bands, statistics, windows and scale.
         workers: reader threads (>= 1).
         prefetch: chips in flight at most.
+        indices: indices into ``plan.chips.windows`` to read, in order (default: all).
     """
 
-    def __init__(self, src, plan: ScenePlan, *, workers: int = 2, prefetch: int = 16):
+    def __init__(self, src, plan: ScenePlan, *, workers: int = 2, prefetch: int = 16,
+                 indices: Optional[Sequence[int]] = None):
         self.src, self.plan = src, plan
+        self.indices = list(range(len(plan.chips.windows)) if indices is None else indices)
         self.workers = max(1, workers)
         self.prefetch = max(1, prefetch)
         self._local = threading.local()
@@ -157,9 +162,12 @@ class ChipReader:
         )
         return index, chip, valid
 
+    def __len__(self) -> int:
+        return len(self.indices)
+
     def __iter__(self) -> Iterator[Tuple[int, np.ndarray, np.ndarray]]:
-        """Yield ``(window index, chip float32 [C, S, S], valid bool [S, S])``."""
-        n = len(self.plan.chips.windows)
+        """Yield ``(window index, chip float32 [C, S, S], valid bool [S, S])`` for the indices, in order."""
+        n = len(self.indices)
         try:
             with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="geodet-read") as pool:
                 pending: deque = deque()
@@ -167,7 +175,7 @@ class ChipReader:
                 try:
                     while nxt < n or pending:
                         while nxt < n and len(pending) < self.prefetch:
-                            pending.append(pool.submit(self._read, nxt))
+                            pending.append(pool.submit(self._read, self.indices[nxt]))
                             nxt += 1
                         yield pending.popleft().result()
                 finally:
@@ -246,34 +254,81 @@ def plan_scene(src, info: SceneInfo, config: DetectConfig, meta: ModelMeta) -> S
     return ScenePlan(chips, bands, stats)
 
 
-def predict_scene(
+@dataclass
+class ChipDetections:
+    """Raw detections of some chips of one scene, before the cross-chip stitch.
+
+    Attributes:
+        boxes_px: float32 [N, 4] xyxy scene pixels.
+        scores: float32 [N].
+        labels: int64 [N] class indices.
+        chip_index: int64 [N] index into ``ScenePlan.chips.windows`` of the chip each came from.
+        chips: chips run through the model.
+        skipped: nodata-only chips skipped.
+    """
+
+    boxes_px: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    chip_index: np.ndarray
+    chips: int
+    skipped: int
+
+    @classmethod
+    def empty(cls, chips: int = 0, skipped: int = 0) -> "ChipDetections":
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                   chips, skipped)
+
+    @classmethod
+    def concat(cls, parts: Sequence["ChipDetections"]) -> "ChipDetections":
+        """The detections of several parts, in the given order (chips run and skipped summed)."""
+        if not parts:
+            return cls.empty()
+        return cls(
+            np.concatenate([p.boxes_px for p in parts]).astype(np.float32, copy=False),
+            np.concatenate([p.scores for p in parts]).astype(np.float32, copy=False),
+            np.concatenate([p.labels for p in parts]).astype(np.int64, copy=False),
+            np.concatenate([p.chip_index for p in parts]).astype(np.int64, copy=False),
+            sum(p.chips for p in parts),
+            sum(p.skipped for p in parts),
+        )
+
+
+def chip_blocks(n_chips: int, block_chips: int) -> List[range]:
+    """Consecutive blocks of at most ``block_chips`` chip indices covering ``range(n_chips)``."""
+    block_chips = max(1, int(block_chips))
+    return [range(start, min(start + block_chips, n_chips)) for start in range(0, n_chips, block_chips)]
+
+
+def predict_chips(
     net: torch.nn.Module,
     src,
     plan: ScenePlan,
     config: DetectConfig,
     *,
+    indices: Optional[Sequence[int]] = None,
     device: torch.device = torch.device("cpu"),
     progress: Optional[Callable[[int, int], None]] = None,
-) -> SceneDetections:
-    """Detect objects in one scene; boxes in scene pixels, merged across chips.
+) -> ChipDetections:
+    """Raw per-chip detections of the chips ``indices`` (default: all), in scene pixels.
 
-    Model outputs leave torch once, per chip, as numpy arrays; stitching
-    (:func:`geodet.stitch.merge_detections_np`) and the result are numpy.
+    Model outputs leave torch once per chip as numpy arrays; detections
+    centred on nodata or padding are dropped; nothing is merged across chips
+    (that is :func:`stitch_chips`). Detections come in chip order.
 
     Args:
         net: a model from :func:`geodet.model.build_model` in eval mode on ``device``.
         src: the open scene (rasterio dataset); the caller closes it.
         plan: bands, statistics and chip windows (:func:`plan_scene`).
-        config: ``batch_size``, ``workers``, ``score_threshold``, ``nms_iou``
-            and ``precision`` (:class:`geodet.config.DetectConfig`, :func:`autocast_dtype`).
+        config: ``batch_size``, ``workers``, ``score_threshold`` and
+            ``precision`` (:class:`geodet.config.DetectConfig`, :func:`autocast_dtype`).
+        indices: indices into ``plan.chips.windows``, in the order run.
         device: where ``net`` runs.
-        progress: called with (chips done, chips total).
+        progress: called with (chips done, chips in ``indices``).
     """
-    from geodet.stitch import merge_detections_np
-
     chips = plan.chips
     batch_size = config.batch_size
-    reader = ChipReader(src, plan, workers=config.workers, prefetch=max(2 * batch_size, 4))
+    reader = ChipReader(src, plan, workers=config.workers, prefetch=max(2 * batch_size, 4), indices=indices)
     amp_dtype = autocast_dtype(device, config.precision)
     use_amp = amp_dtype is not None
     if use_amp:
@@ -285,7 +340,7 @@ def predict_scene(
     chip_idx_all: List[np.ndarray] = []
     batch: List[Tuple[int, np.ndarray, np.ndarray]] = []
     done = skipped = 0
-    total = len(chips.windows)
+    total = len(reader)
     scale = np.float32(chips.scale)  # as torch multiplies float32 boxes by a Python float
 
     def run(batch):
@@ -311,7 +366,7 @@ def predict_scene(
             labels_all.append(labels)
             chip_idx_all.append(np.full(len(boxes), index, np.int64))
 
-    # one inference-mode and autocast region for the whole scene, not one per batch
+    # one inference-mode and autocast region for all the chips, not one per batch
     with gdal_env(src.name), torch.inference_mode(), torch.autocast(
         device.type, dtype=amp_dtype, enabled=use_amp
     ):
@@ -331,13 +386,60 @@ def predict_scene(
 
     chips_run = total - skipped
     if not boxes_all:
-        empty = np.zeros((0, 4), np.float32)
-        return SceneDetections(empty, np.zeros(0, np.float32), np.zeros(0, np.int64), chips_run, skipped)
-    boxes = np.concatenate(boxes_all)
-    scores = np.concatenate(scores_all)
-    labels = np.concatenate(labels_all).astype(np.int64, copy=False)
-    chip_boxes = np.array([window_bounds_px(w) for w in chips.windows], np.float64)
-    keep = merge_detections_np(
-        boxes, scores, labels, np.concatenate(chip_idx_all), chip_boxes, (src.height, src.width), nms_iou=config.nms_iou
+        return ChipDetections.empty(chips_run, skipped)
+    return ChipDetections(
+        np.concatenate(boxes_all),
+        np.concatenate(scores_all),
+        np.concatenate(labels_all).astype(np.int64, copy=False),
+        np.concatenate(chip_idx_all),
+        chips_run,
+        skipped,
     )
-    return SceneDetections(boxes[keep], scores[keep], labels[keep], chips_run, skipped)
+
+
+def stitch_chips(raw: ChipDetections, plan: ScenePlan, scene_hw: Tuple[int, int], config: DetectConfig) -> SceneDetections:
+    """Merge raw per-chip detections across the chips of a scene (:func:`geodet.stitch.merge_detections_np`).
+
+    Args:
+        raw: detections of the scene's chips (:func:`predict_chips`, one call or
+            several concatenated in chip order).
+        plan: the plan they were predicted with (its chip windows).
+        scene_hw: ``(height, width)`` of the scene in pixels.
+        config: ``nms_iou``.
+    """
+    from geodet.stitch import merge_detections_np
+
+    if len(raw.scores) == 0:
+        empty = np.zeros((0, 4), np.float32)
+        return SceneDetections(empty, np.zeros(0, np.float32), np.zeros(0, np.int64), raw.chips, raw.skipped)
+    chip_boxes = np.array([window_bounds_px(w) for w in plan.chips.windows], np.float64)
+    keep = merge_detections_np(
+        raw.boxes_px, raw.scores, raw.labels, raw.chip_index, chip_boxes, tuple(scene_hw), nms_iou=config.nms_iou
+    )
+    return SceneDetections(raw.boxes_px[keep], raw.scores[keep], raw.labels[keep], raw.chips, raw.skipped)
+
+
+def predict_scene(
+    net: torch.nn.Module,
+    src,
+    plan: ScenePlan,
+    config: DetectConfig,
+    *,
+    device: torch.device = torch.device("cpu"),
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> SceneDetections:
+    """Detect objects in one scene; boxes in scene pixels, merged across chips.
+
+    The composition of :func:`predict_chips` over every chip and :func:`stitch_chips`.
+
+    Args:
+        net: a model from :func:`geodet.model.build_model` in eval mode on ``device``.
+        src: the open scene (rasterio dataset); the caller closes it.
+        plan: bands, statistics and chip windows (:func:`plan_scene`).
+        config: ``batch_size``, ``workers``, ``score_threshold``, ``nms_iou``
+            and ``precision`` (:class:`geodet.config.DetectConfig`, :func:`autocast_dtype`).
+        device: where ``net`` runs.
+        progress: called with (chips done, chips total).
+    """
+    raw = predict_chips(net, src, plan, config, device=device, progress=progress)
+    return stitch_chips(raw, plan, (src.height, src.width), config)
