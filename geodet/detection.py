@@ -326,7 +326,8 @@ def _overlap_warning(meta, overlap_px: int) -> Optional[str]:
 
 def write_detections(frame: gpd.GeoDataFrame, path: str, *, overwrite: bool = False) -> None:
     """Write detections by extension (.geojson RFC 7946 in EPSG:4326; .gpkg,
-    .shp and .parquet in the frame's CRS), atomically."""
+    .shp and .parquet in the frame's CRS), atomically, with the run's metadata
+    (``frame.attrs["geodet"]``) where the format has a place for it."""
     from geodet.vector import write_vector
 
     write_vector(frame, path, overwrite=overwrite)

@@ -398,8 +398,11 @@ def overlay_lonlat(rgba, bounds, rows, cols):
 
 
 def test_explore_returns_a_map_with_image_truth_and_detection_layers(tmp_path):
+    import base64
+    import io
+
     from geodet.plot import LABEL_COLOR, explore
-    from geodet.webmap import FILL_OPACITY, class_colors
+    from geodet.webmap import FILL_OPACITY, class_colors, scene_overlay
 
     path = tmp_path / "scene.tif"
     transform = write_scene(path)
@@ -409,6 +412,11 @@ def test_explore_returns_a_map_with_image_truth_and_detection_layers(tmp_path):
     assert isinstance(m, folium.Map)
     layers = map_layers(m)
     assert [c.layer_name for c in layers["ImageOverlay"]] == ["scene.tif"]
+    rgba, bounds = scene_overlay(path)  # the overlay is the warped scene image, placed at its bounds
+    overlay = layers["ImageOverlay"][0]
+    assert np.allclose(overlay.bounds, bounds, rtol=0, atol=1e-12)
+    png = imread(io.BytesIO(base64.b64decode(overlay.url.split(",", 1)[1])))
+    assert np.array_equal((png * 255 + 0.5).astype(np.uint8), rgba)
     names = [c.layer_name for c in layers["GeoJson"]]
     assert names[0] == "ground truth" and len(names) == 3
     assert "detections: car (1)" in names[1] and "detections: pool (2)" in names[2]
