@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 #: The small model shipped with the package (see ``scripts/make_default_model.py``).
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "default.pt"
 
-COLUMNS = ["class", "score", "scene"]
+#: The columns of every detections frame (besides ``geometry``): the class name, the model's
+#: integer for it (an index into the model's ``class_names``), the score and the scene's file name.
+COLUMNS = ["class", "class_id", "score", "scene"]
 
 
 def default_model_path() -> str:
@@ -64,9 +66,14 @@ def load(model=None, device: str = "auto"):
 
 
 def empty_frame(crs) -> gpd.GeoDataFrame:
-    """A detections frame with the schema and no rows."""
+    """A detections frame with the schema (:data:`COLUMNS`) and no rows."""
     return gpd.GeoDataFrame(
-        {"class": pd.Series([], dtype=str), "score": pd.Series([], dtype="float64"), "scene": pd.Series([], dtype=str)},
+        {
+            "class": pd.Series([], dtype=str),
+            "class_id": pd.Series([], dtype="int64"),
+            "score": pd.Series([], dtype="float64"),
+            "scene": pd.Series([], dtype=str),
+        },
         geometry=gpd.GeoSeries([], crs=crs),
         crs=crs,
     )
@@ -142,6 +149,51 @@ def load_detector(model=None, config: DetectConfig = DetectConfig()) -> Detector
     return Detector(net, meta, device, run_config, model_name=Path(path).name, model_hash=model_hash(path))
 
 
+def run_metadata(detector: Detector) -> Dict[str, object]:
+    """What the outputs of a run say about their making (JSON values).
+
+    ``geodet_version``, ``model_name`` and ``model_hash`` (None for an in-memory model), and
+    ``class_names`` (``class_id`` indexes it). Detection frames carry it in
+    ``frame.attrs[geodet.vector.METADATA_ATTR]``; :func:`geodet.vector.write_vector` writes it
+    into each format's metadata.
+    """
+    from geodet import __version__
+
+    return {
+        "geodet_version": __version__,
+        "model_name": detector.model_name,
+        "model_hash": detector.model_hash,
+        "class_names": [str(name) for name in detector.meta.class_names],
+    }
+
+
+def model_file_metadata(model=None) -> Optional[Dict[str, object]]:
+    """:func:`run_metadata` of a model file (None: the bundled model) without loading its network;
+    None for an in-memory ``(net, meta)`` model. For frames that lost their ``attrs`` on the way
+    (a job's parts read back from GeoParquet)."""
+    from geodet import __version__
+    from geodet.modelfile import model_hash, read_model_file
+
+    if isinstance(model, tuple):
+        return None
+    path = default_model_path() if model is None else str(model)
+    return {
+        "geodet_version": __version__,
+        "model_name": Path(path).name,
+        "model_hash": model_hash(path),
+        "class_names": [str(name) for name in read_model_file(path)["class_names"]],
+    }
+
+
+def with_metadata(frame: gpd.GeoDataFrame, metadata: Optional[Dict[str, object]]) -> gpd.GeoDataFrame:
+    """``frame`` with ``metadata`` in ``frame.attrs[METADATA_ATTR]`` (None: left as it is); returns ``frame``."""
+    from geodet.vector import METADATA_ATTR
+
+    if metadata is not None:
+        frame.attrs[METADATA_ATTR] = copy.deepcopy(metadata)
+    return frame
+
+
 def scene_name(path: str) -> str:
     """The ``scene`` column's value for a scene reference: its file name, without a URL's query
     (``/vsicurl/https://host/a/b.tif?sig=...`` -> ``b.tif``)."""
@@ -179,16 +231,18 @@ def detect_task(
             dets = predict_scene(detector.net, src, plan, detector.config, device=detector.device, progress=progress)
     log.info("%s: %d detections from %d chips (%d nodata chips skipped)", path, len(dets.scores), dets.chips, dets.skipped)
     if len(dets.scores) == 0:
-        return empty_frame(info.crs)
-    return gpd.GeoDataFrame(
+        return with_metadata(empty_frame(info.crs), run_metadata(detector))
+    frame = gpd.GeoDataFrame(
         {
             "class": np.asarray(detector.meta.class_names, dtype=object)[dets.labels],
+            "class_id": np.asarray(dets.labels, dtype=np.int64),
             "score": dets.scores.astype(np.float64),
             "scene": scene_name(path),
         },
         geometry=pixel_boxes_to_polygons(dets.boxes_px, info.transform),
         crs=info.crs,
     )
+    return with_metadata(frame, run_metadata(detector))
 
 
 def predict_in_blocks(detector: Detector, src, plan, blocks, *, progress: Optional[Callable[[int, int], None]] = None):
@@ -272,21 +326,28 @@ def combine_frames(frames: Sequence[gpd.GeoDataFrame]) -> gpd.GeoDataFrame:
     """One detections frame from per-scene frames (each in its scene's CRS).
 
     The result is in the scenes' CRS when they share one, else in EPSG:4326;
-    rows are sorted by scene, then by descending score.
+    rows are sorted by scene, then by descending score. The run's metadata
+    (:func:`run_metadata`) is kept when every frame carries the same.
     """
+    from geodet.vector import METADATA_ATTR
+
     if not frames:
         return empty_frame("EPSG:4326")
+    metadata = [frame.attrs.get(METADATA_ATTR) for frame in frames]
+    shared = metadata[0] if all(m == metadata[0] for m in metadata) else None
     crs_set = {frame.crs.to_string() for frame in frames if frame.crs is not None}
     out_crs = frames[0].crs if len(crs_set) <= 1 else "EPSG:4326"
     if len(crs_set) > 1:
         frames = [frame.to_crs(out_crs) for frame in frames]
     frames = [frame for frame in frames if len(frame)]
     if not frames:
-        return empty_frame(out_crs)
+        return with_metadata(empty_frame(out_crs), shared)
     out = pd.concat(frames, ignore_index=True)
-    return gpd.GeoDataFrame(out, geometry="geometry", crs=out_crs).sort_values(
+    out = gpd.GeoDataFrame(out, geometry="geometry", crs=out_crs).sort_values(
         ["scene", "score"], ascending=[True, False], ignore_index=True
     )
+    out.attrs.pop(METADATA_ATTR, None)
+    return with_metadata(out, shared)
 
 
 def detect(
@@ -341,9 +402,12 @@ def detect(
             :func:`in_process_runner` with the model loaded here.
 
     Returns:
-        GeoDataFrame with columns ``class``, ``score``, ``scene`` and box
-        polygons (four pixel corners through the scene's affine) in the
-        scene's CRS; when scenes have different CRSs, in EPSG:4326.
+        GeoDataFrame with columns ``class``, ``class_id`` (the model's
+        integer for the class), ``score``, ``scene`` and box polygons (four
+        pixel corners through the scene's affine) in the scene's CRS; when
+        scenes have different CRSs, in EPSG:4326. ``frame.attrs["geodet"]``
+        holds the run's metadata (:func:`run_metadata`), which
+        :func:`write_detections` writes into the file.
     """
     from geodet.jobs import JobGone, detection_settings, open_job
 
@@ -402,6 +466,10 @@ def detect(
     if not finished:
         raise GeodetError("no scene could be read: " + "; ".join(failed.values()))
     out = combine_frames(collected)
+    from geodet.vector import METADATA_ATTR
+
+    if METADATA_ATTR not in out.attrs:  # parts read back from a job folder carry no attrs
+        with_metadata(out, model_file_metadata(model))
     out.attrs["failed_scenes"] = failed
     out.attrs["scenes_done_before"] = len(tasks) - len(pending)
     return out
@@ -488,7 +556,8 @@ def _overlap_warning(meta, overlap_px: int) -> Optional[str]:
 
 def write_detections(frame: gpd.GeoDataFrame, path: str, *, overwrite: bool = False) -> None:
     """Write detections by extension (.geojson RFC 7946 in EPSG:4326; .gpkg,
-    .shp and .parquet in the frame's CRS), atomically."""
+    .shp and .parquet in the frame's CRS), atomically, with the run's metadata
+    (``frame.attrs["geodet"]``) where the format has a place for it."""
     from geodet.vector import write_vector
 
     write_vector(frame, path, overwrite=overwrite)

@@ -592,6 +592,25 @@ def _hex_to_rgba(color: str) -> Tuple[int, int, int, int]:
     return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16), 255
 
 
+# --------------------------------------------------------------------------- interactive maps
+
+
+def explore(detections=None, scene=None, truth=None, **kw):
+    """An interactive folium map: detections coloured by class and score, the ground truth in
+    another layer and a decimated image of the scene underneath, on an OpenStreetMap basemap
+    when one is reachable and on a blank background when not.
+
+    A thin entry to :func:`geodet.webmap.explore`, which documents the arguments (``basemap``,
+    ``max_px``, ``bands``, ...). Needs folium (``pip install 'geodet[maps]'``).
+
+    Returns:
+        a ``folium.Map`` (a notebook shows it when it is a cell's last value).
+    """
+    from geodet.webmap import explore as explore_map
+
+    return explore_map(detections, scene, truth, **kw)
+
+
 # --------------------------------------------------------------------------- files
 
 

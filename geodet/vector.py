@@ -43,6 +43,15 @@ OUTPUT_DRIVERS = {
 
 _SHAPEFILE_SIDECARS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
 
+#: Key of ``frame.attrs`` whose dict (JSON values: what made the output, e.g.
+#: :func:`geodet.detection.run_metadata`) :func:`write_vector` writes into the file's metadata:
+#: GeoPackage layer metadata (``gpkg_metadata``) and layer description, a GeoParquet
+#: key-value entry beside ``geo``, a GeoJSON top-level member; shapefiles have no place for it.
+METADATA_ATTR = "geodet"
+
+#: The first GDAL whose GeoJSON driver writes foreign members (``FOREIGN_MEMBERS_COLLECTION``).
+_GDAL_GEOJSON_FOREIGN_MEMBERS = (3, 9, 0)
+
 
 @dataclass(frozen=True)
 class LabelSet:
@@ -305,21 +314,126 @@ def write_vector(frame: gpd.GeoDataFrame, path: str, *, overwrite: bool = False)
     ``.geojson``/``.json`` are written as RFC 7946 (EPSG:4326 lon/lat);
     ``.gpkg``, ``.shp`` and ``.parquet`` (GeoParquet) keep the frame's CRS.
     An empty frame gives a valid empty file with the frame's columns.
+    The dict in ``frame.attrs[METADATA_ATTR]``, when there is one, goes into the file's metadata
+    (see :data:`METADATA_ATTR` and :func:`read_output_metadata`).
     """
     driver = check_output_path(path, overwrite=overwrite)
     target = Path(path)
+    metadata = frame.attrs.get(METADATA_ATTR) or None
     if driver == "GeoJSON":
         frame = frame.to_crs("EPSG:4326") if frame.crs is not None else frame
     with scratch_folder(target) as tmpdir:
         tmp = tmpdir / target.name
         if driver == "parquet":
-            frame.to_parquet(tmp)
+            _write_geoparquet(frame, tmp, metadata)
         elif driver == "GeoJSON":
-            frame.to_file(tmp, driver=driver, engine="pyogrio", RFC7946="YES", WRITE_BBOX="NO")
+            frame.to_file(
+                tmp, driver=driver, engine="pyogrio", RFC7946="YES", WRITE_BBOX="NO", **_geojson_options(metadata)
+            )
+        elif driver == "GPKG":
+            frame.to_file(tmp, driver=driver, engine="pyogrio", **_gpkg_options(metadata))
         else:
+            if metadata:
+                log.info("%s: a shapefile has no place for metadata; %s not written", path, sorted(metadata))
             frame.to_file(tmp, driver=driver, engine="pyogrio")
         if driver == "ESRI Shapefile":  # the .shp first: it claims the name
             parts = [tmp.with_suffix(ext) for ext in _SHAPEFILE_SIDECARS if tmp.with_suffix(ext).exists()]
             publish_files([(part, target.with_suffix(part.suffix)) for part in parts], overwrite=overwrite)
         else:
             publish_file(tmp, target, overwrite=overwrite)
+
+
+def _metadata_text(metadata: dict) -> dict:
+    """String key/value pairs for GDAL metadata: strings as they are, other values as JSON; None left out."""
+    import json
+
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items() if v is not None}
+
+
+def _metadata_sentence(metadata: dict) -> str:
+    """One line for people (a GeoPackage layer description, which QGIS shows as the layer's abstract)."""
+    words = [f"geodet {metadata.get('geodet_version', '')}".strip() + " detections"]
+    if metadata.get("model_name"):
+        words.append(f"model {metadata['model_name']}")
+    if metadata.get("model_hash"):
+        words.append(f"model hash {metadata['model_hash']}")
+    return "; ".join(words)
+
+
+def _gpkg_options(metadata: Optional[dict]) -> dict:
+    """pyogrio arguments that put ``metadata`` into a GeoPackage layer.
+
+    GDAL stores layer metadata as an XML document in ``gpkg_metadata``, referenced from
+    ``gpkg_metadata_reference`` by the table (``ogrinfo`` and ``pyogrio.read_info`` list the
+    items), and ``DESCRIPTION`` in ``gpkg_contents.description``.
+    """
+    if not metadata:
+        return {}
+    return {"layer_metadata": _metadata_text(metadata), "DESCRIPTION": _metadata_sentence(metadata)}
+
+
+def _geojson_options(metadata: Optional[dict]) -> dict:
+    """pyogrio arguments that add ``{"geodet": metadata}`` as a top-level (foreign) member, RFC 7946 section 6.1."""
+    import json
+
+    import pyogrio
+
+    if not metadata:
+        return {}
+    if tuple(pyogrio.__gdal_version__) < _GDAL_GEOJSON_FOREIGN_MEMBERS:
+        log.warning("GDAL %s writes no GeoJSON foreign members; the output's metadata is left out",
+                    pyogrio.__gdal_version_string__)
+        return {}
+    return {"FOREIGN_MEMBERS_COLLECTION": json.dumps({METADATA_ATTR: metadata})}
+
+
+def _write_geoparquet(frame: gpd.GeoDataFrame, path: Path, metadata: Optional[dict]) -> None:
+    """GeoParquet with ``metadata`` as JSON under the key ``geodet`` of the Parquet key-value metadata."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    if not metadata:
+        frame.to_parquet(path)
+        return
+    plain = path.with_name(path.name + ".plain")
+    frame.to_parquet(plain)  # geopandas writes the "geo" key; ours joins it
+    table = pq.read_table(plain)
+    keys = dict(table.schema.metadata or {})
+    keys[METADATA_ATTR.encode()] = json.dumps(metadata).encode()
+    pq.write_table(table.replace_schema_metadata(keys), path)
+    plain.unlink()
+
+
+def read_output_metadata(path) -> Optional[dict]:
+    """The metadata :func:`write_vector` wrote into ``path`` (None when there is none, e.g. a shapefile).
+
+    GeoPackage items are GDAL strings: lists and objects (e.g. ``class_names``) are decoded from
+    JSON again, the others stay text.
+    """
+    import json
+
+    import pyogrio
+
+    path = os.fspath(path)
+    ext = Path(path).suffix.lower()
+    if ext == ".parquet":
+        import pyarrow.parquet as pq
+
+        raw = (pq.read_schema(path).metadata or {}).get(METADATA_ATTR.encode())
+        return json.loads(raw) if raw else None
+    if ext in (".geojson", ".json"):
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh).get(METADATA_ATTR)
+    if ext != ".gpkg":
+        return None
+    items = pyogrio.read_info(path).get("layer_metadata") or {}
+    out = {}
+    for key, value in items.items():
+        if key == "DESCRIPTION":  # gpkg_contents.description, written from the items
+            continue
+        try:
+            out[key] = json.loads(value) if value[:1] in "[{" else value
+        except ValueError:
+            out[key] = value
+    return out or None

@@ -9,10 +9,13 @@ from click.testing import CliRunner
 
 from geodet.boxes import pixel_boxes_to_polygons
 from geodet.config import DetectConfig
-from geodet.detection import default_model_path, detect, write_detections
+import geodet
+from geodet.detection import combine_frames, default_model_path, detect, empty_frame, with_metadata, write_detections
+from geodet.modelfile import model_hash
 from geodet.errors import GeodetError
 from geodet.predict import plan_chips
 from geodet.raster import open_scene
+from geodet.vector import read_output_metadata
 from geodet_cli.main import cli
 
 
@@ -44,7 +47,11 @@ def default_model():
 def test_detect_lands_on_objects(make_scene_files, default_model):
     s = make_scene_files(512, 512, seed=7)
     dets = detect(s.path, model=default_model, config=DetectConfig(score_threshold=0.5))
-    assert list(dets.columns[:3]) == ["class", "score", "scene"]
+    assert list(dets.columns[:4]) == ["class", "class_id", "score", "scene"]
+    assert dets["class_id"].dtype == np.int64
+    names = dets.attrs["geodet"]["class_names"]
+    assert (np.asarray(names, dtype=object)[dets["class_id"].to_numpy()] == dets["class"].to_numpy()).all()
+    assert dets.attrs["geodet"]["model_name"] == "default.pt" and len(dets.attrs["geodet"]["model_hash"]) == 16
     assert dets.crs.to_epsg() == 32611
     assert len(dets) >= 0.8 * len(s.scene.boxes_px)
     assert _match_rate(dets, _truth_polygons(s)) > 0.9
@@ -138,13 +145,36 @@ def test_output_formats(make_scene_files, default_model, tmp_path, ext, epsg):
     assert res.exit_code == 0, res.output
     back = gpd.read_parquet(out) if ext == ".parquet" else gpd.read_file(out)
     assert back.crs.to_epsg() == epsg
-    assert {"class", "score", "scene"} <= set(back.columns) and len(back) > 0
+    assert {"class", "class_id", "score", "scene"} <= set(back.columns) and len(back) > 0
     assert _match_rate(back, _truth_polygons(s, back.crs)) > 0.85
+    meta = read_output_metadata(out)
+    if ext == ".shp":
+        assert meta is None  # a shapefile has no place for it
+    else:
+        assert meta["model_name"] == "default.pt" and meta["model_hash"] == model_hash(default_model)
+        assert meta["geodet_version"] == geodet.__version__
+        assert list(back["class"]) == [meta["class_names"][i] for i in back["class_id"]]
     if ext == ".geojson":
         lon, lat = back.geometry.iloc[0].exterior.coords[0]
         assert -180 <= lon <= 180 and -90 <= lat <= 90
     res = CliRunner().invoke(cli, ["detect", s.path, "-o", str(out), "-m", default_model])
     assert res.exit_code != 0 and "already exists" in res.output
+
+
+def test_combine_frames_keeps_a_shared_run_metadata_only():
+    meta = {"geodet_version": "0", "model_name": "m.pt", "model_hash": "0123456789abcdef", "class_names": ["a"]}
+
+    def frame(crs, n, scene, metadata=meta):
+        polys = [shapely.box(i, 0, i + 1, 1) for i in range(n)]
+        data = {"class": ["a"] * n, "class_id": [0] * n, "score": [0.5] * n, "scene": [scene] * n}
+        return with_metadata(gpd.GeoDataFrame(data, geometry=polys, crs=crs), metadata)
+
+    both = combine_frames([frame("EPSG:32611", 2, "a.tif"), frame("EPSG:32612", 1, "b.tif")])
+    assert both.attrs["geodet"] == meta and len(both) == 3 and both.crs.to_epsg() == 4326
+    none_found = combine_frames([with_metadata(empty_frame("EPSG:32611"), meta)])
+    assert none_found.attrs["geodet"] == meta and list(none_found.columns[:4]) == ["class", "class_id", "score", "scene"]
+    other = dict(meta, model_hash="fedcba9876543210")
+    assert "geodet" not in combine_frames([frame("EPSG:32611", 1, "a.tif"), frame("EPSG:32611", 1, "b.tif", other)]).attrs
 
 
 def test_rotated_scene(make_scene_files, default_model):

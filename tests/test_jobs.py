@@ -272,3 +272,15 @@ def test_another_models_job_gives_one_sentence_and_overwrite_starts_over(scenes,
     assert res.exit_code == 0, res.output
     assert "earlier run" not in res.output and len(set(read(out)["scene"])) == 3
     assert not job_dir_for(out).exists()
+
+
+def test_resumed_output_keeps_the_run_metadata(scenes, tmp_path):
+    from geodet.detection import default_model_path, detect_to_file
+    from geodet.modelfile import model_hash
+    from geodet.vector import read_output_metadata
+
+    out = tmp_path / "out.gpkg"
+    detect_to_file(scenes[:2], out)
+    meta = read_output_metadata(out)
+    assert meta["model_hash"] == model_hash(default_model_path())
+    assert meta["class_names"] and meta["geodet_version"]

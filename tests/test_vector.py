@@ -2,6 +2,7 @@
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pytest
 import shapely
 
@@ -9,11 +10,13 @@ from geodet.errors import GeodetError
 from geodet.raster import open_scene
 from geodet.vector import (
     AUTO_CLASS_FIELDS,
+    METADATA_ATTR,
     auto_class_field,
     check_labels_inside,
     labels_for_scene,
     read_frame,
     read_labels,
+    read_output_metadata,
     write_vector,
 )
 
@@ -149,6 +152,82 @@ def test_write_vector_formats_and_crs(tmp_path):
         write_vector(frame, str(tmp_path / "d.txt"))
 
 
+RUN = {"geodet_version": "9.9.9", "model_name": "pools.pt", "model_hash": "0123456789abcdef",
+       "class_names": ["car", "pool"]}
+
+
+def _detections(metadata=RUN):
+    frame = gpd.GeoDataFrame(
+        {"class": ["pool", "car"], "class_id": [1, 0], "score": [0.9, 0.4], "scene": ["s.tif", "s.tif"]},
+        geometry=[shapely.box(500000, 3760000, 500004, 3760004), shapely.box(500010, 3760000, 500014, 3760002)],
+        crs="EPSG:32611",
+    )
+    if metadata is not None:
+        frame.attrs[METADATA_ATTR] = metadata
+    return frame
+
+
+@pytest.mark.parametrize("ext", [".gpkg", ".parquet", ".geojson", ".shp"])
+def test_write_vector_round_trips_columns_and_metadata(tmp_path, ext):
+    import json
+    import sqlite3
+
+    import pyarrow.parquet as pq
+    import pyogrio
+
+    out = tmp_path / f"d{ext}"
+    write_vector(_detections(), str(out))
+    back = gpd.read_parquet(out) if ext == ".parquet" else gpd.read_file(out)
+    assert list(back.columns) == ["class", "class_id", "score", "scene", "geometry"]
+    assert back["class_id"].tolist() == [1, 0] and back["class"].tolist() == ["pool", "car"]
+    assert pd.api.types.is_integer_dtype(back["class_id"])
+    if ext == ".gpkg":  # GDAL layer metadata in gpkg_metadata, referenced by the table; a description for QGIS
+        items = pyogrio.read_info(out)["layer_metadata"]
+        assert items["model_hash"] == RUN["model_hash"] and items["geodet_version"] == "9.9.9"
+        assert json.loads(items["class_names"]) == RUN["class_names"]
+        with sqlite3.connect(out) as db:
+            (xml,) = db.execute(
+                "SELECT m.metadata FROM gpkg_metadata m JOIN gpkg_metadata_reference r ON r.md_file_id = m.id "
+                "WHERE r.reference_scope = 'table' AND r.table_name = 'd'"
+            ).fetchone()
+            (description,) = db.execute("SELECT description FROM gpkg_contents WHERE table_name = 'd'").fetchone()
+        assert RUN["model_hash"] in xml and "pools.pt" in description and RUN["model_hash"] in description
+    elif ext == ".parquet":  # a key beside "geo" in the Parquet key-value metadata
+        keys = pq.read_schema(out).metadata
+        assert b"geo" in keys and json.loads(keys[b"geodet"]) == RUN
+    elif ext == ".geojson":  # a top-level foreign member (RFC 7946 section 6.1)
+        doc = json.loads(out.read_text())
+        assert doc["type"] == "FeatureCollection" and doc["geodet"] == RUN
+    else:
+        assert sorted(p.suffix for p in tmp_path.iterdir()) == [".cpg", ".dbf", ".prj", ".shp", ".shx"]
+    expected = None if ext == ".shp" else RUN
+    assert read_output_metadata(out) == expected
+
+
+@pytest.mark.parametrize("ext", [".gpkg", ".parquet", ".geojson"])
+def test_write_vector_without_metadata_and_empty_frame_with_it(tmp_path, ext):
+    from geodet.detection import empty_frame
+
+    write_vector(_detections(metadata=None), str(tmp_path / f"plain{ext}"))
+    assert read_output_metadata(tmp_path / f"plain{ext}") is None
+    empty = empty_frame("EPSG:32611")
+    empty.attrs[METADATA_ATTR] = RUN
+    write_vector(empty, str(tmp_path / f"empty{ext}"))
+    assert read_output_metadata(tmp_path / f"empty{ext}") == RUN
+
+
+def test_readers_ignore_class_id(tmp_path):
+    from geodet.evaluation import evaluate
+
+    truth = _detections(metadata=None).drop(columns=["class_id", "score", "scene"])
+    write_vector(_detections(), str(tmp_path / "d.gpkg"))
+    with_id = evaluate(str(tmp_path / "d.gpkg"), truth)
+    without = evaluate(_detections().drop(columns=["class_id"]), truth)
+    assert with_id["overall"] == without["overall"] and set(with_id["classes"]) == {"car", "pool"}
+    labels = read_labels(str(tmp_path / "d.gpkg"))  # detections read back as labels: classes by name
+    assert labels.class_field == "class" and labels.class_names == ("car", "pool")
+
+
 def test_write_empty_frame_keeps_schema(tmp_path):
     from geodet.detection import empty_frame
 
@@ -158,4 +237,4 @@ def test_write_empty_frame_keeps_schema(tmp_path):
         back = gpd.read_parquet(out) if ext == ".parquet" else gpd.read_file(out)
         assert len(back) == 0
         if ext != ".geojson":  # GeoJSON has no schema without features
-            assert {"class", "score", "scene"} <= set(back.columns)
+            assert {"class", "class_id", "score", "scene"} <= set(back.columns)

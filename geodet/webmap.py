@@ -1,0 +1,321 @@
+"""Interactive web maps of detections (folium).
+
+What a notebook user pans and zooms: the detections coloured by class, each box's fill as
+opaque as its score, the ground truth in another layer, a decimated image of the scene
+underneath, a layer control, all on an OpenStreetMap basemap when it can be reached and on a
+blank background when not.
+
+Coordinate spaces: web maps draw in web mercator (EPSG:3857), and a Leaflet image overlay is
+stretched linearly between two lon/lat corners *in web mercator*. So the decimated scene image
+is warped (nearest neighbour) from the scene's CRS onto a north-up EPSG:3857 grid
+(:func:`web_mercator_grid`), and its overlay bounds are that grid's corners in lon/lat; vectors
+go to EPSG:4326 through geopandas. Nothing here touches the network: the tiles are fetched by
+the browser, and :func:`basemap_reachable` only tries a TCP connection with a short timeout.
+
+The vector layers are ``folium.GeoJson`` layers, as ``GeoDataFrame.explore`` makes them, built
+directly: ``explore`` insists on mapclassify (and with it scipy and scikit-learn) even for
+categorical colours, which a map of boxes does not need.
+
+folium comes with the ``maps`` extra (``pip install 'geodet[maps]'``).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from geodet.errors import GeodetError
+from geodet.plot import CLASS_COLORS, LABEL_COLOR, _read_for_display, _snap_window, display_bands, stretch_to_rgba
+
+log = logging.getLogger(__name__)
+
+#: Longest side, in pixels, of the scene image under a map (it is embedded in the HTML as a PNG).
+MAP_IMAGE_PX = 1024
+#: Most detections drawn on a map (the best-scoring); more make the HTML slow to open.
+MAX_MAP_DETECTIONS = 20_000
+#: Basemap used when one is reachable: OpenStreetMap's standard tiles.
+OSM_TILES = "OpenStreetMap"
+#: Host and port probed to decide whether the basemap is reachable.
+OSM_PROBE = ("tile.openstreetmap.org", 443)
+#: Seconds the probe may take (name lookup included) before the map goes blank.
+PROBE_TIMEOUT_S = 0.5
+#: Highest zoom of the map; OpenStreetMap tiles exist up to zoom 19 and are magnified past it.
+MAX_ZOOM, OSM_MAX_NATIVE_ZOOM = 22, 19
+#: Fill opacity of a box: ``FILL_OPACITY[0] + FILL_OPACITY[1] * score``.
+FILL_OPACITY = (0.05, 0.55)
+
+LonLatBounds = Tuple[Tuple[float, float], Tuple[float, float]]  # ((south, west), (north, east)), Leaflet's order
+
+
+def require_folium():
+    """The folium module.
+
+    Raises:
+        GeodetError: folium is not installed.
+    """
+    try:
+        import folium
+    except ImportError:
+        raise GeodetError("interactive maps need folium; install it with pip install 'geodet[maps]'.") from None
+    return folium
+
+
+def basemap_reachable(address: Tuple[str, int] = OSM_PROBE, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to ``address`` opens within ``timeout_s`` (name lookup included).
+
+    The probe runs in a daemon thread so that a hanging name lookup cannot block the caller for
+    longer than ``timeout_s``; a late answer counts as unreachable.
+    """
+    done = threading.Event()
+    result = {"ok": False}
+
+    def probe() -> None:
+        try:
+            with socket.create_connection(address, timeout=timeout_s):
+                result["ok"] = True
+        except OSError:
+            pass
+        finally:
+            done.set()
+
+    threading.Thread(target=probe, name="geodet-basemap-probe", daemon=True).start()
+    return done.wait(timeout_s) and result["ok"]
+
+
+def web_mercator_grid(transform, width: int, height: int, crs, *, densify: int = 21):
+    """A north-up EPSG:3857 grid covering an image, with about as many pixels along its longer side.
+
+    Args:
+        transform: the image's affine (image pixels -> ``crs``); may be rotated.
+        width, height: image size in pixels.
+        crs: the image's CRS.
+        densify: points per image edge transformed to find the footprint (edges curve in 3857).
+
+    Returns:
+        ``(dst_transform, dst_width, dst_height)`` in EPSG:3857 metres; the grid's top-left corner
+        is the footprint's, and it reaches at most one pixel past the footprint right and down.
+    """
+    from affine import Affine
+    from rasterio.warp import transform as warp_points
+
+    t = np.linspace(0.0, 1.0, densify)
+    cols = np.concatenate([t * width, np.full(densify, width), t[::-1] * width, np.zeros(densify)])
+    rows = np.concatenate([np.zeros(densify), t * height, np.full(densify, height), t[::-1] * height])
+    xs, ys = transform * (cols, rows)
+    mx, my = warp_points(crs, "EPSG:3857", np.asarray(xs).tolist(), np.asarray(ys).tolist())
+    left, right, bottom, top = min(mx), max(mx), min(my), max(my)
+    res = max(right - left, top - bottom) / max(width, height)
+    dst_width = max(1, int(np.ceil((right - left) / res - 1e-9)))
+    dst_height = max(1, int(np.ceil((top - bottom) / res - 1e-9)))
+    return Affine(res, 0.0, left, 0.0, -res, top), dst_width, dst_height
+
+
+def lonlat_bounds(transform_3857, width: int, height: int) -> LonLatBounds:
+    """``((south, west), (north, east))`` of a north-up EPSG:3857 grid, as Leaflet takes them."""
+    from rasterio.warp import transform as warp_points
+
+    (west, east), (north, south) = warp_points(
+        "EPSG:3857", "EPSG:4326", [transform_3857.c, transform_3857.c + transform_3857.a * width],
+        [transform_3857.f, transform_3857.f + transform_3857.e * height],
+    )
+    return (south, west), (north, east)
+
+
+def scene_overlay(
+    scene_path: Union[str, os.PathLike], *, max_px: int = MAP_IMAGE_PX, bands: Optional[Sequence[int]] = None
+) -> Tuple[np.ndarray, LonLatBounds]:
+    """A scene's image for a web map: decimated, stretched, warped to web mercator.
+
+    The scene is read once, decimated so its longer side is at most ``max_px`` (from an
+    overview when there is one), percentile-stretched (:func:`geodet.plot.stretch_to_rgba`),
+    then warped with nearest neighbour onto :func:`web_mercator_grid`. Nodata and the corners
+    outside the scene are transparent. Any CRS and any (also rotated) geotransform.
+
+    Returns:
+        ``(rgba, bounds)``: uint8 ``[h, w, 4]`` (row 0 = north) and its ``((south, west),
+        (north, east))`` in degrees.
+
+    Raises:
+        GeodetError: unreadable scene, a scene without CRS, bad bands.
+    """
+    from affine import Affine
+    from rasterio.warp import Resampling, reproject
+
+    from geodet.raster import open_dataset
+
+    path = os.fspath(scene_path)
+    with open_dataset(path) as src:
+        if src.crs is None:
+            raise GeodetError(f"{path} has no CRS, so it cannot be placed on a map.")
+        win = _snap_window(src, None)
+        use_bands = display_bands(src.count, bands)
+        pixels, valid = _read_for_display(src, win, use_bands, max_px)
+        crs, transform, height, width = src.crs, src.transform, src.height, src.width
+    rgba = (stretch_to_rgba(pixels, valid) * 255 + 0.5).astype(np.uint8)
+    h, w = rgba.shape[:2]
+    small = transform * Affine.scale(width / w, height / h)  # decimated pixels -> scene CRS
+    dst_transform, dst_w, dst_h = web_mercator_grid(small, w, h, crs)
+    warped = np.zeros((4, dst_h, dst_w), dtype=np.uint8)
+    reproject(
+        np.ascontiguousarray(rgba.transpose(2, 0, 1)), warped, src_transform=small, src_crs=crs,
+        dst_transform=dst_transform, dst_crs="EPSG:3857", resampling=Resampling.nearest,
+        src_nodata=None, dst_nodata=None, init_dest_nodata=False,
+    )
+    return warped.transpose(1, 2, 0), lonlat_bounds(dst_transform, dst_w, dst_h)
+
+
+def explore(
+    detections=None,
+    scene: Optional[Union[str, os.PathLike]] = None,
+    truth=None,
+    *,
+    basemap: Union[None, bool, str] = None,
+    attribution: Optional[str] = None,
+    max_px: int = MAP_IMAGE_PX,
+    bands: Optional[Sequence[int]] = None,
+    max_detections: int = MAX_MAP_DETECTIONS,
+    **kw,
+):
+    """An interactive map of detections, ground truth and the scene, for notebooks.
+
+    Args:
+        detections: a GeoDataFrame (e.g. from :func:`geodet.detect`) or vector file in any CRS;
+            one layer per ``class`` (:func:`class_colors`; the layer control is the legend),
+            boxes filled as opaque as their ``score``; tooltip and popup show class, score,
+            scene and class_id. None: no detections layer.
+        scene: a georeferenced raster drawn underneath, decimated to ``max_px`` and warped to
+            web mercator (:func:`scene_overlay`).
+        truth: ground truth (GeoDataFrame or vector file, any CRS), outlined in
+            :data:`geodet.plot.LABEL_COLOR` in a layer of its own.
+        basemap: None: OpenStreetMap when :func:`basemap_reachable` says so within
+            :data:`PROBE_TIMEOUT_S`, else a blank background; False: blank; True: OpenStreetMap;
+            a string: a folium/xyzservices tiles name or an XYZ URL template (give ``attribution``
+            for a URL).
+        attribution: the basemap's attribution (needed for a tiles URL).
+        max_px: longest side of the scene image in pixels.
+        bands: 1 or 3 scene bands to show (default 1-3, or 1).
+        max_detections: at most this many detections are drawn, the best-scoring.
+        **kw: passed to each detections ``folium.GeoJson`` layer (e.g. ``style_function``,
+            ``tooltip``, ``popup``), over geodet's choices.
+
+    Returns:
+        a ``folium.Map`` with a layer control: the basemap (if any), the scene image (named after
+        the file), ``ground truth`` and ``detections: <class>`` layers, zoomed to fit them.
+
+    Raises:
+        GeodetError: folium is missing, nothing to map, vectors without CRS, unreadable scene.
+    """
+    from geodet.plot import _frame_in_crs
+
+    folium = require_folium()
+    if detections is None and scene is None and truth is None:
+        raise GeodetError("nothing to map: give detections, a scene or ground truth.")
+    m = folium.Map(tiles=None, control_scale=True, max_zoom=MAX_ZOOM)
+    _add_basemap(folium, m, basemap, attribution)
+    extents = []
+    if scene is not None:
+        rgba, bounds = scene_overlay(scene, max_px=max_px, bands=bands)
+        folium.raster_layers.ImageOverlay(
+            rgba, bounds=[list(bounds[0]), list(bounds[1])], name=Path(os.fspath(scene)).name, pixelated=False
+        ).add_to(m)
+        extents.append((bounds[0][1], bounds[0][0], bounds[1][1], bounds[1][0]))
+    if truth is not None:
+        frame = _frame_in_crs(truth, "EPSG:4326", "ground truth")
+        if len(frame):
+            _add_truth(folium, m, frame)
+            extents.append(tuple(frame.total_bounds))
+    if detections is not None:
+        frame = _frame_in_crs(detections, "EPSG:4326", "detections")
+        if len(frame):
+            _add_detections(folium, m, frame, max_detections, kw)
+            extents.append(tuple(frame.total_bounds))
+        else:
+            log.info("no detections to map")
+    folium.LayerControl(collapsed=False).add_to(m)
+    if extents:
+        e = np.asarray(extents, dtype=np.float64)
+        m.fit_bounds([[e[:, 1].min(), e[:, 0].min()], [e[:, 3].max(), e[:, 2].max()]])
+    return m
+
+
+def _add_basemap(folium, m, basemap, attribution: Optional[str]) -> None:
+    if basemap is None:
+        basemap = OSM_TILES if basemap_reachable() else False
+        if basemap is False:
+            log.info("%s:%d not reachable within %.1f s: blank map background", *OSM_PROBE, PROBE_TIMEOUT_S)
+    if basemap is False:
+        return
+    tiles = OSM_TILES if basemap is True else str(basemap)
+    if "{" in tiles and not attribution:
+        raise GeodetError("a basemap given as a tiles URL needs its attribution: pass attribution='...'.")
+    native = OSM_MAX_NATIVE_ZOOM if tiles == OSM_TILES else None
+    folium.TileLayer(
+        tiles, attr=attribution, name="basemap", max_zoom=MAX_ZOOM, max_native_zoom=native, overlay=False
+    ).add_to(m)
+
+
+def _geojson_text(frame, columns: Sequence[str]) -> str:
+    """GeoJSON of ``frame`` (EPSG:4326) with only ``columns`` as properties."""
+    return frame[list(columns) + [frame.geometry.name]].to_json(drop_id=True)
+
+
+def _add_truth(folium, m, frame) -> None:
+    """The ground-truth layer: outlines in :data:`LABEL_COLOR`, the class (if any) as tooltip."""
+    from geodet.vector import auto_class_field
+
+    field = auto_class_field(frame.columns)
+    columns = [field] if field else []
+    if field:
+        frame = frame.assign(**{field: frame[field].astype(str)})
+    folium.GeoJson(
+        _geojson_text(frame, columns), name="ground truth",
+        style_function=lambda feature: {"color": LABEL_COLOR, "weight": 2, "fill": False},
+        tooltip=folium.GeoJsonTooltip(fields=columns) if columns else None,
+    ).add_to(m)
+
+
+def class_colors(classes: Sequence[str]) -> dict:
+    """``{class name: colour}``: :data:`geodet.plot.CLASS_COLORS` in sorted class order (as in quicklooks)."""
+    return {name: CLASS_COLORS[i % len(CLASS_COLORS)] for i, name in enumerate(sorted(set(classes)))}
+
+
+def _add_detections(folium, m, frame, max_detections: int, kw: dict) -> None:
+    """One layer per class, named ``detections: <class>`` with a colour swatch (the legend), its
+    boxes in the class colour and filled as opaque as their score; tooltip and popup show
+    class, score, scene and class_id."""
+    if len(frame) > max_detections and "score" in frame.columns:
+        log.info("map shows the %d best-scoring of %d detections", max_detections, len(frame))
+        frame = frame.nlargest(max_detections, "score")
+    if "score" in frame.columns:
+        frame = frame.assign(score=frame["score"].astype(float).round(3))
+    classes = frame["class"].astype(str) if "class" in frame.columns else None
+    if classes is not None:
+        frame = frame.assign(**{"class": classes})
+    shown = [c for c in ("class", "score", "scene", "class_id") if c in frame.columns]
+    colors = class_colors(classes) if classes is not None else {None: CLASS_COLORS[0]}
+    for name, color in colors.items():
+        part = frame if name is None else frame[classes == name]
+
+        def style(feature, color=color) -> dict:
+            score = feature["properties"].get("score")
+            score = 0.5 if score is None else min(max(float(score), 0.0), 1.0)
+            return {"color": color, "weight": 2, "fillColor": color,
+                    "fillOpacity": FILL_OPACITY[0] + FILL_OPACITY[1] * score}
+
+        label = "detections" if name is None else f"detections: {name}"
+        options = dict(
+            name=f'<span style="color:{color}">&#9632;</span> {html.escape(label)} ({len(part)})',
+            style_function=style,
+            highlight_function=lambda feature: {"weight": 4},
+            tooltip=folium.GeoJsonTooltip(fields=shown) if shown else None,
+            popup=folium.GeoJsonPopup(fields=shown) if shown else None,
+        )
+        options.update(kw)
+        folium.GeoJson(_geojson_text(part, shown), **options).add_to(m)
