@@ -12,11 +12,10 @@ is warped (nearest neighbour) from the scene's CRS onto a north-up EPSG:3857 gri
 go to EPSG:4326 through geopandas. Nothing here touches the network: the tiles are fetched by
 the browser, and :func:`basemap_reachable` only tries a TCP connection with a short timeout.
 
-The vector layers are ``folium.GeoJson`` layers, as ``GeoDataFrame.explore`` makes them, built
-directly: ``explore`` insists on mapclassify (and with it scipy and scikit-learn) even for
-categorical colours, which a map of boxes does not need.
+The vector layers are made by ``GeoDataFrame.explore`` (one call per layer, onto one map), which
+needs folium, matplotlib and mapclassify.
 
-folium comes with the ``maps`` extra (``pip install 'geodet[maps]'``).
+folium and mapclassify come with the ``maps`` extra (``pip install 'geodet[maps]'``).
 """
 
 from __future__ import annotations
@@ -58,12 +57,15 @@ def require_folium():
     """The folium module.
 
     Raises:
-        GeodetError: folium is not installed.
+        GeodetError: folium or mapclassify is not installed.
     """
     try:
         import folium
+        import mapclassify  # noqa: F401  (GeoDataFrame.explore needs it)
     except ImportError:
-        raise GeodetError("interactive maps need folium; install it with pip install 'geodet[maps]'.") from None
+        raise GeodetError(
+            "interactive maps need folium and mapclassify; install them with pip install 'geodet[maps]'."
+        ) from None
     return folium
 
 
@@ -202,8 +204,8 @@ def explore(
         max_px: longest side of the scene image in pixels.
         bands: 1 or 3 scene bands to show (default 1-3, or 1).
         max_detections: at most this many detections are drawn, the best-scoring.
-        **kw: passed to each detections ``folium.GeoJson`` layer (e.g. ``style_function``,
-            ``tooltip``, ``popup``), over geodet's choices.
+        **kw: passed to ``GeoDataFrame.explore`` for each detections layer (e.g.
+            ``style_kwds``, ``tooltip``, ``popup``), over geodet's choices.
 
     Returns:
         a ``folium.Map`` with a layer control: the basemap (if any), the scene image (named after
@@ -261,11 +263,6 @@ def _add_basemap(folium, m, basemap, attribution: Optional[str]) -> None:
     ).add_to(m)
 
 
-def _geojson_text(frame, columns: Sequence[str]) -> str:
-    """GeoJSON of ``frame`` (EPSG:4326) with only ``columns`` as properties."""
-    return frame[list(columns) + [frame.geometry.name]].to_json(drop_id=True)
-
-
 def _add_truth(folium, m, frame) -> None:
     """The ground-truth layer: outlines in :data:`LABEL_COLOR`, the class (if any) as tooltip."""
     from geodet.vector import auto_class_field
@@ -274,11 +271,10 @@ def _add_truth(folium, m, frame) -> None:
     columns = [field] if field else []
     if field:
         frame = frame.assign(**{field: frame[field].astype(str)})
-    folium.GeoJson(
-        _geojson_text(frame, columns), name="ground truth",
-        style_function=lambda feature: {"color": LABEL_COLOR, "weight": 2, "fill": False},
-        tooltip=folium.GeoJsonTooltip(fields=columns) if columns else None,
-    ).add_to(m)
+    frame[columns + [frame.geometry.name]].explore(
+        m=m, name="ground truth", control=False, tooltip=columns or False, popup=False,
+        style_kwds={"color": LABEL_COLOR, "weight": 2, "fill": False},
+    )
 
 
 def class_colors(classes: Sequence[str]) -> dict:
@@ -311,11 +307,14 @@ def _add_detections(folium, m, frame, max_detections: int, kw: dict) -> None:
 
         label = "detections" if name is None else f"detections: {name}"
         options = dict(
+            m=m,
             name=f'<span style="color:{color}">&#9632;</span> {html.escape(label)} ({len(part)})',
-            style_function=style,
-            highlight_function=lambda feature: {"weight": 4},
-            tooltip=folium.GeoJsonTooltip(fields=shown) if shown else None,
-            popup=folium.GeoJsonPopup(fields=shown) if shown else None,
+            control=False,
+            color=color,
+            style_kwds={"style_function": style},
+            highlight_kwds={"weight": 4},
+            tooltip=shown or False,
+            popup=shown or False,
         )
         options.update(kw)
-        folium.GeoJson(_geojson_text(part, shown), **options).add_to(m)
+        part[shown + [part.geometry.name]].explore(**options)
