@@ -44,17 +44,22 @@ _DEFAULTS = DetectConfig()
                    "from the training scenes', e.g. another sensor or season).")
 @click.option("--bands", callback=parse_bands_option, default=None,
               help="Scene bands fed to the model, 1-based, e.g. 3,2,1 (default: the model's).")
+@click.option("--mosaic/--no-mosaic", default=_DEFAULTS.mosaic, show_default=True,
+              help="Detect scenes of one mosaic (same grid, touching or overlapping) across their shared edges, "
+                   "so an object on a scene edge is reported once, whole; --no-mosaic detects each scene alone.")
 @click.option("--quicklook", type=click.Path(dir_okay=False), default=None,
               help="Also write a downsampled PNG of the scene with the detections drawn.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @overwrite_option
 def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_threshold, nms_iou, device, workers,
-               precision, normalisation, bands, quicklook, quiet, overwrite):
+               precision, normalisation, bands, mosaic, quicklook, quiet, overwrite):
     """Detect objects in SCENES (GeoTIFFs or glob patterns) and write them to OUT.
 
     Several scenes give one output with a `scene` column. A scene that cannot
     be read is reported and left out; the others are still written, and the
-    command then exits with status 1, naming the failed scenes.
+    command then exits with status 1, naming the failed scenes. Scenes that
+    tile one mosaic are detected across their shared edges (--no-mosaic: each
+    alone).
 
     \b
     Examples:
@@ -75,7 +80,7 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
         paths = expand_scenes(list(scenes))
         cfg = DetectConfig(batch_size=batch_size, overlap=overlap, chip_size=chip_size, bands=bands,
                            score_threshold=score_threshold, nms_iou=nms_iou, device=device, workers=workers,
-                           precision=precision, normalisation=normalisation)
+                           precision=precision, normalisation=normalisation, mosaic=mosaic)
         bar = ProgressBar("detect", enabled=not quiet)
         try:
             frame = detect(paths, model, config=cfg, progress=bar, on_error="skip")

@@ -7,7 +7,9 @@ the edge cuts it in two and neither scene alone sees it whole:
 1. :func:`group_footprints` puts scenes into *mosaics*: same CRS, band count
    and pixel type, the same pixel size and orientation, origins on one pixel
    grid (within :data:`ALIGN_TOL_PX`), and footprints touching or overlapping
-   (connected through their neighbours). Every other scene runs alone.
+   in a strip (:func:`is_seam`), connected through their neighbours. Every
+   other scene runs alone; two scenes that overlap over a block (two dates of
+   one place) are each detected over all of their ground.
 2. Each scene of a mosaic stays one task (:class:`MosaicContext`). It reads,
    through a VRT of its mosaic (:func:`vrt_xml`, XML text, not a file, so a
    worker on another machine that sees the same scene paths can open it), the
@@ -51,6 +53,11 @@ from geodet.windows import chip_offsets
 #: Two scenes share a grid when their origins are this close (in pixels) to a whole pixel
 #: offset, and their pixel sizes differ by less than this over the larger scene's extent.
 ALIGN_TOL_PX = 0.01
+
+#: Two overlapping scenes are tiles of one mosaic only where they share a strip: the overlap is at
+#: most this share of the smaller scene's width or height. Scenes overlapping more (two dates of
+#: one place) are different images of the same ground, and each is detected over all of it.
+MAX_SEAM_SHARE = 0.25
 
 #: GDAL data type names of the numpy pixel types a VRT band can hold.
 GDAL_TYPES = {
@@ -176,6 +183,8 @@ def group_footprints(footprints: Sequence[Optional[Footprint]], tol_px: float = 
         rects = np.array([r for _i, r in members], np.float64)
         boxes = shapely.box(rects[:, 0], rects[:, 1], rects[:, 2], rects[:, 3])
         i, j = shapely.STRtree(boxes).query(boxes, predicate="intersects")  # closed: touching counts
+        seam = np.array([is_seam(members[a][1], members[b][1]) for a, b in zip(i, j)], bool).reshape(-1)
+        i, j = i[seam], j[seam]
         label = connected_groups(len(members), i, j)
         for root in np.unique(label):
             picked = np.flatnonzero(label == root)
@@ -183,6 +192,16 @@ def group_footprints(footprints: Sequence[Optional[Footprint]], tol_px: float = 
                 groups.append([members[k] for k in picked])
     groups.sort(key=lambda g: g[0][0])
     return groups
+
+
+def is_seam(a: Rect, b: Rect, share: float = MAX_SEAM_SHARE) -> bool:
+    """Two footprints meet as tiles of one mosaic: they touch, or overlap in a strip no wider than
+    ``share`` of the smaller one (:data:`MAX_SEAM_SHARE`)."""
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    if iw < 0 or ih < 0:
+        return False
+    return iw <= share * min(a[2] - a[0], b[2] - b[0]) or ih <= share * min(a[3] - a[1], b[3] - b[1])
 
 
 def scene_ref(path: str) -> str:
@@ -208,6 +227,8 @@ def mosaic_contexts(footprints: Sequence[Footprint], group: Sequence[Tuple[int, 
         x0, y0, x1, y1 = src.rect_px
         margin = max(x1 - x0, y1 - y0)
         near = sorted(int(n) for n in tree.query(shapely.box(x0 - margin, y0 - margin, x1 + margin, y1 + margin)))
+        # a scene covering much of this one is another image of its ground: neither shown nor owning here
+        near = [n for n in near if not _overlap(sources[n].rect_px, src.rect_px) or is_seam(sources[n].rect_px, src.rect_px)]
         later = tuple(sources[n].rect_px for n in near if n > k and _overlap(sources[n].rect_px, src.rect_px))
         out.append(
             MosaicContext(

@@ -20,6 +20,7 @@ from geodet.mosaic import (
     Footprint,
     group_footprints,
     grid_chip_windows,
+    is_seam,
     mosaic_contexts,
     owned_mask,
     sources_in_order,
@@ -61,6 +62,16 @@ def test_grouping_is_transitive_and_counts_corners_and_overlaps():
     assert [[i for i, _r in g] for g in groups] == [[0, 1, 2], [3, 4]]
     # alignment within the tolerance still groups (float round-off of cut tiles)
     assert len(group_footprints([_fp(0, 0), _fp(100, 0, shift=1e-4)])) == 1
+
+
+def test_two_images_of_one_place_are_not_one_mosaic():
+    fps = [_fp(0, 0), _fp(0, 0, name="other_date.tif"), _fp(50, 50), _fp(100, 0)]
+    groups = group_footprints(fps)
+    # identical and half-covering footprints are other images; the tile to the right is a neighbour
+    assert [[i for i, _r in g] for g in groups] == [[0, 1, 3]]
+    ctxs = mosaic_contexts(fps, groups[0])
+    assert [n.order for n in ctxs[0].neighbours] == [2] and ctxs[0].later == ()
+    assert is_seam((0, 0, 100, 100), (75, 0, 175, 100)) and not is_seam((0, 0, 100, 100), (70, 10, 170, 110))
 
 
 def test_ownership_partitions_the_mosaic_with_half_open_edges():
