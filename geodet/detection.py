@@ -154,13 +154,15 @@ def plan_tasks(paths: Sequence[str], *, mosaic: bool = True) -> List[SceneTask]:
 
     from geodet.mosaic import group_footprints, mosaic_contexts
 
-    with ThreadPoolExecutor(max_workers=min(PLAN_OPEN_THREADS, len(paths)), thread_name_prefix="geodet-plan") as pool:
+    threads = min(PLAN_OPEN_THREADS, len(paths))
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="geodet-plan") as pool:
         footprints = list(pool.map(_footprint, paths))
     contexts: Dict[int, object] = {}
     for group in group_footprints(footprints):
         for (index, _rect), ctx in zip(group, mosaic_contexts(footprints, group)):
             contexts[index] = ctx
-        log.info("mosaic of %d scenes: %s ...", len(group), ", ".join(scene_name(paths[i]) for i, _r in group[:3]))
+        names = ", ".join(scene_name(paths[i]) for i, _r in group[:3])
+        log.info("mosaic of %d scenes: %s%s", len(group), names, ", ..." if len(group) > 3 else "")
     return [SceneTask(p, contexts.get(i)) for i, p in enumerate(paths)]
 
 
@@ -244,8 +246,10 @@ def detect_task(task: SceneTask, detector: Detector, *, progress: Optional[Calla
 
 
 def _owned(dets, ctx, *, offset_px=(0, 0)):
-    """``dets`` (boxes in pixels of a grid whose origin is ``offset_px`` in the mosaic grid) that ``ctx``'s
-    scene owns, with boxes moved to the scene's own pixels."""
+    """The detections of ``dets`` that ``ctx``'s scene owns, boxes moved to the scene's own pixels.
+
+    ``dets.boxes_px`` are in pixels of a grid whose origin lies at ``offset_px`` in the mosaic grid.
+    """
     from geodet.mosaic import box_centres, owned_mask
 
     ox, oy = offset_px
@@ -257,12 +261,14 @@ def _owned(dets, ctx, *, offset_px=(0, 0)):
 
 
 def _readable(ref: str) -> bool:
+    """Whether a mosaic neighbour opens; one that does not is left out (its part of the halo is nodata)."""
     import rasterio
+    from rasterio.errors import RasterioError
 
     try:
         with rasterio.open(ref):
             return True
-    except Exception as exc:  # noqa: BLE001 - any failure leaves the neighbour out
+    except RasterioError as exc:
         log.warning("mosaic neighbour %s cannot be opened (%s); its part of the halo is read as nodata", ref, exc)
         return False
 
@@ -285,7 +291,6 @@ def _detect_in_mosaic(ctx, plan, detector: Detector, progress):
     # already assumes) lies whole in the chips read, and so do the boxes that may replace it.
     region = grow(ctx.own.rect_px, overlap_px)
     windows = grid_chip_windows(ctx.grid_shape, size_px, overlap_px, region)
-    x0, y0 = ctx.own.rect_px[:2]
     sources = [s for s in sources_in_order(ctx) if s is ctx.own or _readable(s.path)]
     mosaic_plan = dataclasses.replace(plan, chips=ChipPlan(windows, plan.chips.chip_px, plan.chips.scale))
     # The VRT text lives in GDAL's in-memory file system while the scene runs, so that the

@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -151,7 +151,9 @@ def _same_grid(ref: Footprint, fp: Footprint, tol_px: float) -> Optional[Tuple[i
     return int(icol), int(irow)
 
 
-def group_footprints(footprints: Sequence[Optional[Footprint]], tol_px: float = ALIGN_TOL_PX) -> List[List[Tuple[int, Rect]]]:
+def group_footprints(
+    footprints: Sequence[Optional[Footprint]], tol_px: float = ALIGN_TOL_PX
+) -> List[List[Tuple[int, Rect]]]:
     """Mosaics among scenes: groups of two or more that share a grid and touch.
 
     Args:
@@ -165,10 +167,14 @@ def group_footprints(footprints: Sequence[Optional[Footprint]], tol_px: float = 
         grid of the mosaic's first scene. Scenes touching at an edge or a
         corner, or overlapping, are connected; connection is transitive.
     """
-    families: List[Tuple[Footprint, List[Tuple[int, Rect]]]] = []
+    # Scenes are compared only within a bucket of one CRS, band count, pixel type and (rounded)
+    # pixel size, so that many scenes on many grids do not cost a comparison per pair.
+    buckets: Dict[tuple, List[Tuple[Footprint, List[Tuple[int, Rect]]]]] = {}
     for index, fp in enumerate(footprints):
         if fp is None:
             continue
+        t = fp.transform
+        families = buckets.setdefault((fp.crs_wkt, fp.count, fp.dtype, float(f"{math.hypot(t.a, t.d):.4g}")), [])
         for ref, members in families:
             offset = _same_grid(ref, fp, tol_px)
             if offset is not None:
@@ -177,7 +183,7 @@ def group_footprints(footprints: Sequence[Optional[Footprint]], tol_px: float = 
         else:
             families.append((fp, [(index, (0, 0, fp.width, fp.height))]))
     groups: List[List[Tuple[int, Rect]]] = []
-    for _ref, members in families:
+    for _ref, members in (family for families in buckets.values() for family in families):
         if len(members) < 2:
             continue
         rects = np.array([r for _i, r in members], np.float64)
@@ -228,7 +234,8 @@ def mosaic_contexts(footprints: Sequence[Footprint], group: Sequence[Tuple[int, 
         margin = max(x1 - x0, y1 - y0)
         near = sorted(int(n) for n in tree.query(shapely.box(x0 - margin, y0 - margin, x1 + margin, y1 + margin)))
         # a scene covering much of this one is another image of its ground: neither shown nor owning here
-        near = [n for n in near if not _overlap(sources[n].rect_px, src.rect_px) or is_seam(sources[n].rect_px, src.rect_px)]
+        rect = src.rect_px
+        near = [n for n in near if is_seam(sources[n].rect_px, rect) or not _overlap(sources[n].rect_px, rect)]
         later = tuple(sources[n].rect_px for n in near if n > k and _overlap(sources[n].rect_px, src.rect_px))
         out.append(
             MosaicContext(

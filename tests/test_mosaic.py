@@ -52,7 +52,8 @@ def test_touching_tiles_form_one_mosaic_and_others_stay_alone():
     groups = group_footprints(fps)
     assert len(groups) == 1
     assert [i for i, _r in groups[0]] == [0, 1, 2, 3]
-    assert [r for _i, r in groups[0]] == [(0, 0, 100, 100), (100, 0, 200, 100), (0, 100, 100, 200), (100, 100, 200, 200)]
+    rects = [(0, 0, 100, 100), (100, 0, 200, 100), (0, 100, 100, 200), (100, 100, 200, 200)]
+    assert [r for _i, r in groups[0]] == rects
 
 
 def test_grouping_is_transitive_and_counts_corners_and_overlaps():
@@ -96,7 +97,10 @@ def test_grid_chips_are_the_whole_mosaic_chips_near_a_region():
     near = grid_chip_windows((700, 900), 256, 64, (300, 200, 500, 400))
     assert near and set(near) <= set(whole)
     x0, y0, x1, y1 = 300, 200, 500, 400
-    touching = [w for w in whole if w.col_off < x1 and w.col_off + w.width > x0 and w.row_off < y1 and w.row_off + w.height > y0]
+    touching = [
+        w for w in whole
+        if w.col_off < x1 and w.col_off + w.width > x0 and w.row_off < y1 and w.row_off + w.height > y0
+    ]
     assert near == touching
     # a mosaic smaller than a chip: one window of its extent, as chip_windows
     assert grid_chip_windows((100, 120), 256, 64, (0, 0, 50, 50)) == chip_windows(100, 120, 256, 64)
@@ -220,7 +224,8 @@ def test_without_mosaic_each_tile_is_alone_and_seams_cut_objects(tmp_path, make_
     seam = _crossing(s.scene.boxes_px, cx, 0) | _crossing(s.scene.boxes_px, cy, 1)
     best_iou = {}
     for mosaic in (False, True):
-        frame = detect(tiles, default_model_path(), config=DetectConfig(score_threshold=0.3, device="cpu", mosaic=mosaic))
+        config = DetectConfig(score_threshold=0.3, device="cpu", mosaic=mosaic)
+        frame = detect(tiles, default_model_path(), config=config)
         assert set(frame.scene) <= {p.rsplit("/", 1)[1] for p in tiles}
         _, best_iou[mosaic] = _pair(s.scene.boxes_px[seam], _boxes(frame, s.transform)[0])
     # alone, an object cut by a tile edge is found at best in parts; across the seams, whole
@@ -258,3 +263,17 @@ def test_an_unreadable_neighbour_leaves_nodata_in_the_halo(tmp_path, make_scene_
     with caplog.at_level("WARNING", logger="geodet.detection"):
         assert detect_task(tasks[0], detector).crs == frame.crs
     assert "cannot be opened" in caplog.text and "detecting it alone" not in caplog.text
+
+
+def test_cli_mosaic_flag(tmp_path, make_scene_files):
+    from click.testing import CliRunner
+
+    from geodet_cli.main import cli
+
+    s = make_scene_files(192, 192, seed=7)
+    tiles = _write_tiles(tmp_path, s.scene, s.transform, 96, 96)
+    for flag in ("--mosaic", "--no-mosaic"):
+        out = tmp_path / f"dets{flag}.gpkg"
+        res = CliRunner().invoke(cli, ["detect", *tiles, "-o", str(out), "--quiet", "--device", "cpu", flag])
+        assert res.exit_code == 0, res.output
+        assert "from 4 scene(s)" in res.output and out.exists()
