@@ -47,6 +47,9 @@ _JOB_DEFAULTS = JobConfig()
                    "from the training scenes', e.g. another sensor or season).")
 @click.option("--bands", callback=parse_bands_option, default=None,
               help="Scene bands fed to the model, 1-based, e.g. 3,2,1 (default: the model's).")
+@click.option("--mosaic/--no-mosaic", default=_DEFAULTS.mosaic, show_default=True,
+              help="Detect scenes of one mosaic (same grid, touching or overlapping) across their shared edges, "
+                   "so an object on a scene edge is reported once, whole; --no-mosaic detects each scene alone.")
 @click.option("--quicklook", type=click.Path(dir_okay=False), default=None,
               help="Also write a downsampled PNG of the scene with the detections drawn.")
 @asset_option
@@ -63,7 +66,7 @@ _JOB_DEFAULTS = JobConfig()
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing output, and start over instead of resuming OUT.geodet-job.")
 def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_threshold, nms_iou, device, workers,
-               precision, normalisation, bands, quicklook, asset, checkpoint_chips, quiet, cluster, scheduler, overwrite):
+               precision, normalisation, bands, mosaic, quicklook, asset, checkpoint_chips, quiet, cluster, scheduler, overwrite):
     """Detect objects in SCENES and write them to OUT.
 
     A scene is a GeoTIFF or VRT path, a glob pattern (quoted), @LIST.txt (one
@@ -74,6 +77,8 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
     Several scenes give one output with a `scene` column (the file name). A
     scene that cannot be read is reported and left out; the others are still
     written, and the command then exits with status 1, naming the failed scenes.
+    Scenes that tile one mosaic are detected across their shared edges
+    (--no-mosaic: each alone).
 
     The work is kept in OUT.geodet-job/ while the command runs: one part per
     finished scene, and finished chip blocks of large scenes. Running the same
@@ -105,7 +110,7 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
         paths = resolve_scenes(list(scenes), asset=asset)
         cfg = DetectConfig(batch_size=batch_size, overlap=overlap, chip_size=chip_size, bands=bands,
                            score_threshold=score_threshold, nms_iou=nms_iou, device=device, workers=workers,
-                           precision=precision, normalisation=normalisation)
+                           precision=precision, normalisation=normalisation, mosaic=mosaic)
         client_context = contextlib.nullcontext()
         if cluster or scheduler:  # Dask is imported only when asked for
             from geodet.cluster import open_client

@@ -327,6 +327,10 @@ class DetectConfig:
             which the model was trained on) or "scene" (sampled from each
             scene, for a scene whose radiometry differs from the training
             scenes', e.g. another sensor or season).
+        mosaic: detect scenes of one mosaic (same grid, touching or
+            overlapping) across their shared edges, so that an object on a
+            scene edge is reported once and whole (:mod:`geodet.mosaic`);
+            False detects each scene alone.
     """
 
     batch_size: int = 8
@@ -339,6 +343,7 @@ class DetectConfig:
     workers: int = 2
     precision: str = "auto"
     normalisation: str = "model"
+    mosaic: bool = True
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

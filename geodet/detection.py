@@ -97,21 +97,67 @@ def config_for_model(config: DetectConfig, meta) -> DetectConfig:
 class SceneTask:
     """One scene's share of a detection job: what is read, and whose detections are reported.
 
-    A task is the unit of work that runs in-process or as one Dask task.
+    A task is the unit of work that runs in-process or as one Dask task; it
+    holds plain values only (paths, numbers, XML-able text), so it pickles to
+    a worker on another machine that sees the same scene paths.
 
     Attributes:
         path: the scene as GDAL opens it; its detections carry this scene's name.
-        context: how neighbouring scenes of the same mosaic take part (None: the
-            scene alone). Filled in by :func:`plan_tasks`.
+        context: how neighbouring scenes of the same mosaic take part: a
+            :class:`geodet.mosaic.MosaicContext` (the mosaic's grid, the
+            neighbours read as a halo, who owns shared areas), or None for the
+            scene alone. Filled in by :func:`plan_tasks`.
     """
 
     path: str
     context: Optional[object] = None
 
 
-def plan_tasks(paths: Sequence[str]) -> List[SceneTask]:
-    """One :class:`SceneTask` per scene path, in the given order."""
-    return [SceneTask(str(p)) for p in paths]
+#: Scene headers read at once while planning (remote scenes answer slowly, one by one).
+PLAN_OPEN_THREADS = 16
+
+
+def _footprint(path: str):
+    """:class:`geodet.mosaic.Footprint` of a scene, or None when it cannot be opened (it then runs alone)."""
+    from geodet.mosaic import Footprint
+
+    try:
+        with open_dataset(path) as src:
+            info = scene_info(src)
+    except GeodetError as exc:
+        log.debug("%s stays out of any mosaic: %s", path, exc)
+        return None
+    return Footprint(path, info.crs.to_wkt(), info.transform, info.width, info.height, info.count, info.dtype)
+
+
+def plan_tasks(paths: Sequence[str], *, mosaic: bool = True) -> List[SceneTask]:
+    """One :class:`SceneTask` per scene path, in the given order.
+
+    With ``mosaic`` (``DetectConfig.mosaic``, the default) and several scenes,
+    each scene's header is read, scenes of one mosaic are grouped
+    (:func:`geodet.mosaic.group_footprints`) and their tasks get a
+    :class:`geodet.mosaic.MosaicContext`: each is then detected across its
+    shared edges and reports the objects whose centre it owns, so an object on
+    a scene edge is reported once, whole. A scene that does not fit a mosaic,
+    or cannot be opened, runs alone (its error surfaces when it is detected).
+    """
+    paths = [str(p) for p in paths]
+    if not mosaic or len(paths) < 2:
+        return [SceneTask(p) for p in paths]
+    from concurrent.futures import ThreadPoolExecutor
+
+    from geodet.mosaic import group_footprints, mosaic_contexts
+
+    threads = min(PLAN_OPEN_THREADS, len(paths))
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="geodet-plan") as pool:
+        footprints = list(pool.map(_footprint, paths))
+    contexts: Dict[int, object] = {}
+    for group in group_footprints(footprints):
+        for (index, _rect), ctx in zip(group, mosaic_contexts(footprints, group)):
+            contexts[index] = ctx
+        names = ", ".join(scene_name(paths[i]) for i, _r in group[:3])
+        log.info("mosaic of %d scenes: %s%s", len(group), names, ", ..." if len(group) > 3 else "")
+    return [SceneTask(p, contexts.get(i)) for i, p in enumerate(paths)]
 
 
 @dataclass
@@ -209,6 +255,10 @@ def detect_task(
 ) -> gpd.GeoDataFrame:
     """Detections of one task, in its scene's CRS (an empty frame with that CRS when none).
 
+    A task with a mosaic context reads its chips of the mosaic's chip grid
+    through a VRT of its neighbourhood and keeps the detections it owns
+    (:mod:`geodet.mosaic`); without one, the scene is detected alone.
+
     Args:
         blocks: a :class:`geodet.jobs.BlockStore`: a scene of more chips than its
             ``block_chips`` is predicted block by block, each block kept there and
@@ -225,10 +275,16 @@ def detect_task(
     with open_dataset(path) as src:
         info = scene_info(src)
         plan = plan_scene(src, info, detector.config, detector.meta)
-        if blocks is not None and len(plan.chips.windows) > blocks.block_chips:
-            dets = predict_in_blocks(detector, src, plan, blocks, progress=progress)
-        else:
-            dets = predict_scene(detector.net, src, plan, detector.config, device=detector.device, progress=progress)
+        dets = None
+        if task.context is not None:
+            dets = _detect_in_mosaic(task.context, plan, detector, progress)
+        if dets is None:
+            if blocks is not None and len(plan.chips.windows) > blocks.block_chips:
+                dets = predict_in_blocks(detector, src, plan, blocks, progress=progress)
+            else:
+                dets = predict_scene(detector.net, src, plan, detector.config, device=detector.device, progress=progress)
+            if task.context is not None:  # read alone after all: still report only what it owns
+                dets = _owned(dets, task.context, offset_px=task.context.own.rect_px[:2])
     log.info("%s: %d detections from %d chips (%d nodata chips skipped)", path, len(dets.scores), dets.chips, dets.skipped)
     if len(dets.scores) == 0:
         return with_metadata(empty_frame(info.crs), run_metadata(detector))
@@ -320,6 +376,69 @@ def model_identity(model) -> Optional[str]:
     if not os.path.isfile(path):
         read_model_file(path)  # its one sentence for a missing file
     return model_hash(path)
+
+
+def _owned(dets, ctx, *, offset_px=(0, 0)):
+    """The detections of ``dets`` that ``ctx``'s scene owns, boxes moved to the scene's own pixels.
+
+    ``dets.boxes_px`` are in pixels of a grid whose origin lies at ``offset_px`` in the mosaic grid.
+    """
+    from geodet.mosaic import box_centres, owned_mask
+
+    ox, oy = offset_px
+    boxes_mosaic = dets.boxes_px + np.array([ox, oy, ox, oy], np.float32)
+    keep = owned_mask(box_centres(boxes_mosaic), ctx.own.rect_px, ctx.later)
+    x0, y0 = ctx.own.rect_px[:2]
+    boxes_own = boxes_mosaic[keep] - np.array([x0, y0, x0, y0], np.float32)
+    return dataclasses.replace(dets, boxes_px=boxes_own, scores=dets.scores[keep], labels=dets.labels[keep])
+
+
+def _readable(ref: str) -> bool:
+    """Whether a mosaic neighbour opens; one that does not is left out (its part of the halo is nodata)."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    try:
+        with rasterio.open(ref):
+            return True
+    except RasterioError as exc:
+        log.warning("mosaic neighbour %s cannot be opened (%s); its part of the halo is read as nodata", ref, exc)
+        return False
+
+
+def _detect_in_mosaic(ctx, plan, detector: Detector, progress):
+    """Detections (in scene pixels) that the scene of ``ctx`` owns, read across its mosaic's seams.
+
+    Returns None when the mosaic read fails (a neighbour with damaged data): the
+    caller then reads the scene alone.
+    """
+    from rasterio.errors import RasterioError
+    from rasterio.io import MemoryFile
+
+    from geodet.mosaic import grid_chip_windows, grow, sources_in_order, vrt_xml
+    from geodet.predict import ChipPlan, predict_scene, scaled_chip_px
+
+    config = detector.config
+    size_px, overlap_px = scaled_chip_px(config.chip_size, config.overlap, plan.chips.scale)
+    # The halo: every object centred in the scene (no larger than the overlap, which stitching
+    # already assumes) lies whole in the chips read, and so do the boxes that may replace it.
+    region = grow(ctx.own.rect_px, overlap_px)
+    windows = grid_chip_windows(ctx.grid_shape, size_px, overlap_px, region)
+    sources = [s for s in sources_in_order(ctx) if s is ctx.own or _readable(s.path)]
+    mosaic_plan = dataclasses.replace(plan, chips=ChipPlan(windows, plan.chips.chip_px, plan.chips.scale))
+    # The VRT text lives in GDAL's in-memory file system while the scene runs, so that the
+    # reader threads reopen it by a short name and messages name the scene.
+    name = f"{scene_name(ctx.own.path)}.mosaic.vrt"
+    try:
+        with MemoryFile(vrt_xml(ctx, sources).encode(), filename=name) as mem, mem.open() as vrt:
+            dets = predict_scene(detector.net, vrt, mosaic_plan, config, device=detector.device, progress=progress)
+    except (GeodetError, RasterioError):
+        log.warning(
+            "reading %s with its %d mosaic neighbour(s) failed; detecting it alone (objects on its edges may be "
+            "missed or cut)", ctx.own.path, len(sources) - 1,
+        )
+        return None
+    return _owned(dets, ctx)
 
 
 def combine_frames(frames: Sequence[gpd.GeoDataFrame]) -> gpd.GeoDataFrame:
@@ -417,7 +536,7 @@ def detect(
         config = dataclasses.replace(config, bands=tuple(bands))
     if chip_size is not None:
         config = dataclasses.replace(config, chip_size=chip_size)
-    tasks = plan_tasks(resolve_scenes(scenes, asset=asset))
+    tasks = plan_tasks(resolve_scenes(scenes, asset=asset), mosaic=config.mosaic)
     job = None
     pending = list(tasks)
     if job_dir is not None:

@@ -58,7 +58,10 @@ JOB_SUFFIX = ".geodet-job"
 
 #: :class:`DetectConfig` fields that change the detections; the others (batch size, reader
 #: threads, device) change only speed, so a job may resume with other values of them.
-DETECTION_SETTINGS = ("chip_size", "overlap", "bands", "score_threshold", "nms_iou", "precision", "normalisation")
+#: (``mosaic`` is one: a scene of a mosaic reports what it owns, read with its neighbours.)
+DETECTION_SETTINGS = (
+    "chip_size", "overlap", "bands", "score_threshold", "nms_iou", "precision", "normalisation", "mosaic",
+)
 
 #: Version of the job folder's layout.
 LAYOUT = 1

@@ -84,9 +84,14 @@ def plan_chips(info: SceneInfo, chip_px: int, overlap_px: int, scene_gsd_m: floa
         ratio = model_gsd_m / scene_gsd_m
         if ratio > GSD_TOLERANCE or ratio < 1 / GSD_TOLERANCE:
             scale = ratio
-    size = max(8, int(round(chip_px * scale)))
-    overlap = min(size - 1, int(round(overlap_px * scale)))
+    size, overlap = scaled_chip_px(chip_px, overlap_px, scale)
     return ChipPlan(chip_windows(info.height, info.width, size, overlap), chip_px, scale)
+
+
+def scaled_chip_px(chip_px: int, overlap_px: int, scale: float) -> Tuple[int, int]:
+    """``(chip side, overlap)`` in scene pixels of ``chip_px`` / ``overlap_px`` model pixels read at ``scale``."""
+    size = max(8, int(round(chip_px * scale)))
+    return size, min(size - 1, int(round(overlap_px * scale)))
 
 
 def _out_shape(window: Window, plan: ChipPlan) -> Optional[Tuple[int, int]]:
