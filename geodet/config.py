@@ -124,6 +124,10 @@ class ModelConfig:
         frozen_stages: number of backbone stages frozen (0 = train all,
             1 = stem, 2 = stem + layer1, ... 5 = all).
         backbone_weights: path of a local torchvision ResNet state dict, or None.
+        input_scale: chips are resampled by this factor (bilinear) inside the
+            network before the backbone, so objects of a few pixels span more
+            feature cells (2 = a stride-2 grid for P2); anchor sizes are in
+            resampled pixels, inputs and outputs stay in chip pixels.
     """
 
     num_classes: int = 1
@@ -147,8 +151,11 @@ class ModelConfig:
     detections_per_chip: int = 300
     frozen_stages: int = 0
     backbone_weights: Optional[str] = None
+    input_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if not 0.25 <= float(self.input_scale) <= 4:
+            raise ConfigError(f"input_scale must lie in 0.25..4, got {self.input_scale!r}")
         if self.backbone_depth not in (18, 34, 50, 101):
             raise ConfigError(f"backbone depth must be 18, 34, 50 or 101, got {self.backbone_depth}")
         if not self.levels or any(lv < 2 or lv > 7 for lv in self.levels):

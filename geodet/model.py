@@ -67,10 +67,11 @@ class ChipBatcher(nn.Module):
             multiple of this many pixels.
     """
 
-    def __init__(self, in_channels: int, size_divisible: int = PAD_MULTIPLE_PX) -> None:
+    def __init__(self, in_channels: int, size_divisible: int = PAD_MULTIPLE_PX, input_scale: float = 1.0) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.size_divisible = size_divisible
+        self.input_scale = float(input_scale)
 
     def forward(
         self, images: Union[Tensor, Sequence[Tensor]], targets: Optional[List[Dict[str, Tensor]]] = None
@@ -84,12 +85,19 @@ class ChipBatcher(nn.Module):
             ``ImageList`` with the padded batch ``[B, C, H', W']`` and the
             unpadded ``(H, W)`` of every chip, and the targets.
         """
-        sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         channels = {int(img.shape[-3]) for img in images}
         if channels != {self.in_channels}:
             raise GeodetError(
                 f"the model expects {self.in_channels}-band chips but got {sorted(channels)} band(s)"
             )
+        s = self.input_scale
+        if s != 1.0:
+            images = [
+                F.interpolate(img[None], scale_factor=s, mode="bilinear", align_corners=False)[0] for img in images
+            ]
+            if targets is not None:
+                targets = [dict(t, boxes=t["boxes"] * s) for t in targets]
+        sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         d = self.size_divisible
         height = int(math.ceil(max(h for h, _ in sizes) / d) * d)
         width = int(math.ceil(max(w for _, w in sizes) / d) * d)
@@ -109,8 +117,10 @@ class ChipBatcher(nn.Module):
         image_shapes: List[Tuple[int, int]],
         original_image_sizes: List[Tuple[int, int]],
     ) -> List[Dict[str, Tensor]]:
-        """Identity: boxes are already in input chip pixels."""
-        return result
+        """Boxes back to input chip pixels (divided by ``input_scale``)."""
+        if self.input_scale == 1.0:
+            return result
+        return [dict(r, boxes=r["boxes"] / self.input_scale) for r in result]
 
 
 # --------------------------------------------------------------------------- backbone
@@ -421,7 +431,7 @@ class GeodetRetinaNet(RetinaNet):
             bg_iou_thresh=cfg.bg_iou_thresh,
             topk_candidates=cfg.topk_candidates,
         )
-        self.transform = ChipBatcher(cfg.in_channels, PAD_MULTIPLE_PX)
+        self.transform = ChipBatcher(cfg.in_channels, PAD_MULTIPLE_PX, cfg.input_scale)
         self.config = cfg
 
     def compute_loss(

@@ -176,6 +176,10 @@ def resolve_anchors(
     """
     from geodet.anchors import fit_anchors, fit_assignment
 
+    # Anchors live in the network's (resampled) pixels.
+    input_scale = float(overrides.get("input_scale", ModelConfig.input_scale))
+    boxes_px = np.asarray(boxes_px, np.float64) * input_scale
+    chip_px = int(round(chip_px * input_scale))
     if "levels" in overrides and "anchors" in overrides:
         levels, anchor_cfg = tuple(overrides.pop("levels")), overrides.pop("anchors")
         if isinstance(anchor_cfg, dict):
