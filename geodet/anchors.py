@@ -296,6 +296,25 @@ _MODE_SPREAD_LOG2 = 0.5
 _MODE_MERGE_LOG2 = 0.3
 
 
+def choose_input_scale(boxes_px: np.ndarray, class_ids: Optional[np.ndarray] = None) -> float:
+    """``ModelConfig.input_scale`` for these objects: :data:`~geodet.config.SMALL_OBJECT_SCALE`
+    when some class's median short side is under :data:`~geodet.config.SMALL_OBJECT_PX`
+    pixels, else 1.
+
+    Args:
+        boxes_px: [N, 4] xyxy pixels.
+        class_ids: [N] class of each box (None: one class).
+    """
+    from geodet.config import SMALL_OBJECT_PX, SMALL_OBJECT_SCALE
+
+    if not len(_as_boxes(boxes_px)):
+        return 1.0
+    boxes, ids = _valid_boxes(boxes_px, class_ids)
+    short = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    smallest = min(float(np.median(short[ids == c])) for c in np.unique(ids))
+    return float(SMALL_OBJECT_SCALE) if smallest < SMALL_OBJECT_PX else 1.0
+
+
 def ratio_modes(ratios: np.ndarray, max_modes: int = 3) -> Tuple[float, ...]:
     """Modes of the aspect ratios ``h / w`` ``[N]``: the fewest cluster centres that describe them.
 

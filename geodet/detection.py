@@ -80,12 +80,15 @@ def empty_frame(crs) -> gpd.GeoDataFrame:
 
 
 def config_for_model(config: DetectConfig, meta) -> DetectConfig:
-    """``config`` with ``bands``, ``chip_size`` and ``overlap`` resolved: each the model's unless set.
+    """``config`` with ``bands``, ``chip_size`` and ``overlap`` resolved: each the model's unless set
+    (the chip: the model's training chip times its ``input_scale`` when that is above 1).
 
     Raises:
         GeodetError: an overlap not smaller than the chip size.
     """
-    chip_px = int(config.chip_size or meta.chip_size)
+    # A model that resamples its chips (input_scale s > 1) trained on chips of 1/s the default
+    # side; it detects on chips s times larger, where less of the work goes to the overlap.
+    chip_px = int(config.chip_size or round(meta.chip_size * max(1.0, float(meta.model_config.input_scale))))
     overlap = int(meta.overlap if config.overlap is None else config.overlap)
     if overlap >= chip_px:
         raise GeodetError(f"the overlap ({overlap} px) must be smaller than the chip size ({chip_px} px).")
@@ -670,7 +673,7 @@ def _overlap_warning(meta, overlap_px: int) -> Optional[str]:
 
     anchors = meta.model_config.anchors
     largest = max(anchors.sizes) * max(anchors.scales) * max(np.sqrt(max(anchors.ratios)), np.sqrt(1 / min(anchors.ratios)))
-    return overlap_warning(float(largest), overlap_px)
+    return overlap_warning(float(largest) / float(meta.model_config.input_scale), overlap_px)  # in scene px
 
 
 def write_detections(frame: gpd.GeoDataFrame, path: str, *, overwrite: bool = False) -> None:

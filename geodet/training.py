@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -27,6 +29,7 @@ from geodet.config import (
     ASSIGNERS,
     COCO_ANCHORS,
     COCO_LEVELS,
+    SMALL_OBJECT_PX,
     TRAIN_CHIP,
     AnchorConfig,
     ChipConfig,
@@ -444,8 +447,14 @@ def prepare_run(
     device = resolve_device(config.device)
     seed_everything(config.seed)
     infos, label_set, sources = load_sources(imagery, labels, class_field, chip)
-    boxes_px = boxes_in_chip_frame(sources, chip.size)
     checkpoint = None if resume_from is None else load_checkpoint_state(resume_from)
+    if checkpoint is None:
+        model, chip = _small_object_scale(model, anchors, sources, chip)
+    else:
+        scale = float(checkpoint["model_config"].input_scale)
+        if scale > 1 and chip == TRAIN_CHIP:
+            chip = dataclasses.replace(chip, size=int(round(chip.size / scale)))
+    boxes_px = boxes_in_chip_frame(sources, chip.size)
     class_names = list(label_set.class_names)
     if checkpoint is not None:
         model_cfg = checkpoint["model_config"]
@@ -484,6 +493,36 @@ def prepare_run(
     return run, state
 
 
+def _small_object_scale(model: Optional[dict], anchors: AnchorsArg, sources: Sequence[SceneSource],
+                        chip: ChipConfig) -> Tuple[Optional[dict], ChipConfig]:
+    """``(model overrides, chip)`` with ``input_scale`` chosen for the objects when the
+    overrides do not set it and anchors are fitted (``anchors="auto"``; anchors given in
+    pixels keep the native scale): :func:`geodet.anchors.choose_input_scale`.
+
+    A model that resamples its input by s > 1 trains on chips of the default chip's side
+    divided by s (when ``chip`` is the default, :data:`geodet.config.TRAIN_CHIP`), so that
+    each chip costs the network what a default chip costs at native resolution.
+    """
+    from geodet.anchors import choose_input_scale
+
+    overrides = dict(model or {})
+    if "input_scale" in overrides:
+        scale = float(overrides["input_scale"])
+    elif anchors != "auto" or ("levels" in overrides and "anchors" in overrides):
+        scale = 1.0
+    else:
+        boxes = np.concatenate([s.boxes_px for s in sources]) if sources else np.zeros((0, 4))
+        class_ids = np.concatenate([s.class_ids for s in sources]) if sources else None
+        scale = choose_input_scale(boxes, class_ids)
+        overrides["input_scale"] = scale
+        if scale != 1.0:
+            log.info("objects under %g px across: chips are resampled %gx inside the network (input_scale)",
+                     SMALL_OBJECT_PX, scale)
+    if scale > 1 and chip == TRAIN_CHIP:
+        chip = dataclasses.replace(chip, size=int(round(chip.size / scale)))
+    return overrides, chip
+
+
 def _new_model_config(model: Optional[dict], anchors: AnchorsArg, sources: Sequence[SceneSource],
                       boxes_px: np.ndarray, num_classes: int, chip_px: int) -> ModelConfig:
     """The :class:`ModelConfig` of a new run: ``model`` overrides, anchors, classes and bands."""
@@ -505,7 +544,8 @@ def _log_anchor_coverage(model_cfg: ModelConfig, boxes_px: np.ndarray, chip_px: 
     from geodet.anchors import anchor_coverage
 
     cov = anchor_coverage(
-        boxes_px, model_cfg.levels, model_cfg.anchors, iou_thresh=model_cfg.fg_iou_thresh, chip_size=chip_px
+        np.asarray(boxes_px, np.float64) * model_cfg.input_scale, model_cfg.levels, model_cfg.anchors, iou_thresh=model_cfg.fg_iou_thresh,
+        chip_size=int(round(chip_px * model_cfg.input_scale)),
     )
     log.info(
         "anchors: levels %s sizes %s; coverage %.3f; foreground/background IoU %.2f/%.2f",

@@ -368,3 +368,39 @@ def test_both_assigners_train(assigner):
     assert model.anchor_generator.num_anchors_per_level == [16 * 16 * per_location, 8 * 8 * per_location,
                                                             4 * 4 * per_location]
 
+
+
+def test_input_scale_resamples_inside_the_network_and_keeps_chip_pixels():
+    """ChipBatcher with input_scale 2: the batch is twice the chip, targets follow, outputs come back."""
+    import torch
+
+    from geodet.model import ChipBatcher
+
+    batcher = ChipBatcher(3, 32, input_scale=2.0)
+    images = torch.rand(2, 3, 40, 48)
+    targets = [{"boxes": torch.tensor([[1.0, 2.0, 6.0, 12.0]]), "labels": torch.tensor([0])}] * 2
+    batch, scaled = batcher(images, targets)
+    assert tuple(batch.tensors.shape) == (2, 3, 96, 96) and batch.image_sizes == [(80, 96), (80, 96)]
+    assert torch.equal(scaled[0]["boxes"], torch.tensor([[2.0, 4.0, 12.0, 24.0]]))
+    assert torch.equal(targets[0]["boxes"], torch.tensor([[1.0, 2.0, 6.0, 12.0]]))  # caller's targets untouched
+    back = batcher.postprocess([{"boxes": scaled[0]["boxes"]}], batch.image_sizes, [(40, 48)])
+    assert torch.equal(back[0]["boxes"], targets[0]["boxes"])
+    # bilinear with pixel-edge alignment: a constant image stays constant, its mean is kept
+    flat, _ = batcher(torch.full((1, 3, 40, 48), 0.25))
+    assert torch.allclose(flat.tensors[0, :, :80, :96], torch.tensor(0.25))
+
+
+def test_choose_input_scale_upsamples_only_for_objects_under_8_px():
+    import numpy as np
+
+    from geodet.anchors import choose_input_scale
+    from geodet.config import SMALL_OBJECT_SCALE
+
+    cars = np.array([[0, 0, 5, 10], [20, 20, 30, 25]] * 5, dtype=float)  # short side 5 px
+    pools = np.array([[0, 0, 14, 12]] * 40, dtype=float)
+    assert choose_input_scale(pools) == 1.0
+    both = np.concatenate([pools, cars])
+    ids = np.array([0] * 40 + [1] * 10)
+    assert choose_input_scale(both, ids) == SMALL_OBJECT_SCALE  # a rare tiny class counts
+    assert choose_input_scale(both) == 1.0  # one class: the median is a pool's
+    assert choose_input_scale(np.zeros((0, 4))) == 1.0
