@@ -140,10 +140,16 @@ class Detector:
 def load_detector(model=None, config: DetectConfig = DetectConfig()) -> Detector:
     """Load ``model`` (a path, None for the default model, or ``(net, meta)``) for ``config``.
 
-    Warns when the overlap is small for the model's anchors.
+    A ``.onnx`` path (a ``geodet export``) runs through onnxruntime
+    (:func:`geodet.export.load_onnx_detector`). Warns when the overlap is small for the model's anchors.
     """
+    from geodet.export import is_onnx_path
     from geodet.modelfile import model_hash
 
+    if is_onnx_path(model):
+        from geodet.export import load_onnx_detector
+
+        return load_onnx_detector(str(model), config)
     net, meta, device = load(model, config.device)
     run_config = config_for_model(config, meta)
     warn = _overlap_warning(meta, run_config.overlap)
