@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -307,7 +308,8 @@ def export_onnx(model: PathLike, out: PathLike, *, overwrite: bool = False, opse
     module, per_level = _export_module(net, meta, size_px)
     dummy = torch.zeros((1, meta.model_config.in_channels, size_px, size_px))
     with staged_file(target, overwrite=overwrite) as tmp:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter: fixed shapes, no guards
             torch.onnx.export(
                 module, (dummy,), str(tmp), opset_version=opset, dynamo=False,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
