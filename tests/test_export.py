@@ -250,6 +250,28 @@ def test_export_command_refuses_existing_output_and_writes_atomically(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporaries left
 
 
+def test_detect_command_runs_an_export(tmp_path, two_class, make_scene_files):
+    s = make_scene_files(96, 96)
+    out = tmp_path / "dets.gpkg"
+    result = run("detect", s.path, "-m", two_class[1], "-o", out, "--quiet", "--score-threshold", "0.4")
+    assert result.exit_code == 0, result.output
+    assert out.exists() and "detections" in result.output
+
+
+def test_execution_providers():
+    import onnxruntime as ort
+
+    from geodet.export import _providers
+
+    assert _providers("cpu") == ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        assert _providers("auto")[0] == "CUDAExecutionProvider"
+    else:
+        assert _providers("auto") == ["CPUExecutionProvider"]
+        with pytest.raises(GeodetError, match="CUDA"):
+            _providers("cuda")
+
+
 def _one_sentence(result):
     assert result.exit_code != 0
     assert "Traceback" not in result.output
