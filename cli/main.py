@@ -16,6 +16,8 @@ COMMANDS = {
     "train": "geodet_cli.train_cmd:train_cmd",
     "detect": "geodet_cli.detect_cmd:detect_cmd",
     "evaluate": "geodet_cli.evaluate_cmd:evaluate_cmd",
+    "export": "geodet_cli.export_cmd:export_cmd",
+    "info": "geodet_cli.info_cmd:info_cmd",
 }
 
 

@@ -80,15 +80,12 @@ def empty_frame(crs) -> gpd.GeoDataFrame:
 
 
 def config_for_model(config: DetectConfig, meta) -> DetectConfig:
-    """``config`` with ``bands``, ``chip_size`` and ``overlap`` resolved: each the model's unless set
-    (the chip: the model's training chip times its ``input_scale`` when that is above 1).
+    """``config`` with ``bands``, ``chip_size`` and ``overlap`` resolved: each the model's unless set.
 
     Raises:
         GeodetError: an overlap not smaller than the chip size.
     """
-    # A model that resamples its chips (input_scale s > 1) trained on chips of 1/s the default
-    # side; it detects on chips s times larger, where less of the work goes to the overlap.
-    chip_px = int(config.chip_size or round(meta.chip_size * max(1.0, float(meta.model_config.input_scale))))
+    chip_px = int(config.chip_size or meta.chip_size)
     overlap = int(meta.overlap if config.overlap is None else config.overlap)
     if overlap >= chip_px:
         raise GeodetError(f"the overlap ({overlap} px) must be smaller than the chip size ({chip_px} px).")
@@ -183,10 +180,16 @@ class Detector:
 def load_detector(model=None, config: DetectConfig = DetectConfig()) -> Detector:
     """Load ``model`` (a path, None for the default model, or ``(net, meta)``) for ``config``.
 
-    Warns when the overlap is small for the model's anchors.
+    A ``.onnx`` path (a ``geodet export``) runs through onnxruntime
+    (:func:`geodet.export.load_onnx_detector`). Warns when the overlap is small for the model's anchors.
     """
+    from geodet.export import is_onnx_path
     from geodet.modelfile import model_hash
 
+    if is_onnx_path(model):
+        from geodet.export import load_onnx_detector
+
+        return load_onnx_detector(str(model), config)
     net, meta, device = load(model, config.device)
     run_config = config_for_model(config, meta)
     warn = _overlap_warning(meta, run_config.overlap)

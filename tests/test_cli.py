@@ -19,7 +19,7 @@ def run(*args):
 def test_help_lists_commands():
     result = run("--help")
     assert result.exit_code == 0
-    for name in ("tile", "anchors", "train", "detect", "evaluate"):
+    for name in ("tile", "anchors", "train", "detect", "evaluate", "export", "info"):
         assert name in result.output
 
 
