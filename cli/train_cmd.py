@@ -22,6 +22,18 @@ from geodet_cli.options import (
 _DEFAULTS = TrainConfig()
 
 
+class ShowEpoch:
+    """Prints each epoch's line (a class, so that spawned DDP processes can take it)."""
+
+    def __init__(self, epoch_limit):
+        self.epoch_limit = epoch_limit
+
+    def __call__(self, record):
+        from geodet.training import format_epoch
+
+        click.echo(format_epoch(record, self.epoch_limit), err=True)
+
+
 @click.command("train")
 @config_option
 @click.option("--imagery", multiple=True, required=True, type=click.Path(dir_okay=False),
@@ -33,7 +45,8 @@ _DEFAULTS = TrainConfig()
               help="Model file to write (the resumable checkpoint goes beside it as NAME.last.pt).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help=f"Epochs to train [default: {DEFAULT_EPOCHS}, or until --max-time is spent when it is given].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size, show_default=True,
+              help="Chips per optimisation step, over all --devices (the global batch; a multiple of --devices).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_DEFAULTS.lr, show_default=True,
               help="Peak learning rate (AdamW, warm-up then cosine).")
 @click.option("--chip-size", type=click.IntRange(min=8), default=TRAIN_CHIP.size, show_default=True,
@@ -46,6 +59,9 @@ _DEFAULTS = TrainConfig()
 @click.option("--backbone-weights", type=click.Path(dir_okay=False), default=None,
               help="Local torchvision ResNet state dict to start from (never downloaded).")
 @device_option
+@click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train with DDP in this many processes on this machine (one GPU each with --device cuda, "
+                   "else CPU processes sharing the cores); or start under torchrun instead.")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=_DEFAULTS.val_fraction, show_default=True,
               help="Share of spatial blocks held out for validation.")
 @click.option("--negative-ratio", type=click.FloatRange(min=0), default=_DEFAULTS.negative_ratio, show_default=True,
@@ -77,7 +93,7 @@ _DEFAULTS = TrainConfig()
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @overwrite_option
 def train_cmd(imagery, asset, labels, class_field, out, epochs, batch_size, lr, chip_size, overlap, bands, backbone,
-              backbone_weights, device, val_fraction, negative_ratio, repeat_thresh, seed, resume, workers,
+              backbone_weights, device, devices, val_fraction, negative_ratio, repeat_thresh, seed, resume, workers,
               max_time, anchors,
               anchor_sizes, anchor_scales, anchor_ratios, levels, point_size, ema_decay, no_augment, quiet, overwrite):
     """Train a RetinaNet on GeoTIFFs and vector labels.
@@ -94,12 +110,14 @@ def train_cmd(imagery, asset, labels, class_field, out, epochs, batch_size, lr, 
           --max-time 60 --device cuda -o cars.pt
       geodet train --imagery @scenes.txt --imagery 'more/*.tif' --labels cars.gpkg -o cars.pt
       geodet train --config train.yaml -o model.pt
+      geodet train --imagery a.tif --labels cars.gpkg --device cuda --devices 4 --batch-size 32 -o cars.pt
+      torchrun --nproc-per-node 4 -m geodet_cli.main train --imagery a.tif --labels cars.gpkg -o cars.pt
     """
     ctx = click.get_current_context()
     with user_errors():
         from geodet.config import ChipConfig
         from geodet.errors import ConfigError
-        from geodet.training import explicit_anchors, format_epoch, train
+        from geodet.training import explicit_anchors, train
 
         model = dict((ctx.default_map or {}).get("_model_overrides", {}))
         model["backbone_depth"] = int(backbone.replace("resnet", ""))
@@ -119,12 +137,15 @@ def train_cmd(imagery, asset, labels, class_field, out, epochs, batch_size, lr, 
                           negative_ratio=negative_ratio, repeat_thresh=repeat_thresh, seed=seed, workers=workers,
                           max_time_min=max_time, device=device, augment=not no_augment, ema_decay=ema_decay)
 
-        def show_epoch(record):
-            click.echo(format_epoch(record, cfg.epoch_limit), err=True)
+        kwargs = dict(class_field=class_field, chip=chip, model=model, config=cfg, anchors=explicit or anchors,
+                      resume=resume, overwrite=overwrite, progress=not quiet,
+                      on_epoch=None if quiet else ShowEpoch(cfg.epoch_limit), asset=asset)
+        if devices > 1:
+            from geodet.distributed import launch
 
-        result = train(list(imagery), labels, out, class_field=class_field, chip=chip, model=model, config=cfg,
-                       anchors=explicit or anchors, resume=resume, overwrite=overwrite, progress=not quiet,
-                       on_epoch=None if quiet else show_epoch, asset=asset)
+            result = launch(devices, train, imagery=list(imagery), labels=labels, out=out, **kwargs)
+        else:
+            result = train(list(imagery), labels, out, **kwargs)
     last = result.history[-1] if result.history else {}
     summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float))
     click.echo(f"wrote {result.model_path} (last checkpoint {result.last_path}); "

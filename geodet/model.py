@@ -383,7 +383,7 @@ class RetinaHead(nn.Module):
             deltas_fg.append(deltas[fg_idx])
             anchors_fg.append(anchors_per_chip[fg_idx])
             boxes_fg.append(target["boxes"][gt_idx].float())
-        normaliser = max(1, num_foreground)
+        normaliser = _foreground_normaliser(num_foreground, cls_logits.device)
         classification = sigmoid_focal_loss(
             torch.cat(logits_valid),
             torch.cat(targets_valid),
@@ -398,6 +398,20 @@ class RetinaHead(nn.Module):
         else:  # deltas against the target boxes encoded on their anchors
             regression = F.l1_loss(deltas_fg, self.box_coder.encode_single(boxes_fg, anchors_fg), reduction="sum")
         return {"classification": classification / normaliser, "bbox_regression": regression / normaliser}
+
+
+def _foreground_normaliser(num_foreground: int, device: torch.device) -> float:
+    """What a batch's summed losses are divided by: its foreground anchors (at least 1).
+
+    Under DDP (:mod:`geodet.distributed`) the count is the global batch's, over
+    all ranks, divided by the number of ranks, since DDP averages the ranks'
+    gradients: N ranks then give the gradient of one process with the global batch.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return float(max(1, num_foreground))
+    total = torch.tensor([float(num_foreground)], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(total)
+    return max(1.0, float(total.item())) / torch.distributed.get_world_size()
 
 
 # --------------------------------------------------------------------------- model

@@ -48,6 +48,7 @@ from geodet.dataset import (
     split_blocks,
 )
 from geodet.device import resolve_device, training_autocast_dtype
+from geodet.distributed import SINGLE, Distributed
 from geodet.errors import ConfigError, GeodetError
 from geodet.train_state import get_rng_state, load_checkpoint_state, seed_everything, set_rng_state
 from geodet.sources import resolve_scenes
@@ -302,6 +303,8 @@ class TrainingRun:
         amp_dtype: autocast dtype, or None without AMP.
         params: the trained parameters (gradient clipping).
         meta: what the model file describes besides the weights.
+        dist: this process's rank in a distributed run (:mod:`geodet.distributed`).
+        ddp_net: ``net`` wrapped in DDP (what the loop runs forward), or ``net``.
     """
 
     device: torch.device
@@ -319,6 +322,8 @@ class TrainingRun:
     amp_dtype: Optional[torch.dtype]
     params: List[torch.nn.Parameter]
     meta: Dict[str, Any]
+    dist: Distributed = SINGLE
+    ddp_net: Optional[torch.nn.Module] = None
 
 
 @dataclass
@@ -363,6 +368,7 @@ def train(
     progress: bool = False,
     on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None,
     asset: Optional[str] = None,
+    distributed: Optional[Distributed] = None,
 ) -> TrainResult:
     """Train a RetinaNet on scenes and vector labels; write the model file.
 
@@ -385,16 +391,34 @@ def train(
         overwrite: replace an existing ``out``.
         progress: show a progress bar with the running loss (stderr).
         on_epoch: called with each epoch's history record (the CLI prints
-            :func:`format_epoch` of it).
+            :func:`format_epoch` of it); on rank 0 only.
         asset: the STAC asset key read from STAC inputs (default: the visual/RGB one).
+        distributed: this process's rank in a DDP run (see
+            :mod:`geodet.distributed`; ``config.batch_size`` is then the global
+            batch); default: read from ``torchrun``'s environment, else one process.
 
     Returns:
         :class:`TrainResult` with the model path and per-epoch history.
     """
+    from geodet import distributed as ddp
+
+    place = distributed or ddp.from_env() or SINGLE
     last_path = _check_outputs(out, resume=resume, overwrite=overwrite)
     imagery = resolve_scenes(imagery, asset=asset)
+    ddp.setup(place, config.device)
+    try:
+        return _train_loop(imagery, labels, out, last_path, place, class_field=class_field, chip=chip,
+                           model=model, config=config, anchors=anchors, resume=resume, overwrite=overwrite,
+                           progress=progress, on_epoch=on_epoch)
+    finally:
+        ddp.teardown(place)
+
+
+def _train_loop(imagery, labels, out, last_path, place: Distributed, *, class_field, chip, model, config,
+                anchors, resume, overwrite, progress, on_epoch) -> TrainResult:
+    """:func:`train` once its outputs are checked and its process group joined."""
     run, state = prepare_run(imagery, labels, class_field=class_field, chip=chip, model=model, config=config,
-                             anchors=anchors, resume_from=last_path if resume else None)
+                             anchors=anchors, resume_from=last_path if resume else None, distributed=place)
     budget = _budget(run, config)
     clock = _Clock(state.elapsed_before_s)
     claimed = resume or overwrite  # may the best-model file at ``out`` be replaced?
@@ -402,11 +426,16 @@ def train(
               else itertools.count(state.epoch))
     lr = _lr_at(0.0, config.lr, config.warmup)
     for epoch in epochs:
-        record, lr, stop = train_one_epoch(run, state, epoch, config, budget, clock, lr, progress=progress)
-        _end_of_epoch(run, state, record, config, budget, clock)
-        if on_epoch is not None:
-            on_epoch(record)
-        claimed = save_checkpoints(run, state, record, out, last_path, clock, claimed=claimed)
+        record, lr, stop = train_one_epoch(run, state, epoch, config, budget, clock, lr,
+                                           progress=progress and place.is_writer)
+        if place.is_writer:  # the others go on training and wait at the next step's collectives
+            _end_of_epoch(run, state, record, config, budget, clock)
+            if on_epoch is not None:
+                on_epoch(record)
+            claimed = save_checkpoints(run, state, record, out, last_path, clock, claimed=claimed)
+        else:
+            state.epoch = record["epoch"]
+            state.history.append(record)
         if stop:
             log.info("time limit of %.1f min reached; stopped after %d steps", config.max_time_min, state.step)
             break
@@ -438,13 +467,15 @@ def prepare_run(
     config: TrainConfig,
     anchors: AnchorsArg,
     resume_from: Optional[str] = None,
+    distributed: Distributed = SINGLE,
 ) -> Tuple[TrainingRun, LoopState]:
     """Set a run up: seed, sources, model config (anchors), datasets and
     sampler, model, optimizer, loader; restored from the last checkpoint
     ``resume_from`` when given. Returns the run and the loop's starting state."""
     from geodet.model import build_model
 
-    device = resolve_device(config.device)
+    device = distributed.device(resolve_device(config.device))
+    per_rank_batch = distributed.per_rank_batch(config.batch_size)
     seed_everything(config.seed)
     infos, label_set, sources = load_sources(imagery, labels, class_field, chip)
     checkpoint = None if resume_from is None else load_checkpoint_state(resume_from)
@@ -481,11 +512,12 @@ def prepare_run(
         device=device, model_config=model_cfg, class_names=class_names, train_ds=train_ds, val_ds=val_ds,
         sampler=sampler, loader=None, net=net, eval_net=net if ema is None else ema.module, ema=ema,
         optimizer=optimizer, scaler=scaler, amp_dtype=amp_dtype, params=params,
-        meta=_model_meta(model_cfg, class_names, sources, infos, chip),
+        meta=_model_meta(model_cfg, class_names, sources, infos, chip), dist=distributed,
     )
     state = LoopState() if checkpoint is None else _restore(run, checkpoint, resume_from)
+    run.ddp_net = distributed.wrap(net, device)  # after the restore: DDP starts from rank 0's weights
     run.loader = torch.utils.data.DataLoader(
-        train_ds, batch_size=config.batch_size, sampler=sampler, collate_fn=collate,
+        train_ds, batch_size=per_rank_batch, sampler=distributed.shard(sampler, config.batch_size), collate_fn=collate,
         num_workers=config.workers, persistent_workers=config.workers > 0, drop_last=False,
         generator=torch.Generator().manual_seed(config.seed),
         pin_memory=device.type == "cuda",
@@ -657,15 +689,16 @@ def train_one_epoch(run: TrainingRun, state: LoopState, epoch: int, config: Trai
         whether the time limit stopped it.
     """
     run.train_ds.set_epoch(epoch)
-    run.sampler.set_epoch(epoch)
+    run.loader.sampler.set_epoch(epoch)
     run.loader.generator.manual_seed(config.seed + epoch)
-    net, device, use_amp = run.net, run.device, run.amp_dtype is not None
+    net, device, use_amp = run.ddp_net or run.net, run.device, run.amp_dtype is not None
+    shared = run.dist.shared  # rank 0's clock on every rank: one lr and one stopping step
     net.train()
     t_epoch, seen, loss_sum, stop = time.monotonic(), 0, 0.0, False
     total = f"/{budget.epoch_limit}" if budget.epoch_limit is not None else ""
     bar = _progress_bar(progress, len(run.loader), f"epoch {epoch + 1}{total}")
     for images, targets in run.loader:
-        lr = _lr_at(budget.progress(state.step, clock.elapsed()), config.lr, config.warmup)
+        lr = _lr_at(budget.progress(state.step, shared(clock.elapsed())), config.lr, config.warmup)
         for g in run.optimizer.param_groups:
             g["lr"] = lr
         images = images.to(device, non_blocking=True)
@@ -689,12 +722,14 @@ def train_one_epoch(run: TrainingRun, state: LoopState, epoch: int, config: Trai
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{lr:.2e}")
-        if budget.max_time_s is not None and clock.elapsed() >= budget.max_time_s:
+        if budget.max_time_s is not None and shared(clock.elapsed()) >= budget.max_time_s:
             stop = True
             break
     if bar is not None:
         bar.close()
     seconds = time.monotonic() - t_epoch
+    loss_sum, seen = run.dist.sum(loss_sum, seen)  # over the ranks: the global batch's figures
+    seen = int(seen)
     record = {
         "epoch": epoch + 1,
         "loss": loss_sum / max(seen, 1),
