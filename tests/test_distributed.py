@@ -17,7 +17,7 @@ from geodet.config import ChipConfig, TrainConfig
 from geodet.distributed import Distributed, ShardedSampler, launch
 from geodet.dataset import RepeatFactorSampler
 from geodet.training import last_checkpoint_path, train
-from tests.conftest import tiny_model_overrides
+from conftest import tiny_model_overrides
 
 
 def _frozen_bn_model(tmp_path) -> dict:
