@@ -44,11 +44,6 @@ def default_model_path() -> str:
     return str(DEFAULT_MODEL)
 
 
-def expand_scenes(scenes: Union[str, Sequence[str]]) -> List[str]:
-    """Former name of :func:`geodet.sources.resolve_scenes` (kept for callers of the old name)."""
-    return resolve_scenes(scenes)
-
-
 def load(model=None, device: str = "auto"):
     """``(net, meta, torch.device)`` from a path, None (the default model) or a loaded pair."""
     from geodet.device import resolve_device
@@ -209,31 +204,29 @@ def run_metadata(detector: Detector) -> Dict[str, object]:
     ``frame.attrs[geodet.vector.METADATA_ATTR]``; :func:`geodet.vector.write_vector` writes it
     into each format's metadata.
     """
-    from geodet import __version__
-
-    return {
-        "geodet_version": __version__,
-        "model_name": detector.model_name,
-        "model_hash": detector.model_hash,
-        "class_names": [str(name) for name in detector.meta.class_names],
-    }
+    return _metadata(detector.model_name, detector.model_hash, detector.meta.class_names)
 
 
 def model_file_metadata(model=None) -> Optional[Dict[str, object]]:
     """:func:`run_metadata` of a model file (None: the bundled model) without loading its network;
     None for an in-memory ``(net, meta)`` model. For frames that lost their ``attrs`` on the way
     (a job's parts read back from GeoParquet)."""
-    from geodet import __version__
     from geodet.modelfile import model_hash, read_model_file
 
     if isinstance(model, tuple):
         return None
     path = default_model_path() if model is None else str(model)
+    return _metadata(Path(path).name, model_hash(path), read_model_file(path)["class_names"])
+
+
+def _metadata(model_name: str, hash_hex: Optional[str], class_names: Sequence[str]) -> Dict[str, object]:
+    from geodet import __version__
+
     return {
         "geodet_version": __version__,
-        "model_name": Path(path).name,
-        "model_hash": model_hash(path),
-        "class_names": [str(name) for name in read_model_file(path)["class_names"]],
+        "model_name": model_name,
+        "model_hash": hash_hex,
+        "class_names": [str(name) for name in class_names],
     }
 
 

@@ -480,11 +480,10 @@ def prepare_run(
     infos, label_set, sources = load_sources(imagery, labels, class_field, chip)
     checkpoint = None if resume_from is None else load_checkpoint_state(resume_from)
     if checkpoint is None:
-        model, chip = _small_object_scale(model, anchors, sources, chip)
+        model = _small_object_scale(model, anchors, sources)
+        chip = chip_for_scale(chip, float(model["input_scale"]))
     else:
-        scale = float(checkpoint["model_config"].input_scale)
-        if scale > 1 and chip == TRAIN_CHIP:
-            chip = dataclasses.replace(chip, size=int(round(chip.size / scale)))
+        chip = chip_for_scale(chip, float(checkpoint["model_config"].input_scale))
     boxes_px = boxes_in_chip_frame(sources, chip.size)
     class_names = list(label_set.class_names)
     if checkpoint is not None:
@@ -525,34 +524,34 @@ def prepare_run(
     return run, state
 
 
-def _small_object_scale(model: Optional[dict], anchors: AnchorsArg, sources: Sequence[SceneSource],
-                        chip: ChipConfig) -> Tuple[Optional[dict], ChipConfig]:
-    """``(model overrides, chip)`` with ``input_scale`` chosen for the objects when the
-    overrides do not set it and anchors are fitted (``anchors="auto"``; anchors given in
-    pixels keep the native scale): :func:`geodet.anchors.choose_input_scale`.
+def chip_for_scale(chip: ChipConfig, input_scale: float) -> ChipConfig:
+    """The training chip of a model that resamples its input by ``input_scale``: the default
+    chip (:data:`geodet.config.TRAIN_CHIP`) shrinks by that factor, so a chip costs the network
+    what a default chip costs at native resolution; any other chip is kept as chosen."""
+    if input_scale > 1 and chip == TRAIN_CHIP:
+        return dataclasses.replace(chip, size=int(round(chip.size / input_scale)))
+    return chip
 
-    A model that resamples its input by s > 1 trains on chips of the default chip's side
-    divided by s (when ``chip`` is the default, :data:`geodet.config.TRAIN_CHIP`), so that
-    each chip costs the network what a default chip costs at native resolution.
-    """
+
+def _small_object_scale(model: Optional[dict], anchors: AnchorsArg, sources: Sequence[SceneSource]) -> dict:
+    """The ``model:`` overrides with ``input_scale`` set: as given, else chosen for the objects
+    when anchors are fitted (``anchors="auto"``; :func:`geodet.anchors.choose_input_scale`),
+    else 1 (anchors given in pixels keep the native scale)."""
     from geodet.anchors import choose_input_scale
 
     overrides = dict(model or {})
     if "input_scale" in overrides:
-        scale = float(overrides["input_scale"])
-    elif anchors != "auto" or ("levels" in overrides and "anchors" in overrides):
-        scale = 1.0
-    else:
-        boxes = np.concatenate([s.boxes_px for s in sources]) if sources else np.zeros((0, 4))
-        class_ids = np.concatenate([s.class_ids for s in sources]) if sources else None
-        scale = choose_input_scale(boxes, class_ids)
-        overrides["input_scale"] = scale
-        if scale != 1.0:
-            log.info("objects under %g px across: chips are resampled %gx inside the network (input_scale)",
-                     SMALL_OBJECT_PX, scale)
-    if scale > 1 and chip == TRAIN_CHIP:
-        chip = dataclasses.replace(chip, size=int(round(chip.size / scale)))
-    return overrides, chip
+        return overrides
+    if anchors != "auto" or ("levels" in overrides and "anchors" in overrides):
+        overrides["input_scale"] = 1.0
+        return overrides
+    boxes = np.concatenate([s.boxes_px for s in sources]) if sources else np.zeros((0, 4))
+    class_ids = np.concatenate([s.class_ids for s in sources]) if sources else None
+    overrides["input_scale"] = choose_input_scale(boxes, class_ids)
+    if overrides["input_scale"] != 1.0:
+        log.info("objects under %g px across: chips are resampled %gx inside the network (input_scale)",
+                 SMALL_OBJECT_PX, overrides["input_scale"])
+    return overrides
 
 
 def _new_model_config(model: Optional[dict], anchors: AnchorsArg, sources: Sequence[SceneSource],

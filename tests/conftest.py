@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -57,3 +58,15 @@ def sample_labels():
 def tiny_model_overrides() -> dict:
     """A RetinaNet small enough to train for a few steps on the CPU in seconds."""
     return dict(backbone_depth=18, fpn_channels=32, head_convs=1)
+
+
+def wait_for(predicate, proc, timeout_s: float = 120.0) -> None:
+    """Poll ``predicate`` until true while the subprocess ``proc`` runs (to interrupt it at a known point).
+
+    Fails when ``proc`` ends first or after ``timeout_s``.
+    """
+    t0 = time.monotonic()
+    while not predicate():
+        assert proc.poll() is None, "the command finished before it could be interrupted"
+        assert time.monotonic() - t0 < timeout_s
+        time.sleep(0.01)

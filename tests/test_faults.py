@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import geopandas as gpd
@@ -24,7 +23,7 @@ import torch
 from click.testing import CliRunner
 from shapely.geometry import box
 
-from conftest import tiny_model_overrides
+from conftest import tiny_model_overrides, wait_for
 from geodet.config import ChipConfig, TrainConfig
 from geodet.errors import GeodetError
 from geodet.outputs import TEMP_TAG, check_output, staged_file, sweep_stale
@@ -220,20 +219,12 @@ def test_evaluate_plot_is_not_replaced_without_overwrite(scene, tmp_path):
 # ------------------------------------------------------------------ 4. interruption: nothing half-written, no debris
 
 
-def _wait_for(predicate, proc, timeout_s=120.0):
-    t0 = time.monotonic()
-    while not predicate():
-        assert proc.poll() is None, "the command finished before it could be interrupted"
-        assert time.monotonic() - t0 < timeout_s
-        time.sleep(0.01)
-
-
 def test_kill_9_of_tile_leaves_debris_that_the_next_run_removes(make_scene_files, tmp_path):
     s = make_scene_files(1024, 1024, seed=5, name="big")
     out = tmp_path / "tiles"
     cmd = [*GEODET, "tile", s.path, "--labels", s.labels, "--chip-size", "64", "--overlap", "0", "-o", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(lambda: any((p / "chips").is_dir() and any((p / "chips").iterdir())
+    wait_for(lambda: any((p / "chips").is_dir() and any((p / "chips").iterdir())
                           for p in tmp_path.iterdir() if TEMP_TAG in p.name), proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -273,7 +264,7 @@ def test_kill_9_of_detect_keeps_the_old_output(make_scene_files, tmp_path):
     with open(log, "w") as err:
         proc = subprocess.Popen([*GEODET, "detect", s.path, "-o", str(out), "--overwrite", "--batch-size", "1"],
                                 stdout=subprocess.DEVNULL, stderr=err)
-        _wait_for(lambda: "detect:" in log.read_text(), proc)  # the progress bar: chips are being read
+        wait_for(lambda: "detect:" in log.read_text(), proc)  # the progress bar: chips are being read
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert out.read_bytes() == before and temporaries(tmp_path) == []
@@ -291,7 +282,7 @@ def test_kill_9_of_train_keeps_a_loadable_model(scene, tmp_path):
         proc = subprocess.Popen([*GEODET, "train", "--imagery", scene.path, "--labels", scene.labels, "-o", str(out),
                                  "--overwrite", "--chip-size", "128", "--overlap", "32", "--epochs", "1000",
                                  "--batch-size", "2"], stdout=subprocess.DEVNULL, stderr=err)
-        _wait_for(lambda: "epoch 2/" in log.read_text(), proc)  # killed mid-run, after a save
+        wait_for(lambda: "epoch 2/" in log.read_text(), proc)  # killed mid-run, after a save
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     load_model(out)  # never half-written: the old file or a whole new one

@@ -7,7 +7,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import geopandas as gpd
@@ -15,6 +14,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from geopandas.testing import assert_geodataframe_equal
+
+from conftest import wait_for
 
 from geodet.config import DetectConfig, JobConfig
 from geodet.detection import SceneTask, detect, in_process_runner, load_detector
@@ -42,14 +43,6 @@ def run_cli(*args):
 
 def read(path) -> gpd.GeoDataFrame:
     return gpd.read_parquet(path)
-
-
-def wait_for(predicate, proc, timeout_s=120.0):
-    t0 = time.monotonic()
-    while not predicate():
-        assert proc.poll() is None, "the command finished before it could be interrupted"
-        assert time.monotonic() - t0 < timeout_s
-        time.sleep(0.01)
 
 
 def kill_when(cmd, predicate, log: Path):

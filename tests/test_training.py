@@ -299,3 +299,26 @@ def test_unknown_model_setting_is_one_sentence(small_scene, tmp_path):
     res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "--imagery", small_scene.path,
                                    "--labels", small_scene.labels, "-o", str(tmp_path / "m.pt")])
     assert res.exit_code == 1 and "unknown ModelConfig setting(s): fpn_chanels" in res.output
+
+
+def test_small_objects_choose_2x_and_a_half_size_default_chip():
+    """geodet train's rule: a class of tiny objects -> input_scale 2 and the default chip halved;
+    a chip the user chose, a scale the user set and anchors given in pixels are kept."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from geodet.config import SMALL_OBJECT_SCALE, TRAIN_CHIP, ChipConfig
+    from geodet.training import _small_object_scale, chip_for_scale
+
+    cars = SimpleNamespace(boxes_px=np.array([[0, 0, 5, 10], [20, 20, 30, 25]] * 5, float),
+                           class_ids=np.array([1, 1] * 5))
+    pools = SimpleNamespace(boxes_px=np.array([[0, 0, 14, 12]] * 40, float), class_ids=np.zeros(40, int))
+    auto = _small_object_scale(None, "auto", [pools, cars])
+    assert auto["input_scale"] == SMALL_OBJECT_SCALE
+    assert chip_for_scale(TRAIN_CHIP, auto["input_scale"]).size == TRAIN_CHIP.size // 2
+    assert chip_for_scale(ChipConfig(size=384), 2.0).size == 384
+    assert _small_object_scale(None, "auto", [pools])["input_scale"] == 1.0
+    assert _small_object_scale({"input_scale": 1.0}, "auto", [pools, cars])["input_scale"] == 1.0
+    assert _small_object_scale(None, "coco", [pools, cars])["input_scale"] == 1.0
+    assert chip_for_scale(TRAIN_CHIP, 1.0) == TRAIN_CHIP
