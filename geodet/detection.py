@@ -216,7 +216,8 @@ def model_file_metadata(model=None) -> Optional[Dict[str, object]]:
     if isinstance(model, tuple):
         return None
     path = default_model_path() if model is None else str(model)
-    return _metadata(Path(path).name, model_hash(path), read_model_file(path)["class_names"])
+    class_names = read_model_file(path)["class_names"]  # first: its one sentence for a missing or bad file
+    return _metadata(Path(path).name, model_hash(path), class_names)
 
 
 def _metadata(model_name: str, hash_hex: Optional[str], class_names: Sequence[str]) -> Dict[str, object]:
@@ -359,22 +360,6 @@ def in_process_runner(detector: Detector, progress: Optional[Callable[[int, int]
             on_done(task, frame, time.perf_counter() - t0)
 
     return run
-
-
-def model_identity(model) -> Optional[str]:
-    """:func:`geodet.modelfile.model_hash` of a model path (None: the bundled model); None for ``(net, meta)``.
-
-    Raises:
-        GeodetError: the model file is missing.
-    """
-    from geodet.modelfile import model_hash, read_model_file
-
-    if isinstance(model, tuple):
-        return None
-    path = default_model_path() if model is None else str(model)
-    if not os.path.isfile(path):
-        read_model_file(path)  # its one sentence for a missing file
-    return model_hash(path)
 
 
 def _owned(dets, ctx, *, offset_px=(0, 0)):
@@ -538,8 +523,12 @@ def detect(
     tasks = plan_tasks(resolve_scenes(scenes, asset=asset), mosaic=config.mosaic)
     job = None
     pending = list(tasks)
+    # A job's parts come back from GeoParquet without ``attrs``: the model file's metadata, read
+    # once here, gives the job its model hash and the result its metadata.
+    file_metadata = model_file_metadata(model) if job_dir is not None else None
     if job_dir is not None:
-        job = open_job(job_dir, model_hash=model_identity(model), settings=detection_settings(config), config=job_config)
+        job = open_job(job_dir, model_hash=file_metadata and file_metadata["model_hash"],
+                       settings=detection_settings(config), config=job_config)
         pending, done_before = job.split(tasks)
         if done_before:
             log.info("%d of %d scene(s) were finished by an earlier run", len(done_before), len(tasks))
@@ -586,8 +575,8 @@ def detect(
     out = combine_frames(collected)
     from geodet.vector import METADATA_ATTR
 
-    if METADATA_ATTR not in out.attrs:  # parts read back from a job folder carry no attrs
-        with_metadata(out, model_file_metadata(model))
+    if METADATA_ATTR not in out.attrs:
+        with_metadata(out, file_metadata if file_metadata is not None else model_file_metadata(model))
     out.attrs["failed_scenes"] = failed
     out.attrs["scenes_done_before"] = len(tasks) - len(pending)
     return out
