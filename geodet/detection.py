@@ -211,13 +211,29 @@ def model_file_metadata(model=None) -> Optional[Dict[str, object]]:
     """:func:`run_metadata` of a model file (None: the bundled model) without loading its network;
     None for an in-memory ``(net, meta)`` model. For frames that lost their ``attrs`` on the way
     (a job's parts read back from GeoParquet)."""
+    from geodet.export import is_onnx_path, read_onnx_metadata
     from geodet.modelfile import model_hash, read_model_file
 
     if isinstance(model, tuple):
         return None
     path = default_model_path() if model is None else str(model)
+    if is_onnx_path(path):  # an export names the model file it was made from, as its Detector does
+        data = read_onnx_metadata(path)
+        return _metadata(str(data.get("geodet_model_name", Path(path).name)), data.get("geodet_model_hash"),
+                         data["geodet_class_names"])
     class_names = read_model_file(path)["class_names"]  # first: its one sentence for a missing or bad file
     return _metadata(Path(path).name, model_hash(path), class_names)
+
+
+def model_file_hash(model=None) -> Optional[str]:
+    """:func:`geodet.modelfile.model_hash` of the bytes of a model file, ``.pt`` or ``.onnx`` (None:
+    the bundled model); None for an in-memory ``(net, meta)`` model. A job's model identity: an
+    export and its source are different files and may differ in the last bits."""
+    from geodet.modelfile import model_hash
+
+    if isinstance(model, tuple):
+        return None
+    return model_hash(default_model_path() if model is None else str(model))
 
 
 def _metadata(model_name: str, hash_hex: Optional[str], class_names: Sequence[str]) -> Dict[str, object]:
@@ -524,10 +540,10 @@ def detect(
     job = None
     pending = list(tasks)
     # A job's parts come back from GeoParquet without ``attrs``: the model file's metadata, read
-    # once here, gives the job its model hash and the result its metadata.
+    # here (its one sentence for a missing or bad file), gives the result its metadata.
     file_metadata = model_file_metadata(model) if job_dir is not None else None
     if job_dir is not None:
-        job = open_job(job_dir, model_hash=file_metadata and file_metadata["model_hash"],
+        job = open_job(job_dir, model_hash=model_file_hash(model),
                        settings=detection_settings(config), config=job_config)
         pending, done_before = job.split(tasks)
         if done_before:

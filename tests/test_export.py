@@ -256,6 +256,12 @@ def test_detect_command_runs_an_export(tmp_path, two_class, make_scene_files):
     result = run("detect", s.path, "-m", two_class[1], "-o", out, "--quiet", "--score-threshold", "0.4")
     assert result.exit_code == 0, result.output
     assert out.exists() and "detections" in result.output
+    # The output names the model the export was made from, as an in-process run does.
+    from geodet.modelfile import model_hash
+    from geodet.vector import read_output_metadata
+
+    meta = read_output_metadata(out)
+    assert meta["model_name"] == "two.pt" and meta["model_hash"] == model_hash(two_class[0])
 
 
 def test_execution_providers():
