@@ -98,7 +98,7 @@ def run_job(job: dict, setting: str, anchors: str, args, work: Path) -> dict:
         cmd += ["--imagery", tif]
     cmd += ["--labels", job["train_labels"], "--class-field", job["class_field"], "-o", model,
             "--max-time", str(args.minutes), "--anchors", anchors, "--device", args.device,
-            "--seed", str(job["train_seed"]), "--quiet"]
+            "--seed", str(job["train_seed"]), "--quiet"] + list(args.train_arg)
     _, train_s = run(cmd)
     _, detect_s = run([args.geodet, "detect", job["test"], "-m", model, "-o", dets, "--score-threshold", "0.05",
                        "--device", args.device, "--quiet"])
@@ -172,6 +172,8 @@ def parse_args(argv=None):
     ap.add_argument("--json", dest="json_out", type=Path, default=None, help="write runs and summary here")
     ap.add_argument("--workdir", type=Path, default=None, help="keep scenes, models and detections here")
     ap.add_argument("--geodet", default="geodet", help="the geodet executable")
+    ap.add_argument("--train-arg", action="append", default=[],
+                    help="one more argument for every geodet train, repeatable (A/B runs: --train-arg=--config --train-arg=ab.yaml)")
     args = ap.parse_args(argv)
     if args.seeds < 1:
         ap.error("--seeds must be at least 1")
