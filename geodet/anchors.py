@@ -297,22 +297,26 @@ _MODE_MERGE_LOG2 = 0.3
 
 
 def choose_input_scale(boxes_px: np.ndarray, class_ids: Optional[np.ndarray] = None) -> float:
-    """``ModelConfig.input_scale`` for these objects: :data:`~geodet.config.SMALL_OBJECT_SCALE`
-    when some class's median short side is under :data:`~geodet.config.SMALL_OBJECT_PX`
-    pixels, else 1.
+    """``ModelConfig.input_scale`` for these objects, from the smallest per-class median short
+    side: :data:`~geodet.config.SMALL_OBJECT_SCALE` under :data:`~geodet.config.SMALL_OBJECT_PX`
+    pixels (a rare tiny class counts as much as a common one),
+    :data:`~geodet.config.LARGE_OBJECT_SCALE` at :data:`~geodet.config.LARGE_OBJECT_PX` or more
+    (every class is large), else 1.
 
     Args:
         boxes_px: [N, 4] xyxy pixels.
         class_ids: [N] class of each box (None: one class).
     """
-    from geodet.config import SMALL_OBJECT_PX, SMALL_OBJECT_SCALE
+    from geodet.config import LARGE_OBJECT_PX, LARGE_OBJECT_SCALE, SMALL_OBJECT_PX, SMALL_OBJECT_SCALE
 
     if not len(_as_boxes(boxes_px)):
         return 1.0
     boxes, ids = _valid_boxes(boxes_px, class_ids)
     short = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
     smallest = min(float(np.median(short[ids == c])) for c in np.unique(ids))
-    return float(SMALL_OBJECT_SCALE) if smallest < SMALL_OBJECT_PX else 1.0
+    if smallest < SMALL_OBJECT_PX:
+        return float(SMALL_OBJECT_SCALE)
+    return float(LARGE_OBJECT_SCALE) if smallest >= LARGE_OBJECT_PX else 1.0
 
 
 def ratio_modes(ratios: np.ndarray, max_modes: int = 3) -> Tuple[float, ...]:

@@ -29,7 +29,6 @@ from geodet.config import (
     ASSIGNERS,
     COCO_ANCHORS,
     COCO_LEVELS,
-    SMALL_OBJECT_PX,
     TRAIN_CHIP,
     AnchorConfig,
     ChipConfig,
@@ -480,7 +479,7 @@ def prepare_run(
     infos, label_set, sources = load_sources(imagery, labels, class_field, chip)
     checkpoint = None if resume_from is None else load_checkpoint_state(resume_from)
     if checkpoint is None:
-        model = _small_object_scale(model, anchors, sources)
+        model = _auto_input_scale(model, anchors, sources)
         chip = chip_for_scale(chip, float(model["input_scale"]))
     else:
         chip = chip_for_scale(chip, float(checkpoint["model_config"].input_scale))
@@ -525,15 +524,18 @@ def prepare_run(
 
 
 def chip_for_scale(chip: ChipConfig, input_scale: float) -> ChipConfig:
-    """The training chip of a model that resamples its input by ``input_scale``: the default
-    chip (:data:`geodet.config.TRAIN_CHIP`) shrinks by that factor, so a chip costs the network
-    what a default chip costs at native resolution; any other chip is kept as chosen."""
+    """The training chip of a model that resamples its input by ``input_scale``.
+
+    Upsampling (> 1) shrinks the default chip (:data:`geodet.config.TRAIN_CHIP`) by that factor,
+    so a chip costs the network what a default chip costs at native resolution. Downsampling
+    keeps the default chip: its objects are large and need the context, and the cheaper steps
+    buy more of them in a time budget. A chip the user chose is always kept."""
     if input_scale > 1 and chip == TRAIN_CHIP:
         return dataclasses.replace(chip, size=int(round(chip.size / input_scale)))
     return chip
 
 
-def _small_object_scale(model: Optional[dict], anchors: AnchorsArg, sources: Sequence[SceneSource]) -> dict:
+def _auto_input_scale(model: Optional[dict], anchors: AnchorsArg, sources: Sequence[SceneSource]) -> dict:
     """The ``model:`` overrides with ``input_scale`` set: as given, else chosen for the objects
     when anchors are fitted (``anchors="auto"``; :func:`geodet.anchors.choose_input_scale`),
     else 1 (anchors given in pixels keep the native scale)."""
@@ -549,8 +551,8 @@ def _small_object_scale(model: Optional[dict], anchors: AnchorsArg, sources: Seq
     class_ids = np.concatenate([s.class_ids for s in sources]) if sources else None
     overrides["input_scale"] = choose_input_scale(boxes, class_ids)
     if overrides["input_scale"] != 1.0:
-        log.info("objects under %g px across: chips are resampled %gx inside the network (input_scale)",
-                 SMALL_OBJECT_PX, overrides["input_scale"])
+        log.info("chips are resampled %gx inside the network for objects of this size (input_scale; "
+                 "set it in a 'model:' table to choose)", overrides["input_scale"])
     return overrides
 
 

@@ -332,13 +332,15 @@ def test_onnxnet_maps_chips_back_to_raw(two_class):
     np.testing.assert_allclose(x[0, :, -1, -1] * INPUT_SCALE, meta.band_mean, rtol=1e-6)  # padding = 0 normalised
 
 
-def test_export_of_an_upsampling_model_equals_torch(tmp_path, make_scene_files):
-    """ModelConfig.input_scale 2: the graph resamples like ChipBatcher and returns chip pixels."""
+@pytest.mark.parametrize("input_scale", [2.0, 0.5])
+def test_export_of_a_resampling_model_equals_torch(tmp_path, make_scene_files, input_scale):
+    """ModelConfig.input_scale 2 (tiny objects) and 0.5 (large ones): the graph resamples like
+    ChipBatcher and returns chip pixels."""
     from geodet.model import build_model
     from geodet.modelfile import save_model
 
     torch.manual_seed(1)
-    cfg = ModelConfig(num_classes=2, levels=(3, 4), anchors=AnchorConfig(sizes=(16.0, 32.0)), input_scale=2.0,
+    cfg = ModelConfig(num_classes=2, levels=(3, 4), anchors=AnchorConfig(sizes=(16.0, 32.0)), input_scale=input_scale,
                       **tiny_model_overrides())
     net = build_model(cfg).eval()
     with torch.no_grad():

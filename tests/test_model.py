@@ -390,11 +390,11 @@ def test_input_scale_resamples_inside_the_network_and_keeps_chip_pixels():
     assert torch.allclose(flat.tensors[0, :, :80, :96], torch.tensor(0.25))
 
 
-def test_choose_input_scale_upsamples_only_for_objects_under_8_px():
+def test_choose_input_scale_from_the_smallest_class_median():
     import numpy as np
 
     from geodet.anchors import choose_input_scale
-    from geodet.config import SMALL_OBJECT_SCALE
+    from geodet.config import LARGE_OBJECT_SCALE, SMALL_OBJECT_SCALE
 
     cars = np.array([[0, 0, 5, 10], [20, 20, 30, 25]] * 5, dtype=float)  # short side 5 px
     pools = np.array([[0, 0, 14, 12]] * 40, dtype=float)
@@ -404,3 +404,10 @@ def test_choose_input_scale_upsamples_only_for_objects_under_8_px():
     assert choose_input_scale(both, ids) == SMALL_OBJECT_SCALE  # a rare tiny class counts
     assert choose_input_scale(both) == 1.0  # one class: the median is a pool's
     assert choose_input_scale(np.zeros((0, 4))) == 1.0
+    # every class large (median short side >= 32 px): downsampled; one class of small objects keeps 1
+    crowns = np.array([[0, 0, 41, 38], [50, 50, 70, 90], [0, 0, 33, 60]] * 5, dtype=float)
+    assert choose_input_scale(crowns) == LARGE_OBJECT_SCALE
+    assert choose_input_scale(crowns - [0, 0, 2, 2]) == 1.0  # medians 31 px: just under the line
+    mixed = np.concatenate([crowns, pools])
+    assert choose_input_scale(mixed, np.array([0] * 15 + [1] * 40)) == 1.0
+    assert choose_input_scale(np.concatenate([crowns, cars]), np.array([0] * 15 + [1] * 10)) == SMALL_OBJECT_SCALE

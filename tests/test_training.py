@@ -301,24 +301,28 @@ def test_unknown_model_setting_is_one_sentence(small_scene, tmp_path):
     assert res.exit_code == 1 and "unknown ModelConfig setting(s): fpn_chanels" in res.output
 
 
-def test_small_objects_choose_2x_and_a_half_size_default_chip():
+def test_object_size_chooses_the_input_scale_and_chip():
     """geodet train's rule: a class of tiny objects -> input_scale 2 and the default chip halved;
+    large objects only -> 0.5 on the default chip;
     a chip the user chose, a scale the user set and anchors given in pixels are kept."""
     from types import SimpleNamespace
 
     import numpy as np
 
-    from geodet.config import SMALL_OBJECT_SCALE, TRAIN_CHIP, ChipConfig
-    from geodet.training import _small_object_scale, chip_for_scale
+    from geodet.config import LARGE_OBJECT_SCALE, SMALL_OBJECT_SCALE, TRAIN_CHIP, ChipConfig
+    from geodet.training import _auto_input_scale, chip_for_scale
 
     cars = SimpleNamespace(boxes_px=np.array([[0, 0, 5, 10], [20, 20, 30, 25]] * 5, float),
                            class_ids=np.array([1, 1] * 5))
     pools = SimpleNamespace(boxes_px=np.array([[0, 0, 14, 12]] * 40, float), class_ids=np.zeros(40, int))
-    auto = _small_object_scale(None, "auto", [pools, cars])
+    auto = _auto_input_scale(None, "auto", [pools, cars])
     assert auto["input_scale"] == SMALL_OBJECT_SCALE
     assert chip_for_scale(TRAIN_CHIP, auto["input_scale"]).size == TRAIN_CHIP.size // 2
     assert chip_for_scale(ChipConfig(size=384), 2.0).size == 384
-    assert _small_object_scale(None, "auto", [pools])["input_scale"] == 1.0
-    assert _small_object_scale({"input_scale": 1.0}, "auto", [pools, cars])["input_scale"] == 1.0
-    assert _small_object_scale(None, "coco", [pools, cars])["input_scale"] == 1.0
+    assert _auto_input_scale(None, "auto", [pools])["input_scale"] == 1.0
+    assert _auto_input_scale({"input_scale": 1.0}, "auto", [pools, cars])["input_scale"] == 1.0
+    assert _auto_input_scale(None, "coco", [pools, cars])["input_scale"] == 1.0
     assert chip_for_scale(TRAIN_CHIP, 1.0) == TRAIN_CHIP
+    crowns = SimpleNamespace(boxes_px=np.array([[0, 0, 40, 44]] * 20, float), class_ids=np.zeros(20, int))
+    assert _auto_input_scale(None, "auto", [crowns])["input_scale"] == LARGE_OBJECT_SCALE
+    assert chip_for_scale(TRAIN_CHIP, LARGE_OBJECT_SCALE) == TRAIN_CHIP  # large objects keep the context
