@@ -83,6 +83,8 @@ def jobs_for(setting: str, args, work: Path) -> list:
                  "train_seed": 1, "test_seed": 2}]
     if setting in REAL:
         folds = real_data.write_layout(args.real_data, folder, REAL[setting])
+        if setting == "real-cv" and args.folds is not None:
+            folds = [f for f in folds if f["name"] in {f"fold{k}" for k in args.folds}]
         return [{"id": f"{f['name']} (train {f['n_train']}, test {f['n_test']} crowns)", "train": f["train"],
                  "train_labels": f["train_labels"], "test": f["test"], "test_labels": f["test_labels"],
                  "class_field": f["class_field"], "train_seed": 0, "fold": f["name"]} for f in folds]
@@ -174,6 +176,9 @@ def parse_args(argv=None):
     ap.add_argument("--geodet", default="geodet", help="the geodet executable")
     ap.add_argument("--train-arg", action="append", default=[],
                     help="one more argument for every geodet train, repeatable (A/B runs: --train-arg=--config --train-arg=ab.yaml)")
+    ap.add_argument("--folds", type=lambda v: [int(k) for k in v.split(",")], default=None,
+                    help="real-cv folds to run, e.g. 0,1 (tuning: fold 2's test strip is the east third that "
+                         "the real setting reports; default all)")
     args = ap.parse_args(argv)
     if args.seeds < 1:
         ap.error("--seeds must be at least 1")

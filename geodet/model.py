@@ -272,12 +272,20 @@ def build_backbone(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> R
 # --------------------------------------------------------------------------- head
 
 
-def _conv_tower(channels: int, num_convs: int) -> nn.Sequential:
-    tower = nn.Sequential(*(Conv2dNormActivation(channels, channels, norm_layer=None) for _ in range(num_convs)))
+def _group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm of a head tower: groups of 4 channels, at most 32 groups (as FCOS / RetinaNet v2)."""
+    return nn.GroupNorm(max(1, min(32, channels // 4)), channels)
+
+
+def _conv_tower(channels: int, num_convs: int, norm: str = "none") -> nn.Sequential:
+    """``num_convs`` 3x3 conv (+ GroupNorm when ``norm == "group"``) + ReLU layers."""
+    norm_layer = _group_norm if norm == "group" else None
+    tower = nn.Sequential(*(Conv2dNormActivation(channels, channels, norm_layer=norm_layer) for _ in range(num_convs)))
     for layer in tower.modules():
         if isinstance(layer, nn.Conv2d):
             nn.init.normal_(layer.weight, std=0.01)
-            nn.init.zeros_(layer.bias)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
     return tower
 
 
@@ -298,6 +306,7 @@ class RetinaHead(nn.Module):
         num_anchors: anchors per location A.
         num_classes: object classes K (no background class).
         num_convs: 3x3 conv + ReLU layers in each tower.
+        norm: ``"none"`` or ``"group"`` (GroupNorm after each tower conv).
         prior_prob: initial foreground probability of every anchor.
         focal_alpha / focal_gamma: sigmoid focal loss parameters.
     """
@@ -313,6 +322,7 @@ class RetinaHead(nn.Module):
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         box_loss: str = "l1",
+        norm: str = "none",
     ) -> None:
         super().__init__()
         self.box_loss = box_loss
@@ -320,11 +330,11 @@ class RetinaHead(nn.Module):
         self.num_classes = num_classes
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
-        self.cls_tower = _conv_tower(in_channels, num_convs)
+        self.cls_tower = _conv_tower(in_channels, num_convs, norm)
         self.cls_logits = nn.Conv2d(in_channels, num_anchors * num_classes, 3, padding=1)
         nn.init.normal_(self.cls_logits.weight, std=0.01)
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
-        self.box_tower = _conv_tower(in_channels, num_convs)
+        self.box_tower = _conv_tower(in_channels, num_convs, norm)
         self.bbox_reg = nn.Conv2d(in_channels, num_anchors * 4, 3, padding=1)
         nn.init.normal_(self.bbox_reg.weight, std=0.01)
         nn.init.zeros_(self.bbox_reg.bias)
@@ -494,6 +504,7 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Geod
         focal_alpha=cfg.focal_alpha,
         focal_gamma=cfg.focal_gamma,
         box_loss=cfg.box_loss,
+        norm=cfg.head_norm,
     )
     return GeodetRetinaNet(cfg, backbone, anchor_generator, head)
 

@@ -29,6 +29,7 @@ from geodet.config import (
     ASSIGNERS,
     COCO_ANCHORS,
     COCO_LEVELS,
+    OBJECT_OVERLAP_QUANTILE,
     TRAIN_CHIP,
     AnchorConfig,
     ChipConfig,
@@ -480,9 +481,10 @@ def prepare_run(
     checkpoint = None if resume_from is None else load_checkpoint_state(resume_from)
     if checkpoint is None:
         model = _auto_input_scale(model, anchors, sources)
-        chip = chip_for_scale(chip, float(model["input_scale"]))
+        input_scale = float(model["input_scale"])
     else:
-        chip = chip_for_scale(chip, float(checkpoint["model_config"].input_scale))
+        input_scale = float(checkpoint["model_config"].input_scale)
+    chip = chip_for_objects(chip, input_scale, np.concatenate([s.boxes_px for s in sources]))
     boxes_px = boxes_in_chip_frame(sources, chip.size)
     class_names = list(label_set.class_names)
     if checkpoint is not None:
@@ -523,15 +525,34 @@ def prepare_run(
     return run, state
 
 
-def chip_for_scale(chip: ChipConfig, input_scale: float) -> ChipConfig:
-    """The training chip of a model that resamples its input by ``input_scale``.
+def chip_for_objects(chip: ChipConfig, input_scale: float, boxes_px: Optional[np.ndarray] = None) -> ChipConfig:
+    """The training chip of a run, which the model file keeps as detection's default chip.
 
-    Upsampling (> 1) shrinks the default chip (:data:`geodet.config.TRAIN_CHIP`) by that factor,
-    so a chip costs the network what a default chip costs at native resolution. Downsampling
-    keeps the default chip: its objects are large and need the context, and the cheaper steps
-    buy more of them in a time budget. A chip the user chose is always kept."""
-    if input_scale > 1 and chip == TRAIN_CHIP:
-        return dataclasses.replace(chip, size=int(round(chip.size / input_scale)))
+    Size: upsampling (``input_scale`` > 1) shrinks the default chip size
+    (:data:`geodet.config.TRAIN_CHIP`) by that factor, so a chip costs the network what a default
+    chip costs at native resolution. Downsampling keeps it: its objects are large and need the
+    context, and the cheaper steps buy more of them in a time budget.
+
+    Overlap: stitching reports an object once, whole, only when some chip holds it whole, which
+    every object no larger than the overlap is. So the default overlap grows to the objects'
+    :data:`~geodet.config.OBJECT_OVERLAP_QUANTILE` side (rounded up to 16 px, at most half the
+    chip). A size or overlap other than the default is the user's choice and is kept.
+
+    Args:
+        chip: the chip asked for.
+        input_scale: the model's ``input_scale``.
+        boxes_px: ``[N, 4]`` xyxy scene pixels of the training objects (None: overlap kept).
+    """
+    if input_scale > 1 and chip.size == TRAIN_CHIP.size:
+        chip = dataclasses.replace(chip, size=int(round(chip.size / input_scale)))
+    boxes = np.asarray(boxes_px if boxes_px is not None else np.zeros((0, 4)), np.float64).reshape(-1, 4)
+    if chip.overlap == TRAIN_CHIP.overlap and len(boxes):
+        side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        want = int(math.ceil(float(np.quantile(side, OBJECT_OVERLAP_QUANTILE)) / 16.0) * 16)
+        overlap = min(max(chip.overlap, want), chip.size // 2)
+        if overlap != chip.overlap:
+            log.info("chip overlap %d px (objects up to %.0f px across)", overlap, float(side.max()))
+            chip = dataclasses.replace(chip, overlap=overlap)
     return chip
 
 

@@ -280,6 +280,38 @@ def test_giou_box_loss_trains():
         tiny_config(box_loss="smooth")
 
 
+def test_group_norm_head_trains_folds_and_round_trips(tmp_path):
+    """head_norm "group": GroupNorm after each head conv; it trains, survives batch-norm folding
+    unchanged (GroupNorm is not folded), and a saved model predicts what it predicted."""
+    from geodet.config import to_dict, from_dict
+    from geodet.modelfile import load_model, save_model
+
+    model = build_model(tiny_config(head_norm="group")).train()
+    norms = [m for m in model.head.modules() if isinstance(m, nn.GroupNorm)]
+    assert len(norms) == 2 * model.config.head_convs and norms[0].num_groups == 32 // 4
+    losses = model(torch.randn(2, 3, 64, 64), two_targets())
+    sum(losses.values()).backward()
+    assert norms[0].weight.grad.abs().sum() > 0
+    image = torch.randn(1, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        before = _pyramid_and_head(model, image)
+        folded = copy.deepcopy(model)
+        fold_batchnorm(folded)
+        after = _pyramid_and_head(folded, image)
+    for name in before:
+        torch.testing.assert_close(after[name], before[name], rtol=1e-4, atol=1e-4)
+    path = tmp_path / "gn.pt"
+    save_model(str(path), model, model_config=model.config, class_names=["a"], bands=[1, 2, 3], band_mean=[0.0] * 3, band_std=[1.0] * 3,
+               chip_size=64, overlap=16, gsd=0.5, dtype="uint8")
+    net, _meta = load_model(str(path))
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(image)[0]["scores"], model(image)[0]["scores"])
+    assert from_dict(ModelConfig, {k: v for k, v in to_dict(tiny_config()).items() if k != "head_norm"}).head_norm == "none"
+    with pytest.raises(ValueError, match="head_norm"):
+        tiny_config(head_norm="batch")
+
+
 def _pyramid_and_head(model, image):
     """Every tensor the network computes before post-processing: the FPN levels and the head outputs."""
     features = model.backbone(image)

@@ -68,10 +68,14 @@ def test_existing_model_refused(small_scene, tmp_path):
 
 
 def test_max_time_stops_cleanly(small_scene, tmp_path):
+    # The epoch limit is out of reach in 3 s on any machine (an epoch of this tiny run takes >= ~30 ms on a
+    # fast CPU, so 3 s allows ~100 epochs): the time limit is what stops it, whatever the CPU's speed.
+    epochs = 100_000
     out = tmp_path / "m.pt"
     result = train([small_scene.path], small_scene.labels, str(out), chip=ChipConfig(size=128, overlap=32),
-                   model=tiny_model_overrides(), config=TrainConfig(epochs=50, batch_size=4, max_time_min=0.05))
-    assert len(result.history) < 50
+                   model=tiny_model_overrides(), config=TrainConfig(epochs=epochs, batch_size=4, max_time_min=0.05))
+    assert len(result.history) < epochs
+    assert result.history[-1]["progress"] >= 1.0
     assert out.exists() and (tmp_path / "m.last.pt").exists()
 
 
@@ -310,19 +314,36 @@ def test_object_size_chooses_the_input_scale_and_chip():
     import numpy as np
 
     from geodet.config import LARGE_OBJECT_SCALE, SMALL_OBJECT_SCALE, TRAIN_CHIP, ChipConfig
-    from geodet.training import _auto_input_scale, chip_for_scale
+    from geodet.training import _auto_input_scale, chip_for_objects
 
     cars = SimpleNamespace(boxes_px=np.array([[0, 0, 5, 10], [20, 20, 30, 25]] * 5, float),
                            class_ids=np.array([1, 1] * 5))
     pools = SimpleNamespace(boxes_px=np.array([[0, 0, 14, 12]] * 40, float), class_ids=np.zeros(40, int))
     auto = _auto_input_scale(None, "auto", [pools, cars])
     assert auto["input_scale"] == SMALL_OBJECT_SCALE
-    assert chip_for_scale(TRAIN_CHIP, auto["input_scale"]).size == TRAIN_CHIP.size // 2
-    assert chip_for_scale(ChipConfig(size=384), 2.0).size == 384
+    assert chip_for_objects(TRAIN_CHIP, auto["input_scale"]).size == TRAIN_CHIP.size // 2
+    assert chip_for_objects(ChipConfig(size=384), 2.0).size == 384
     assert _auto_input_scale(None, "auto", [pools])["input_scale"] == 1.0
     assert _auto_input_scale({"input_scale": 1.0}, "auto", [pools, cars])["input_scale"] == 1.0
     assert _auto_input_scale(None, "coco", [pools, cars])["input_scale"] == 1.0
-    assert chip_for_scale(TRAIN_CHIP, 1.0) == TRAIN_CHIP
+    assert chip_for_objects(TRAIN_CHIP, 1.0) == TRAIN_CHIP
     crowns = SimpleNamespace(boxes_px=np.array([[0, 0, 40, 44]] * 20, float), class_ids=np.zeros(20, int))
     assert _auto_input_scale(None, "auto", [crowns])["input_scale"] == LARGE_OBJECT_SCALE
-    assert chip_for_scale(TRAIN_CHIP, LARGE_OBJECT_SCALE) == TRAIN_CHIP  # large objects keep the context
+    assert chip_for_objects(TRAIN_CHIP, LARGE_OBJECT_SCALE) == TRAIN_CHIP  # large objects keep the context
+
+
+def test_default_overlap_grows_to_the_objects():
+    """Detection uses the model's overlap, and stitching reports an object whole only when a chip
+    holds it whole: training raises the default overlap to the objects' size, at most half the chip."""
+    import numpy as np
+
+    from geodet.config import TRAIN_CHIP, ChipConfig
+    from geodet.training import chip_for_objects
+
+    crowns = np.array([[0, 0, 41, 38], [50, 50, 70, 150], [0, 0, 33, 60]] * 40, dtype=float)  # up to 100 px
+    assert chip_for_objects(TRAIN_CHIP, 0.5, crowns).overlap == 112  # 100 px rounded up to 16 px
+    assert chip_for_objects(TRAIN_CHIP, 1.0, crowns * 3).overlap == TRAIN_CHIP.size // 2
+    assert chip_for_objects(TRAIN_CHIP, 1.0, crowns / 4) == TRAIN_CHIP  # small objects: default kept
+    assert chip_for_objects(ChipConfig(size=256, overlap=32), 1.0, crowns).overlap == 32  # the user's
+    small = chip_for_objects(TRAIN_CHIP, 2.0, crowns)  # upsampled: half-size chip, overlap capped at half
+    assert (small.size, small.overlap) == (TRAIN_CHIP.size // 2, TRAIN_CHIP.size // 4)
