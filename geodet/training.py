@@ -545,8 +545,8 @@ def chip_for_objects(chip: ChipConfig, input_scale: float, boxes_px: Optional[np
     """
     if input_scale > 1 and chip.size == TRAIN_CHIP.size:
         chip = dataclasses.replace(chip, size=int(round(chip.size / input_scale)))
-    boxes = np.asarray(boxes_px if boxes_px is not None else np.zeros((0, 4)), np.float64).reshape(-1, 4)
-    if chip.overlap == TRAIN_CHIP.overlap and len(boxes):
+    if boxes_px is not None and len(boxes_px) and chip.overlap == TRAIN_CHIP.overlap:
+        boxes = np.asarray(boxes_px, np.float64).reshape(-1, 4)
         side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
         want = int(math.ceil(float(np.quantile(side, OBJECT_OVERLAP_QUANTILE)) / 16.0) * 16)
         overlap = min(max(chip.overlap, want), chip.size // 2)
