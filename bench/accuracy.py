@@ -9,7 +9,12 @@ Settings (comma-separated in --settings):
               different scene with different parameters (S = --seed-start,
               default 100: the held-out seeds; tune on seeds below 100 only).
   real        a real 10 cm RGB scene with hand-drawn tree crowns (--real-data):
-              train on the west two thirds, test on the east third.
+              train on the west two thirds, test on the east third, and on
+              the other sites (--real-data/sites, never trained on).
+  real-sites  the cross-site benchmark: train on the whole real scene, test on
+              each other site (Florida, California); AP50 per site and their
+              mean, with the east-third figure of the `real` run beside them
+              (two trainings).
   real-cv     the same scene in three vertical strips: train on two, test on
               the third, for each strip.
   easy-fixed, hard-fixed
@@ -22,6 +27,7 @@ over seeds or folds.
 
     python bench/accuracy.py [--minutes 15] [--size 2048] [--settings easy,hard,real,real-cv]
                              [--seeds 3] [--seed-start 100] [--json out.json] [--device auto]
+    python bench/accuracy.py real-sites          # the cross-site benchmark (settings may be given as arguments)
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ SYNTHETIC_CLASS_FIELD = "class"
 DRAWN = ("easy", "hard")
 FIXED = {"easy-fixed": "easy", "hard-fixed": "hard"}
 REAL = {"real": "holdout", "real-cv": "cv"}
+SITES = "real-sites"
 PIXEL_SIZE_M = 0.5
 
 
@@ -81,36 +88,53 @@ def jobs_for(setting: str, args, work: Path) -> list:
         return [{"id": "seeds 1->2 (fixed)", "train": [pair["train"][0]], "train_labels": pair["train"][1],
                  "test": pair["test"][0], "test_labels": pair["test"][1], "class_field": SYNTHETIC_CLASS_FIELD,
                  "train_seed": 1, "test_seed": 2}]
+    if setting == SITES:  # the whole scene for the sites, and the holdout run for the east third
+        whole, sites = real_data.whole_scene(args.real_data), real_data.site_tests(args.real_data)
+        return jobs_for("real", args, work) + [{"id": f"whole scene ({whole['n_train']} crowns)", "train": whole["train"],
+                 "train_labels": whole["train_labels"], "test": sites[0]["tif"], "test_labels": sites[0]["labels"],
+                 "test_name": sites[0]["name"], "more_tests": sites[1:], "class_field": whole["class_field"],
+                 "train_seed": 0, "fold": "whole"}]
     if setting in REAL:
         folds = real_data.write_layout(args.real_data, folder, REAL[setting])
         if setting == "real-cv" and args.folds is not None:
             folds = [f for f in folds if f["name"] in {f"fold{k}" for k in args.folds}]
         return [{"id": f"{f['name']} (train {f['n_train']}, test {f['n_test']} crowns)", "train": f["train"],
                  "train_labels": f["train_labels"], "test": f["test"], "test_labels": f["test_labels"],
-                 "class_field": f["class_field"], "train_seed": 0, "fold": f["name"]} for f in folds]
-    raise SystemExit(f"unknown setting {setting!r}: use {', '.join(list(DRAWN) + list(REAL) + list(FIXED))}")
+                 "class_field": f["class_field"], "train_seed": 0, "fold": f["name"], "test_name": "east third"
+                 if setting == "real" else f["name"],
+                 "more_tests": real_data.site_tests(args.real_data) if setting == "real" else []} for f in folds]
+    raise SystemExit(f"unknown setting {setting!r}: use {', '.join(list(DRAWN) + list(REAL) + [SITES] + list(FIXED))}")
 
 
 def run_job(job: dict, setting: str, anchors: str, args, work: Path) -> dict:
     """Train, detect and evaluate one job through the CLI; the run's record."""
     stem = work / f"{setting}_{job.get('fold', job['train_seed'])}_{anchors}"
-    model, dets = f"{stem}.pt", f"{stem}.gpkg"
+    model = f"{stem}.pt"
     cmd = [args.geodet, "train"]
     for tif in job["train"]:
         cmd += ["--imagery", tif]
     cmd += ["--labels", job["train_labels"], "--class-field", job["class_field"], "-o", model,
             "--max-time", str(args.minutes), "--anchors", anchors, "--device", args.device,
-            "--seed", str(job["train_seed"]), "--quiet"] + list(args.train_arg)
+            "--seed", str(job["train_seed"]), "--quiet", "--overwrite"] + list(args.train_arg)
     _, train_s = run(cmd)
-    _, detect_s = run([args.geodet, "detect", job["test"], "-m", model, "-o", dets, "--score-threshold", "0.05",
-                       "--device", args.device, "--quiet"])
-    out, eval_s = run([args.geodet, "evaluate", dets, job["test_labels"], "--imagery", job["test"],
-                       "--class-field", job["class_field"], "--json"])
-    rep = json.loads(out)
-    record = {k: v for k, v in job.items() if k not in ("train", "test", "train_labels", "test_labels")}
+    rep, detect_s, eval_s = score(model, job["test"], job["test_labels"], job["class_field"], f"{stem}.gpkg", args)
+    record = {k: v for k, v in job.items() if k not in ("train", "test", "train_labels", "test_labels", "more_tests")}
     record.update(setting=setting, anchors=anchors, train_s=train_s, detect_s=detect_s, eval_s=eval_s,
                   classes=rep["classes"], overall=rep["overall"], excluded=rep.get("excluded"))
+    tests = {job.get("test_name", "test"): rep["overall"]["ap50"]}
+    for extra in job.get("more_tests", []):
+        rep_i, _, _ = score(model, extra["tif"], extra["labels"], job["class_field"], f"{stem}_{extra['name']}.gpkg", args)
+        tests[extra["name"]] = rep_i["overall"]["ap50"]
+    record["tests"] = tests
     return record
+
+
+def score(model: str, tif: str, labels: str, class_field: str, dets: str, args) -> tuple:
+    """``geodet detect`` then ``geodet evaluate --json`` of one test scene: (report, detect s, evaluate s)."""
+    _, detect_s = run([args.geodet, "detect", tif, "-m", model, "-o", dets, "--score-threshold", "0.05",
+                       "--device", args.device, "--quiet", "--overwrite"] + list(args.detect_arg))
+    out, eval_s = run([args.geodet, "evaluate", dets, labels, "--imagery", tif, "--class-field", class_field, "--json"])
+    return json.loads(out), detect_s, eval_s
 
 
 # --------------------------------------------------------------------------- reporting
@@ -119,9 +143,14 @@ def format_run(r: dict) -> str:
         return f"{r['setting']:8} {r['id']:24} anchors={r['anchors']}: FAILED ({r['error'].splitlines()[0]})"
     per_class = ", ".join(f"{c} {m['ap50']:.3f}" for c, m in sorted(r["classes"].items()))
     o = r["overall"]
-    return (f"{r['setting']:8} {r['id']:24} anchors={r['anchors']} | AP50 {per_class} | mAP50 {o['ap50']:.3f} "
+    line = (f"{r['setting']:8} {r['id']:24} anchors={r['anchors']} | AP50 {per_class} | mAP50 {o['ap50']:.3f} "
             f"AP50:95 {o['ap50_95']:.3f} P {o['precision']:.3f} R {o['recall']:.3f} | train {r['train_s']:.0f} s, "
             f"detect {r['detect_s']:.1f} s, evaluate {r['eval_s']:.1f} s")
+    if len(r.get("tests", {})) > 1:
+        sites = {k: v for k, v in r["tests"].items() if k != "east third"}
+        line += "\n    AP50 per test scene: " + ", ".join(f"{k} {v:.3f}" for k, v in r["tests"].items())
+        line += f"; other sites' mean {sum(sites.values()) / len(sites):.3f}"
+    return line
 
 
 def summarise(runs: list) -> list:
@@ -145,6 +174,22 @@ def summarise(runs: list) -> list:
     return out
 
 
+def sites_summary(runs: list) -> list:
+    """The cross-site lines: AP50 per other site and their mean for the whole-scene model, and
+    the east third (of the west-two-thirds model) beside them."""
+    lines = []
+    for r in runs:
+        if r.get("setting") != SITES or "error" in r or r.get("fold") != "whole":
+            continue
+        sites = r["tests"]
+        east = [x["tests"]["east third"] for x in runs if x.get("setting") == SITES and "error" not in x
+                and "east third" in x.get("tests", {})]
+        lines.append("cross-site (trained on the whole scene): " + ", ".join(f"{k} {v:.3f}" for k, v in sites.items())
+                     + f", mean {sum(sites.values()) / len(sites):.3f}"
+                     + (f" | east third (trained on the west two thirds) {east[0]:.3f}" if east else ""))
+    return lines
+
+
 def format_summary(s: dict) -> str:
     head = f"{s['setting']:8} anchors={s['anchors']} over {s['runs'] - s['failed']} run(s)"
     if s["failed"]:
@@ -162,6 +207,7 @@ def parse_args(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--minutes", type=float, default=15.0, help="training budget per run (geodet train --max-time)")
     ap.add_argument("--size", type=int, default=2048, help="synthetic scene side in px (0.5 m pixels)")
+    ap.add_argument("setting", nargs="*", help="settings to run (instead of --settings)")
     ap.add_argument("--settings", default="easy,hard,real,real-cv")
     ap.add_argument("--seeds", type=int, default=3, help="train/test draws per synthetic setting")
     ap.add_argument("--seed-start", type=int, default=HELD_OUT_SEED,
@@ -176,6 +222,9 @@ def parse_args(argv=None):
     ap.add_argument("--geodet", default="geodet", help="the geodet executable")
     ap.add_argument("--train-arg", action="append", default=[],
                     help="one more argument for every geodet train, repeatable (A/B runs: --train-arg=--config --train-arg=ab.yaml)")
+    ap.add_argument("--detect-arg", action="append", default=[],
+                    help="one more argument for every geodet detect, repeatable (--detect-arg=--normalisation "
+                         "--detect-arg=scene)")
     ap.add_argument("--folds", type=lambda v: [int(k) for k in v.split(",")], default=None,
                     help="real-cv folds to run, e.g. 0,1 (tuning: fold 2's test strip is the east third that "
                          "the real setting reports; default all)")
@@ -191,7 +240,7 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     anchors_modes = ["auto"] if args.skip_coco else args.anchors.split(",")
-    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    settings = [s.strip() for s in (",".join(args.setting) or args.settings).split(",") if s.strip()]
     if args.seed_start < HELD_OUT_SEED and any(s in DRAWN for s in settings):
         print(f"note: seeds {args.seed_start}.. are tuning seeds, not held out: do not report these figures")
     runs = []
@@ -212,6 +261,8 @@ def main(argv=None) -> None:
     print("\nsummary (mean and worst over seeds / folds)")
     for s in summary:
         print(format_summary(s))
+    for line in sites_summary(runs):
+        print(line)
     if args.json_out:
         report = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                   "runs": runs, "summary": summary}

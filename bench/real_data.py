@@ -30,6 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 #: Default data folder: ``../shared/data/real_trees`` relative to the repository root.
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "real_trees"
 SCENE_NAME, LABELS_NAME, CLASS_FIELD = "scene.tif", "crowns.gpkg", "kind"
+#: Other sites (never trained on): ``sites/NAME.tif`` with ``sites/NAME_crowns.gpkg``.
+SITES_DIR, SITE_LABELS_SUFFIX = "sites", "_crowns.gpkg"
 ROWS_PER_BLOCK = 256  # rows read and written at a time
 
 
@@ -197,6 +199,29 @@ def write_layout(data_dir: Path, out_dir: Path, layout: str) -> List[dict]:
     width, height, _, _ = scene_grid(scene)
     folds = [holdout_fold(width, height)] if layout == "holdout" else cv_folds(width, height)
     return [write_fold(data_dir, f, Path(out_dir) / f.name) for f in folds]
+
+
+def site_tests(data_dir: Path) -> List[dict]:
+    """The other sites' scenes and crowns: ``[{"name", "tif", "labels"}]``, sorted by name."""
+    sites = Path(data_dir) / SITES_DIR
+    out = []
+    for tif in sorted(sites.glob("*.tif")):
+        labels = tif.with_name(tif.stem + SITE_LABELS_SUFFIX)
+        if labels.exists():
+            out.append({"name": tif.stem, "tif": str(tif), "labels": str(labels)})
+    if not out:
+        raise SystemExit(f"no site found: {sites} needs NAME.tif with NAME{SITE_LABELS_SUFFIX}")
+    return out
+
+
+def whole_scene(data_dir: Path) -> dict:
+    """The whole scene as one training part (for the cross-site benchmark): paths and crown count."""
+    import geopandas as gpd
+
+    data_dir = Path(data_dir)
+    labels = data_dir / LABELS_NAME
+    return {"name": "whole", "train": [str(data_dir / SCENE_NAME)], "train_labels": str(labels),
+            "n_train": len(gpd.read_file(labels)), "class_field": CLASS_FIELD}
 
 
 def main() -> None:

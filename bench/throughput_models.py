@@ -132,7 +132,7 @@ def make_models(workdir: Path, scene: Path, args) -> Dict[str, str]:
     info = open_scene(str(scene))
     paths = {}
     if any(VARIANT_MODEL[v] == "r50" for v in args.variants):
-        cfg = ModelConfig(backbone_depth=50, fpn_channels=256, num_classes=1, in_channels=info.count)
+        cfg = ModelConfig(backbone="resnet50", fpn_channels=256, num_classes=1, in_channels=info.count)
         net = _build(cfg, args)
         paths["r50"] = _save(workdir / "r50_fpn.pt", net, cfg, info, args)
         tv_state = geodet_to_torchvision(net.state_dict())
@@ -157,6 +157,6 @@ def make_memory_model(workdir: Path, scene: Path, args) -> str:
     from geodet.raster import open_scene
 
     cfg = ModelConfig(
-        backbone_depth=18, fpn_channels=32, head_convs=1, levels=(3, 4, 5), anchors=AnchorConfig(sizes=(16.0, 32.0, 64.0))
+        backbone="resnet18", fpn_channels=32, head_convs=1, levels=(3, 4, 5), anchors=AnchorConfig(sizes=(16.0, 32.0, 64.0))
     )
     return _save(workdir / "r18_tiny.pt", _build(cfg, args), cfg, open_scene(str(scene)), args)

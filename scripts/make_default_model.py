@@ -56,7 +56,7 @@ def main() -> None:
         result = train(
             imagery, str(labels), args.out,
             chip=ChipConfig(size=256, overlap=64),
-            model=dict(backbone_depth=18, fpn_channels=64, head_convs=2),
+            model=dict(backbone="resnet18", fpn_channels=64, head_convs=2),
             config=TrainConfig(epochs=args.epochs, batch_size=8, lr=2e-3, seed=0, max_time_min=args.max_time,
                                val_fraction=0.1),
             overwrite=True, progress=True,

@@ -57,7 +57,7 @@ def sample_labels():
 
 def tiny_model_overrides() -> dict:
     """A RetinaNet small enough to train for a few steps on the CPU in seconds."""
-    return dict(backbone_depth=18, fpn_channels=32, head_convs=1)
+    return dict(backbone="resnet18", fpn_channels=32, head_convs=1)
 
 
 def wait_for(predicate, proc, timeout_s: float = 120.0) -> None:

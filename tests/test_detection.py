@@ -288,3 +288,70 @@ def test_seam_objects_reported_once(tmp_path, default_model):
     for poly in truth.geometry:
         hits = dets[dets.intersects(poly)]
         assert len(hits) == 1, f"{len(hits)} boxes on one pool"
+
+
+def _copy_as(src_path, dst_path, dtype, *, scale=1.0, nodata=None, nodata_block=None):
+    """A copy of a scene in another pixel type (values times ``scale``), optionally with a
+    ``nodata`` value written over the pixel block ``(row0, row1, col0, col1)``."""
+    with rasterio.open(src_path) as src:
+        data = src.read().astype(np.float64) * scale
+        profile = src.profile.copy()
+    if nodata_block is not None:
+        r0, r1, c0, c1 = nodata_block
+        data[:, r0:r1, c0:c1] = nodata
+    profile.update(dtype=dtype, nodata=nodata)
+    with rasterio.open(dst_path, "w", **profile) as dst:
+        dst.write(data.astype(dtype))
+    return str(dst_path)
+
+
+def _matched_share(a, b, iou=0.5):
+    """Share of the boxes of frame ``a`` that have a box of ``b`` at IoU >= ``iou`` (same CRS)."""
+    from torchvision.ops import box_iou
+    import torch
+
+    if len(a) == 0 or len(b) == 0:
+        return float(len(a) == len(b))
+    ious = box_iou(torch.tensor(a.geometry.bounds.to_numpy()), torch.tensor(b.geometry.bounds.to_numpy()))
+    return float((ious.max(dim=1).values >= iou).float().mean())
+
+
+def test_a_uint8_model_works_on_uint16_and_float_copies(tmp_path, make_scene_files, default_model):
+    """A model trained on uint8 imagery, run on the same scene stored as uint16 (values x 257) or as
+    float32 with NaN nodata, finds what it finds in uint8: by default ("auto") such a scene is
+    normalised by its own statistics, which undo any linear rescaling of its values.
+
+    Tolerances: the uint16 copy's statistics are 257x the uint8 scene's to float64 rounding, so its
+    chips equal the uint8 scene-normalised chips to float32 rounding and the detections agree to
+    1e-4 in score. The NaN block changes the sampled statistics slightly and removes the objects under
+    it, so that copy is held to the same objects (IoU >= 0.5) outside the block instead.
+    """
+    s = make_scene_files(512, 512, seed=11)
+    as_uint16 = _copy_as(s.path, tmp_path / "u16.tif", "uint16", scale=257.0)
+    block = (0, 96, 0, 96)
+    as_float = _copy_as(s.path, tmp_path / "f32.tif", "float32", nodata=np.nan, nodata_block=block)
+    cfg = DetectConfig(score_threshold=0.3)
+    uint8_model = detect(s.path, model=default_model, config=cfg)
+    uint8_scene = detect(s.path, model=default_model, config=DetectConfig(score_threshold=0.3, normalisation="scene"))
+    u16 = detect(as_uint16, model=default_model, config=cfg)
+    f32 = detect(as_float, model=default_model, config=cfg)
+    assert len(uint8_model) >= 0.8 * len(s.scene.boxes_px)
+    # uint16: exactly the uint8 scene-normalised run
+    assert len(u16) == len(uint8_scene)
+    np.testing.assert_allclose(np.sort(u16["score"].to_numpy()), np.sort(uint8_scene["score"].to_numpy()), atol=1e-4)
+    assert _matched_share(u16, uint8_scene) == 1.0
+    # and the same objects as the uint8 run with the model's statistics
+    assert _matched_share(u16, uint8_model) >= 0.95 and _matched_share(uint8_model, u16) >= 0.95
+    # float32 with NaN nodata: the same objects outside the nodata block
+    with rasterio.open(s.path) as src:
+        x0, y0 = src.transform * (block[3], block[1])  # the block's bottom-right corner in world units
+    outside = lambda f: f[~((f.geometry.bounds["minx"] < x0) & (f.geometry.bounds["maxy"] > y0))]  # noqa: E731
+    assert _matched_share(outside(f32), outside(uint8_model)) >= 0.95
+    assert _matched_share(outside(uint8_model), outside(f32)) >= 0.95
+
+
+def test_auto_normalisation_keeps_the_models_statistics_for_its_own_pixel_type(make_scene_files, default_model):
+    s = make_scene_files(256, 256, seed=12)
+    auto = detect(s.path, model=default_model, config=DetectConfig(score_threshold=0.3))
+    model = detect(s.path, model=default_model, config=DetectConfig(score_threshold=0.3, normalisation="model"))
+    np.testing.assert_array_equal(auto["score"].to_numpy(), model["score"].to_numpy())

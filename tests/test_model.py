@@ -22,7 +22,7 @@ P3_P5 = dict(levels=(3, 4, 5), anchors=AnchorConfig(sizes=(8.0, 16.0, 32.0)))
 
 def tiny_config(**overrides) -> ModelConfig:
     """resnet18, 32 FPN channels, 2 head convs, P2-P4 anchors 8-32 px (plus overrides)."""
-    settings = dict(backbone_depth=18, fpn_channels=32, head_convs=2, **P2_P4)
+    settings = dict(backbone="resnet18", fpn_channels=32, head_convs=2, **P2_P4)
     settings.update(overrides)
     return ModelConfig(**settings)
 
@@ -319,8 +319,8 @@ def _pyramid_and_head(model, image):
     return {**features, **head}
 
 
-@pytest.mark.parametrize("depth", [18, 50])
-def test_folding_batch_norms_keeps_the_outputs(depth):
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50", "efficientnet-lite0"])
+def test_folding_batch_norms_keeps_the_outputs(backbone):
     """Folding is exact algebra; in float32 it adds no more error than float32 arithmetic already makes.
 
     Error analysis: the fold rewrites ``bn(conv(x))`` as ``conv'(x)``, which is the same function, so
@@ -331,7 +331,7 @@ def test_folding_batch_norms_keeps_the_outputs(depth):
     folded float32 network is instead held to the unfolded float32 network's own error against the
     float64 answer: at most 4x it, plus 64 float32 ulps of the output scale.
     """
-    model = build_model(tiny_config(backbone_depth=depth, score_thresh=0.0, detections_per_chip=50))
+    model = build_model(tiny_config(backbone=backbone, score_thresh=0.0, detections_per_chip=50))
     # give the frozen batch norms non-trivial statistics, as trained weights have
     for m in model.modules():
         if isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)):
