@@ -12,10 +12,11 @@ NPM_PACKAGES=(leaflet@1.9.3 jquery@3.7.1 bootstrap@5.2.2 leaflet.awesome-markers
               @fortawesome/fontawesome-free@6.2.0)
 WEBDEPS=${GEODET_WEBDEPS:-.webdeps}
 
-if ! dpkg -s chromium chromium-driver >/dev/null 2>&1; then
+APT_PACKAGES=(chromium chromium-driver fonts-liberation)  # the font: readable screenshots without recommends
+if ! dpkg -s "${APT_PACKAGES[@]}" >/dev/null 2>&1; then
     SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
     $SUDO apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${APT_PACKAGES[@]}"
 fi
 
 missing=0
