@@ -129,6 +129,11 @@ def test_show_scene_outlines_sit_on_box_bounds(tmp_path):
     np.testing.assert_allclose(drawn_labels, [labels_scene.geometry[0].bounds], atol=1e-3)  # via EPSG:4326
     assert sorted(t.get_text() for t in ax.texts) == ["0.40", "0.90"]
     assert [h.get_text() for h in ax.get_legend().get_texts()] == ["labels (1)", "detections (2)"]
+    # the truth is drawn dashed above the detections, so both show where they coincide
+    assert collection(ax, "labels").get_zorder() > collection(ax, "detections").get_zorder()
+    assert collection(ax, "labels").get_linestyle()[0][1] is not None  # a dash pattern
+    assert collection(ax, "detections").get_linestyle()[0][1] is None  # solid
+    assert ax.get_legend().get_lines()[0].get_linestyle() == "--"
 
 
 def test_show_scene_only_draws_what_touches_the_window(tmp_path):
