@@ -365,8 +365,10 @@ def _add_detections(m, frame, max_detections: int, kw: dict) -> list:
 
 
 def _last_layer(m):
-    """The map's most recently added child (``GeoDataFrame.explore`` returns the map, not the layer)."""
-    return list(m._children.values())[-1]
+    """The map's most recently added GeoJSON layer (``GeoDataFrame.explore`` returns the map, not the layer)."""
+    from folium import GeoJson
+
+    return next(c for c in reversed(list(m._children.values())) if isinstance(c, GeoJson))
 
 
 def _control(name: str, template: str, **fields):
