@@ -410,6 +410,7 @@ def test_map_in_a_browser_reads_as_a_person_expects(tmp_path, make_scene_files, 
     assert point is not None
     container = browser.find_element(By.CSS_SELECTOR, ".leaflet-container")
     ActionChains(browser).move_to_element_with_offset(container, int(point[0]), int(point[1])).perform()
+    browser.save_screenshot(str(tmp_path / "map-tooltip.png"))  # the hostile names, as text
     tooltip = js(browser, "const t = document.querySelector('.leaflet-tooltip'); return t ? t.textContent : null")
     assert tooltip is not None and f"class {HOSTILE}" in " ".join(tooltip.split()) and f"{HOSTILE}.tif" in tooltip
     assert js(browser, "return [window.pwned, document.querySelectorAll('img[src=\"x\"]').length]") == [None, 0]
