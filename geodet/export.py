@@ -152,8 +152,8 @@ def deepness_metadata(meta, config: DetectConfig = DetectConfig()) -> Dict[str, 
     """The metadata keys the QGIS Deepness plugin reads for a detector (values before JSON).
 
     ``resolution`` in cm per pixel, ``tiles_overlap`` in percent of the tile;
-    ``tile_size`` repeats ``tiles_size`` (the docs name the one, the plugin's
-    code reads the other).
+    ``tile_size`` is the key Deepness reads (its "Load default parameters"); ``tiles_size``
+    repeats it for readers of exports made before (``geodet info`` of older versions).
     """
     size_px = _input_size_px(meta.chip_size)
     return {

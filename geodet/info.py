@@ -148,7 +148,7 @@ def format_info(info: Dict[str, Any]) -> str:
         add(f"  exported by:    geodet {info['exported_by']} from {info['model_name']}")
         add(f"  input:          {info['input']}")
         add(f"  output:         {info['output']}")
-        add(f"  Deepness:       {m.get('model_type')} / {m.get('det_type')}, tiles {m.get('tiles_size')} px, "
+        add(f"  Deepness:       {m.get('model_type')} / {m.get('det_type')}, tiles {m.get('tile_size', m.get('tiles_size'))} px, "
             f"overlap {m.get('tiles_overlap')} %, resolution {m.get('resolution')} cm/px, "
             f"det_conf {m.get('det_conf')}, det_iou_thresh {m.get('det_iou_thresh')}")
     return "\n".join(lines)

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 #: Outline colour of ground-truth labels.
 LABEL_COLOR = "#ffd60a"
+#: Line style of ground-truth outlines: dashed and drawn above the detections (here and on web
+#: maps, :data:`geodet.webmap.TRUTH_DASH`), so both show where a label and a detection coincide.
+LABEL_LINESTYLE = (0, (4, 3))
 #: Outline colour of detections (single class; see :data:`CLASS_COLORS`).
 DETECTION_COLOR = "#ff2d55"
 #: Box colours of a quicklook, one per class in sorted class order.
@@ -179,7 +182,7 @@ def outline_vertices(geoms) -> Tuple[List[np.ndarray], np.ndarray]:
     return rings, points
 
 
-def _draw_outlines(ax, geoms, color: str, *, linewidth: float, gid: str, zorder: float) -> None:
+def _draw_outlines(ax, geoms, color: str, *, linewidth: float, gid: str, zorder: float, linestyle="solid") -> None:
     from matplotlib.collections import LineCollection, PolyCollection
 
     rings, points = outline_vertices(geoms)
@@ -188,12 +191,12 @@ def _draw_outlines(ax, geoms, color: str, *, linewidth: float, gid: str, zorder:
     if closed:
         polys = PolyCollection(
             [r[:-1] for r in closed], closed=True, facecolors="none", edgecolors=color,
-            linewidths=linewidth, zorder=zorder,
+            linewidths=linewidth, linestyles=linestyle, zorder=zorder,
         )
         polys.set_gid(gid)
         ax.add_collection(polys, autolim=False)
     if open_:
-        lines = LineCollection(open_, colors=color, linewidths=linewidth, zorder=zorder)
+        lines = LineCollection(open_, colors=color, linewidths=linewidth, linestyles=linestyle, zorder=zorder)
         lines.set_gid(gid + "-lines")
         ax.add_collection(lines, autolim=False)
     if len(points):
@@ -282,11 +285,12 @@ def show_scene(
     box = (left, bottom, right, top)
     if labels is not None:
         frame = _in_box(_frame_in_crs(labels, crs, "labels"), box)
-        _draw_outlines(ax, frame.geometry, label_color, linewidth=1.2, gid="labels", zorder=2)
-        handles.append(Line2D([], [], color=label_color, lw=1.5, label=f"labels ({len(frame)})"))
+        _draw_outlines(ax, frame.geometry, label_color, linewidth=1.2, gid="labels", zorder=3,
+                       linestyle=LABEL_LINESTYLE)
+        handles.append(Line2D([], [], color=label_color, lw=1.5, ls=LABEL_LINESTYLE, label=f"labels ({len(frame)})"))
     if detections is not None:
         frame = _in_box(_frame_in_crs(detections, crs, "detections"), box)
-        _draw_outlines(ax, frame.geometry, detection_color, linewidth=1.2, gid="detections", zorder=3)
+        _draw_outlines(ax, frame.geometry, detection_color, linewidth=1.2, gid="detections", zorder=2)
         handles.append(Line2D([], [], color=detection_color, lw=1.5, label=f"detections ({len(frame)})"))
         if scores and "score" in frame.columns:
             _draw_scores(ax, frame, detection_color)

@@ -129,6 +129,11 @@ def test_show_scene_outlines_sit_on_box_bounds(tmp_path):
     np.testing.assert_allclose(drawn_labels, [labels_scene.geometry[0].bounds], atol=1e-3)  # via EPSG:4326
     assert sorted(t.get_text() for t in ax.texts) == ["0.40", "0.90"]
     assert [h.get_text() for h in ax.get_legend().get_texts()] == ["labels (1)", "detections (2)"]
+    # the truth is drawn dashed above the detections, so both show where they coincide
+    assert collection(ax, "labels").get_zorder() > collection(ax, "detections").get_zorder()
+    assert collection(ax, "labels").get_linestyle()[0][1] is not None  # a dash pattern
+    assert collection(ax, "detections").get_linestyle()[0][1] is None  # solid
+    assert ax.get_legend().get_lines()[0].get_linestyle() == "--"
 
 
 def test_show_scene_only_draws_what_touches_the_window(tmp_path):
@@ -359,147 +364,3 @@ def test_pr_curve_on_a_new_figure():
         assert ax.get_legend().get_texts()[0].get_text() == "pool (AP50 0.500)"
     finally:
         plt.close(ax.figure)
-
-
-# --------------------------------------------------------------------------- interactive maps
-
-folium = pytest.importorskip("folium", reason="needs the maps extra (folium)")
-
-UTM_ROTATED = Affine(PX, 0, X0, 0, -PX, Y0) * Affine.rotation(25.0)
-DEG = Affine(1e-5, 0, -118.3, 0, -1e-5, 34.07)  # about 1 m pixels in EPSG:4326
-
-
-def map_layers(m):
-    """``{kind: [children]}`` of a folium map: ImageOverlay, GeoJson, TileLayer, LayerControl..."""
-    out = {}
-    for child in m._children.values():
-        out.setdefault(type(child).__name__, []).append(child)
-    return out
-
-
-def detections_frame(transform, crs=CRS):
-    """Two pools and a car as boxes in the scene's CRS, scores 0.9, 0.3 and 0.6."""
-    boxes = [pixel_box_world(transform, 4, 4, 12, 12), pixel_box_world(transform, 20, 8, 30, 16),
-             pixel_box_world(transform, 40, 30, 50, 36)]
-    return gpd.GeoDataFrame({"class": ["pool", "pool", "car"], "class_id": [1, 1, 0], "score": [0.9, 0.3, 0.6],
-                             "scene": "scene.tif"}, geometry=boxes, crs=crs)
-
-
-def overlay_lonlat(rgba, bounds, rows, cols):
-    """Lon/lat of overlay pixel centres: Leaflet stretches the image linearly in web mercator."""
-    from rasterio.warp import transform as warp_points
-
-    (south, west), (north, east) = bounds
-    (x0, x1), (y0, y1) = warp_points("EPSG:4326", "EPSG:3857", [west, east], [south, north])
-    h, w = rgba.shape[:2]
-    xs = x0 + (np.asarray(cols) + 0.5) / w * (x1 - x0)
-    ys = y1 - (np.asarray(rows) + 0.5) / h * (y1 - y0)
-    return warp_points("EPSG:3857", "EPSG:4326", xs.tolist(), ys.tolist())
-
-
-def test_explore_returns_a_map_with_image_truth_and_detection_layers(tmp_path):
-    import base64
-    import io
-
-    from geodet.plot import LABEL_COLOR, explore
-    from geodet.webmap import FILL_OPACITY, class_colors, scene_overlay
-
-    path = tmp_path / "scene.tif"
-    transform = write_scene(path)
-    dets = detections_frame(transform)
-    truth = dets.drop(columns=["score", "class_id", "scene"]).to_crs("EPSG:4326")
-    m = explore(dets, scene=path, truth=truth, basemap=False)
-    assert isinstance(m, folium.Map)
-    layers = map_layers(m)
-    assert [c.layer_name for c in layers["ImageOverlay"]] == ["scene.tif"]
-    rgba, bounds = scene_overlay(path)  # the overlay is the warped scene image, placed at its bounds
-    overlay = layers["ImageOverlay"][0]
-    assert np.allclose(overlay.bounds, bounds, rtol=0, atol=1e-12)
-    png = imread(io.BytesIO(base64.b64decode(overlay.url.split(",", 1)[1])))
-    assert np.array_equal((png * 255 + 0.5).astype(np.uint8), rgba)
-    names = [c.layer_name for c in layers["GeoJson"]]
-    assert names[0] == "ground truth" and len(names) == 3
-    assert "detections: car (1)" in names[1] and "detections: pool (2)" in names[2]
-    assert len(layers["LayerControl"]) == 1 and "TileLayer" not in layers  # blank background
-    colors = class_colors(["pool", "car"])
-    for layer, name in zip(layers["GeoJson"][1:], ("car", "pool")):
-        for feature in layer.data["features"]:
-            style = layer.style_function(feature)
-            props = feature["properties"]
-            assert props["class"] == name and {"score", "scene", "class_id"} <= set(props)
-            assert style["color"] == colors[name]
-            assert style["fillOpacity"] == pytest.approx(FILL_OPACITY[0] + FILL_OPACITY[1] * props["score"])
-    assert layers["GeoJson"][0].style_function(layers["GeoJson"][0].data["features"][0])["color"] == LABEL_COLOR
-    html = m.get_root().render()  # no network: nothing is fetched to render
-    assert "L.imageOverlay" in html and "openstreetmap" not in html.lower()
-
-
-@pytest.mark.parametrize("transform,crs", [(None, CRS), (UTM_ROTATED, CRS), (DEG, "EPSG:4326")],
-                         ids=["utm", "utm-rotated", "lonlat"])
-def test_scene_overlay_lands_on_the_scene_in_lonlat(tmp_path, transform, crs):
-    from rasterio.warp import transform as warp_points
-    from rasterio.warp import transform_bounds
-
-    from geodet.webmap import scene_overlay
-
-    height, width = 60, 80
-    rows, cols = np.mgrid[0:height, 0:width]
-    data = np.stack([np.where((rows + cols) % 2, 200, 100)] * 3).astype(np.uint16)  # grey checks
-    data[0, 40:44, 10:14], data[1, 40:44, 10:14] = 1000, 0  # a red 4 x 4 px square
-    path = tmp_path / "scene.tif"
-    transform = write_scene(path, height, width, data=data, transform=transform, crs=crs)
-    rgba, bounds = scene_overlay(path, max_px=width)
-    (south, west), (north, east) = bounds
-    px_lon, px_lat = (east - west) / rgba.shape[1], (north - south) / rgba.shape[0]
-    with rasterio.open(path) as src:  # the overlay covers the scene's footprint, within a pixel
-        w0, s0, e0, n0 = transform_bounds(crs, "EPSG:4326", *src.bounds, densify_pts=21)
-    if transform.b == 0:  # north-up: the footprint's bounds are the scene's bounds
-        assert abs(west - w0) < px_lon and abs(east - e0) < px_lon
-        assert abs(south - s0) < px_lat and abs(north - n0) < px_lat
-    else:
-        assert west <= w0 + px_lon and east >= e0 - px_lon and south <= s0 + px_lat and north >= n0 - px_lat
-    rows, cols = np.nonzero((rgba[..., 0] == 255) & (rgba[..., 1] == 0) & (rgba[..., 3] == 255))
-    assert 4 <= len(rows) <= 36
-    (lon,), (lat,) = overlay_lonlat(rgba, bounds, [rows.mean()], [cols.mean()])
-    x, y = transform * (12.0, 42.0)  # the square's centre
-    (true_lon,), (true_lat,) = warp_points(crs, "EPSG:4326", [x], [y])
-    assert abs(lon - true_lon) < 1.0 * px_lon and abs(lat - true_lat) < 1.0 * px_lat
-    assert rgba[0, 0, 3] == 0 if transform.b else rgba[..., 3].mean() > 0.9 * 255  # outside: transparent
-
-
-def test_explore_basemap_choices_and_probe(tmp_path):
-    import socket
-
-    from geodet.plot import explore
-    from geodet.webmap import basemap_reachable
-
-    dets = detections_frame(Affine(PX, 0, X0, 0, -PX, Y0))
-    html = explore(dets, basemap=True).get_root().render()
-    assert "tile.openstreetmap.org" in html and "maxNativeZoom" in html
-    url = "https://tiles.example.org/{z}/{x}/{y}.png"
-    assert url in explore(dets, basemap=url, attribution="example").get_root().render()
-    with pytest.raises(GeodetError, match="attribution"):
-        explore(dets, basemap=url)
-    with socket.socket() as server:  # a local listener is reachable; a closed port is not
-        server.bind(("127.0.0.1", 0))
-        server.listen(1)
-        port = server.getsockname()[1]
-        assert basemap_reachable(("127.0.0.1", port), timeout_s=2.0)
-    assert not basemap_reachable(("127.0.0.1", port), timeout_s=2.0)
-
-
-def test_explore_refuses_nothing_and_needs_folium(tmp_path, monkeypatch):
-    import sys
-
-    from geodet.plot import explore
-
-    with pytest.raises(GeodetError, match="nothing to map"):
-        explore()
-    empty = detections_frame(Affine(PX, 0, X0, 0, -PX, Y0)).iloc[:0]
-    path = tmp_path / "scene.tif"
-    write_scene(path)
-    layers = map_layers(explore(empty, scene=path, basemap=False))
-    assert "GeoJson" not in layers and len(layers["ImageOverlay"]) == 1
-    monkeypatch.setitem(sys.modules, "folium", None)  # as if the maps extra were not installed
-    with pytest.raises(GeodetError, match=r"pip install 'geodet\[maps\]'"):
-        explore(empty, basemap=False)
