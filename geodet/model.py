@@ -251,6 +251,7 @@ def build_backbone(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> R
     ``FrozenBatchNorm2d`` (as torchvision does for pretrained detection
     backbones); BatchNorms of frozen stages are always frozen. EfficientNet:
     see :func:`geodet.backbones.build_efficientnet_body`.
+    EfficientNet stages feed the FPN down to stride 32 whatever the head's levels.
     ``load_backbone_weights=False`` builds the same architecture without
     reading the weights (used when a geodet model file supplies all weights).
     """
@@ -258,6 +259,9 @@ def build_backbone(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> R
     low, high = levels[0], levels[-1]
     c_levels = list(range(min(low, 5), min(high, 5) + 1))  # pyramid levels taken from backbone stages
     if cfg.backbone in EFFICIENTNETS:
+        # every stage down to stride 32 feeds the FPN, whose top-down path carries the pretrained
+        # deep features to the levels the head uses (P2-P3 alone would see 5 blocks of the network)
+        c_levels = list(range(min(low, 5), 6))
         body = build_efficientnet_body(cfg, c_levels, load_weights=load_backbone_weights)
         channels = efficientnet_channels(cfg.backbone, c_levels)
     else:

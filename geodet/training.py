@@ -816,8 +816,10 @@ def train_one_epoch(run: TrainingRun, state: LoopState, epoch: int, config: Trai
 
 def _end_of_epoch(run: TrainingRun, state: LoopState, record: Dict[str, Any], config: TrainConfig,
                   budget: Budget, clock: _Clock) -> None:
-    """Validate, add the budget's progress, warn about weak classes, log and keep ``record``."""
-    if run.val_ds is not None:
+    """Validate (when due: :func:`validation_due`), add the budget's progress, warn about weak
+    classes, log and keep ``record``."""
+    progress = budget_progress(record["epoch"], budget.epoch_limit, clock.elapsed(), budget.max_time_s)
+    if run.val_ds is not None and validation_due(state.history, progress, last=not record["complete"]):
         metrics = validate(run.eval_net, run.val_ds, run.device, batch_size=config.batch_size,
                            amp_dtype=run.amp_dtype)
         record.update(
@@ -828,6 +830,16 @@ def _end_of_epoch(run: TrainingRun, state: LoopState, record: Dict[str, Any], co
     _warn_weak_classes(record, state.history, config.weak_class_ap50)
     state.history.append(record)
     log.info("%s", format_epoch(record, budget.epoch_limit))
+
+
+def validation_due(history: Sequence[dict], progress: float, *, last: bool) -> bool:
+    """Is this epoch validated? The last epoch and the first one, then whenever the budget has
+    moved on by :data:`~geodet.config.VALIDATION_INTERVAL` since the last validation. Short
+    epochs of a time budget would otherwise spend more time validating than training."""
+    from geodet.config import VALIDATION_INTERVAL
+
+    validated = [h.get("progress", 0.0) for h in history if "val_map50" in h]
+    return last or progress >= 1.0 or not validated or progress - validated[-1] >= VALIDATION_INTERVAL - 1e-9
 
 
 def save_checkpoints(run: TrainingRun, state: LoopState, record: Dict[str, Any], out: str, last_path: str,
@@ -841,8 +853,8 @@ def save_checkpoints(run: TrainingRun, state: LoopState, record: Dict[str, Any],
     from geodet.modelfile import save_model
 
     state.epoch = record["epoch"]
-    score = record["val_map50"] if run.val_ds is not None else -record["loss"]
-    if score > state.best:
+    score = record.get("val_map50") if run.val_ds is not None else -record["loss"]
+    if score is not None and score > state.best:
         state.best = score
         save_model(out, run.eval_net, extra={"history": state.history, "backbone_init": run.backbone_init}, overwrite=claimed, **run.meta)
         claimed = True
@@ -872,8 +884,9 @@ def _warn_if_nothing_learned(history: Sequence[dict]) -> None:
 
 def _warn_weak_classes(record: Dict[str, Any], history: Sequence[dict], threshold: float) -> None:
     """Warn, once, about classes whose validation AP50 is below ``threshold``
-    at the epoch where the budget passes its half."""
-    before = history[-1].get("progress", 0.0) if history else 0.0
+    at the first validation past half the budget."""
+    validated = [h for h in history if "val_ap50" in h]
+    before = validated[-1].get("progress", 0.0) if validated else 0.0
     if "val_ap50" not in record or not before < 0.5 <= record["progress"]:
         return
     for name, ap in record["val_ap50"].items():
