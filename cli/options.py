@@ -67,6 +67,14 @@ asset_option = click.option(
          "else the only RGB GeoTIFF).",
 )
 
+allow_local_hrefs_option = click.option(
+    "--allow-local-hrefs", is_flag=True,
+    help="Follow local paths, file:// URLs, GDAL virtual paths (/vsi...), other URL kinds and addresses of this "
+         "machine or its private network when a STAC catalog read from a URL names them (refused by default: a "
+         "remote catalog could make geodet read local files or reach internal services). Local catalogs are "
+         "always followed.",
+)
+
 #: What a scene argument may be (help text of every command that takes scenes).
 SCENES_HELP = (
     "A scene is a GeoTIFF or VRT path, a glob pattern (quoted), @LIST.txt (one per line, # comments), "

@@ -483,6 +483,7 @@ def detect(
     job_dir: Optional[Union[str, os.PathLike]] = None,
     job_config: JobConfig = JobConfig(),
     runner: Optional[Runner] = None,
+    allow_local_hrefs: bool = False,
 ) -> gpd.GeoDataFrame:
     """Detect objects in one or more scenes.
 
@@ -507,6 +508,9 @@ def detect(
             in ``frame.attrs["failed_scenes"]`` (path -> reason) and logged.
             With ``"skip"``, a run where every scene failed still raises.
         asset: the STAC asset key to read from STAC inputs (default: the visual/RGB one).
+        allow_local_hrefs: follow the local paths, ``file://`` URLs and GDAL virtual paths that a
+            STAC catalog read from a URL names (refused by default,
+            :func:`geodet.sources.remote_href_refusal`).
         client: a :class:`distributed.Client`: each scene is one task on its
             cluster (:func:`geodet.cluster.dask_runner`; needs a model file,
             ``progress`` is not called); None runs in this process.
@@ -536,7 +540,7 @@ def detect(
         config = dataclasses.replace(config, bands=tuple(bands))
     if chip_size is not None:
         config = dataclasses.replace(config, chip_size=chip_size)
-    tasks = plan_tasks(resolve_scenes(scenes, asset=asset), mosaic=config.mosaic)
+    tasks = plan_tasks(resolve_scenes(scenes, asset=asset, allow_local_hrefs=allow_local_hrefs), mosaic=config.mosaic)
     job = None
     pending = list(tasks)
     # A job's parts come back from GeoParquet without ``attrs``: the model file's metadata, read
@@ -629,6 +633,7 @@ def detect_to_file(
     progress: Optional[Callable[[int, int], None]] = None,
     runner: Optional[Runner] = None,
     client=None,
+    allow_local_hrefs: bool = False,
 ) -> gpd.GeoDataFrame:
     """Detect objects in scenes and write them to ``output``, resumably: what ``geodet detect`` runs.
 
@@ -657,7 +662,7 @@ def detect_to_file(
         remove_job(job_dir)
     try:
         frame = detect(scenes, model, config=config, progress=progress, on_error="skip", job_dir=job_dir,
-                       job_config=job_config, runner=runner, client=client)
+                       job_config=job_config, runner=runner, client=client, allow_local_hrefs=allow_local_hrefs)
     except JobGone:
         check_output_path(str(output), overwrite=replace)  # another run finished it: "already exists"
         raise

@@ -65,6 +65,7 @@ def tile(
     overwrite: bool = False,
     progress: Optional[Callable[[int], None]] = None,
     asset: Optional[str] = None,
+    allow_local_hrefs: bool = False,
 ) -> TileSummary:
     """Cut scenes into georeferenced chips and write COCO annotations.
 
@@ -78,6 +79,8 @@ def tile(
         overwrite: replace a non-empty ``out_dir``.
         progress: called with the number of the scene's chips done after each chip.
         asset: the STAC asset key read from STAC inputs (default: the visual/RGB one).
+        allow_local_hrefs: follow local hrefs of remote STAC catalogs
+            (:func:`geodet.sources.resolve_scenes`).
 
     Everything is written into a temporary folder beside ``out_dir`` and
     moved into place at the end, so a failure leaves nothing half-written.
@@ -90,7 +93,7 @@ def tile(
     if not imagery:
         raise GeodetError("no imagery given.")
     check_output(out_dir, overwrite=overwrite, folder=True)  # before any work
-    imagery = resolve_scenes(imagery, asset=asset)
+    imagery = resolve_scenes(imagery, asset=asset, allow_local_hrefs=allow_local_hrefs)
     failed: Dict[str, str] = {}
     infos = []
     for path in imagery:

@@ -236,16 +236,69 @@ def test_stac_catalog_walk_and_relative_hrefs(make_scene_files, tmp_path):
 
 
 class RangeHandler(BaseHTTPRequestHandler):
-    """Serves files from ``self.server.root``: HEAD, GET, and GET with one ``bytes=a-b`` range (206)."""
+    """Serves files from ``self.server.root``: HEAD, GET, and GET with one ``bytes=a-b`` range (206).
+
+    ``self.server.behaviour`` maps a file name to how the server misbehaves on a GET of it:
+    ``"silent"`` (reads the request, answers nothing), ``"stall"`` (headers, then no byte),
+    ``"trickle"`` (one byte every 0.1 s), ``"reset"`` (half the body, then a TCP reset), or
+    ``("redirect", location)`` (302). A stalled answer waits until the test ends (``server.stop``).
+    """
 
     protocol_version = "HTTP/1.1"
 
     def log_message(self, *args):  # quiet
         pass
 
-    def _target(self):
+    def _misbehave(self, name: str) -> bool:
+        how = self.server.behaviour.get(name)
+        if how is None:
+            return False
         self.server.paths.append(self.path)
+        if isinstance(how, tuple) and how[0] == "redirect":
+            self.send_response(302)
+            self.send_header("Location", how[1])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return True
+        if how == "silent":
+            self.server.stop.wait(30)
+            return True
+        size = 100_000
+        self.send_response(200)
+        self.send_header("Content-Length", str(size))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        self.wfile.flush()
+        if how == "stall":
+            self.server.stop.wait(30)
+        elif how == "trickle":
+            for _ in range(size):
+                if self.server.stop.wait(0.1):
+                    break
+                self.wfile.write(b" ")
+                self.wfile.flush()
+        elif how == "reset":
+            import socket
+            import struct
+
+            self.wfile.write(b"{" * (size // 2))
+            self.wfile.flush()
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        self.close_connection = True
+        return True
+
+    def _target(self):
         name = self.path.split("?", 1)[0].lstrip("/")
+        if self.command == "GET" and self._misbehave(name):
+            return None
+        if self.command == "HEAD" and isinstance(self.server.behaviour.get(name), str):
+            self.send_response(200)  # the file's size, as a server does before it misbehaves on the GET
+            self.send_header("Content-Length", "100000")
+            self.send_header("Accept-Ranges", "bytes")
+            self.end_headers()
+            return None
+        self.server.paths.append(self.path)
         path = Path(self.server.root) / name
         if not name or not path.is_file():
             self.send_response(404)
@@ -313,11 +366,13 @@ def http_root(tmp_path, monkeypatch):
     server = ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
     server.daemon_threads = True
     server.root, server.requests, server.paths, server.fail_ranges = str(root), [], [], 0
+    server.behaviour, server.stop = {}, threading.Event()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         yield root, f"http://127.0.0.1:{server.server_address[1]}", server
     finally:
+        server.stop.set()
         server.shutdown()
         server.server_close()
 
@@ -480,3 +535,119 @@ def test_reads_in_any_thread_hold_geodet_settings_and_the_environment_wins(make_
     monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
     with ThreadPoolExecutor(1) as pool:
         assert pool.submit(settings).result()["GDAL_HTTP_MAX_RETRY"] == "0"  # GDAL reads the variable itself
+
+
+# ------------------------------------------------------------------------- untrusted catalogs
+
+
+def _catalog_with_items(folder: Path, hrefs) -> Path:
+    """A STAC Catalog (``catalog.json``) in ``folder`` with one item per asset href, items inline
+    as item links (``item-<i>.json``)."""
+    links = []
+    for i, href in enumerate(hrefs):
+        item = _item(f"item-{i}", {"visual": pystac.Asset(href, media_type=COG)}).to_dict(include_self_link=False)
+        item["links"] = []
+        (folder / f"item-{i}.json").write_text(json.dumps(item))
+        links.append({"rel": "item", "href": f"./item-{i}.json", "type": "application/geo+json"})
+    catalog = {"type": "Catalog", "stac_version": "1.0.0", "id": "cat", "description": "d", "links": links}
+    (folder / "catalog.json").write_text(json.dumps(catalog))
+    return folder / "catalog.json"
+
+
+@pytest.mark.parametrize("kind", ["absolute path", "file URL", "vsicurl", "vsis3", "vsizip", "s3 URL"])
+def test_remote_catalog_cannot_name_local_files(make_scene_files, http_root, tmp_path, kind):
+    root, base, server = http_root
+    private = make_scene_files(64, 64, seed=3, name="private")
+    (tmp_path / "private.zip").write_bytes(b"PK")  # never opened
+    href = {"absolute path": private.path, "file URL": Path(private.path).as_uri(),
+            "vsicurl": "/vsicurl/http://169.254.169.254/latest/meta-data/x.tif", "vsis3": "/vsis3/bucket/x.tif",
+            "vsizip": f"/vsizip/{tmp_path / 'private.zip'}/x.tif", "s3 URL": "s3://bucket/x.tif"}[kind]
+    _catalog_with_items(root, [href])
+    with pytest.raises(GeodetError, match=r"catalog.json|item-0.json") as err:
+        resolve_scenes(f"{base}/catalog.json")
+    message = str(err.value)
+    assert "does not follow" in message and "--allow-local-hrefs" in message and "\n" not in message
+    # the opt-in follows the href as written; a local catalog always did
+    [ref] = resolve_scenes(f"{base}/catalog.json", allow_local_hrefs=True)
+    assert ref == to_gdal_path(href)
+    local_copy = tmp_path / "local_stac"
+    local_copy.mkdir()
+    _catalog_with_items(local_copy, [href])
+    assert resolve_scenes(str(local_copy / "catalog.json")) == [to_gdal_path(href)]
+
+
+def test_detect_refuses_a_remote_catalogs_local_scene_unless_allowed(make_scene_files, http_root, tmp_path):
+    root, base, _ = http_root
+    private = make_scene_files(64, 64, seed=3, name="private")
+    _catalog_with_items(root, [private.path])
+    out = tmp_path / "out.geojson"
+    refused = CliRunner().invoke(cli, ["detect", f"{base}/catalog.json", "-o", str(out), "--quiet", "--device", "cpu"],
+                                 catch_exceptions=False)
+    assert refused.exit_code == 1 and "does not follow" in refused.output and "Traceback" not in refused.output
+    assert not out.exists() and not Path(str(out) + ".geodet-job").exists()
+    allowed = CliRunner().invoke(cli, ["detect", f"{base}/catalog.json", "-o", str(out), "--quiet", "--device", "cpu",
+                                       "--allow-local-hrefs"], catch_exceptions=False)
+    assert allowed.exit_code == 0, allowed.output
+    assert out.exists()
+
+
+def test_remote_catalog_links_resolve_to_urls_of_its_own_kind(make_scene_files, http_root):
+    root, base, _ = http_root
+    s = make_scene_files(64, 64, seed=5, name="served")
+    _write_cog(s.path, root / "served.tif")
+    sub = root / "sub"
+    sub.mkdir()
+    _catalog_with_items(sub, ["../served.tif", f"{base}/served.tif?sig=1"])  # relative, absolute
+    catalog = {"type": "Catalog", "stac_version": "1.0.0", "id": "top", "description": "d",
+               "links": [{"rel": "child", "href": "sub/catalog.json"}, {"rel": "root", "href": "./catalog.json"}]}
+    (root / "catalog.json").write_text(json.dumps(catalog))
+    refs = resolve_scenes(f"{base}/catalog.json")
+    assert refs == [f"/vsicurl/{base}/served.tif", f"/vsicurl/{base}/served.tif?sig=1"]  # one scene named twice
+    # a child link to a local catalog is refused like an asset
+    catalog["links"].append({"rel": "child", "href": str(sub / "catalog.json")})
+    (root / "catalog.json").write_text(json.dumps(catalog))
+    with pytest.raises(GeodetError, match="a local path"):
+        resolve_scenes(f"{base}/catalog.json")
+
+
+def test_remote_href_refusal_rules():
+    from geodet.sources import remote_href_refusal
+
+    origin = "https://stac.example.com/catalog.json"
+    assert remote_href_refusal("https://cdn.example.org/a.tif", origin) is None
+    assert remote_href_refusal("http://other.example.net/a.tif", origin) is None  # http(s) is one kind
+    for href in ("http://169.254.169.254/latest/meta-data/", "http://127.0.0.1:8080/a.tif", "http://localhost/a.tif",
+                 "http://10.1.2.3/a.tif", "http://[::1]/a.tif", "http://metadata.google.internal/computeMetadata/v1/"):
+        assert "this machine or its private network" in remote_href_refusal(href, origin), href
+    assert remote_href_refusal("http://127.0.0.1:9/a.tif", "http://127.0.0.1:8000/c.json") is None  # a local server's own
+    assert "a local path" in remote_href_refusal("/etc/passwd", origin)
+    assert "file:// URL" in remote_href_refusal("file:///etc/passwd", origin)
+    assert "GDAL virtual path" in remote_href_refusal("/vsis3/bucket/a.tif", origin)
+    assert "s3:// URL" in remote_href_refusal("s3://bucket/a.tif", origin)
+    assert remote_href_refusal("s3://bucket/b.tif", "s3://bucket/catalog.json") is None
+    assert "https:// URL" in remote_href_refusal("https://h/a.tif", "s3://bucket/catalog.json")
+
+
+@pytest.mark.parametrize("where", ["local", "remote"])
+def test_catalog_cycle_is_one_sentence(http_root, tmp_path, where):
+    root, base, _ = http_root
+    folder = root if where == "remote" else tmp_path
+    (folder / "b").mkdir()
+    a = {"type": "Catalog", "stac_version": "1.0.0", "id": "a", "description": "d",
+         "links": [{"rel": "child", "href": "./b/catalog.json"}]}
+    b = {"type": "Catalog", "stac_version": "1.0.0", "id": "b", "description": "d",
+         "links": [{"rel": "child", "href": "../catalog.json"}]}
+    (folder / "catalog.json").write_text(json.dumps(a))
+    (folder / "b" / "catalog.json").write_text(json.dumps(b))
+    ref = f"{base}/catalog.json" if where == "remote" else str(folder / "catalog.json")
+    with pytest.raises(GeodetError, match="form a cycle"):
+        resolve_scenes(ref)
+
+
+def test_nested_relative_list_resolves_against_its_list(make_scene_files, tmp_path, monkeypatch):
+    a = make_scene_files(32, 32, name="a")
+    (tmp_path / "lists" / "more").mkdir(parents=True)
+    (tmp_path / "lists" / "top.txt").write_text("@more/inner.txt\n")
+    (tmp_path / "lists" / "more" / "inner.txt").write_text("../../a.tif\n")
+    monkeypatch.chdir(tmp_path / "lists" / "more")  # a working folder where "more/inner.txt" does not exist
+    assert resolve_scenes(f"@{tmp_path / 'lists' / 'top.txt'}") == [a.path]
