@@ -139,4 +139,4 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
     if failed:
         click.echo(f"the finished scenes are kept in {job_dir_for(out)}: run the same command again to retry the "
                    "failed ones.", err=True)
-    exit_on_failed_scenes(failed, len(paths))
+    exit_on_failed_scenes(failed, len(paths), f" (each scene's reason is in {job_dir_for(out)}/scenes/)")

@@ -108,6 +108,10 @@ class SceneTask:
     context: Optional[object] = None
 
 
+#: Failed scenes logged one by one during a run; after these, one line says that more failed (so
+#: 10,000 unreadable scenes do not print 10,000 warnings). Every failure stays in ``failed_scenes``.
+FAILURES_LOGGED = 20
+
 #: Scene headers read at once while planning (remote scenes answer slowly, one by one).
 PLAN_OPEN_THREADS = 16
 
@@ -120,7 +124,7 @@ def _footprint(path: str):
         with open_dataset(path) as src:
             info = scene_info(src)
     except GeodetError as exc:
-        log.debug("%s stays out of any mosaic: %s", path, exc)
+        log.debug("%s stays out of any mosaic: %s", redact(path), redact(exc))
         return None
     return Footprint(path, info.crs.to_wkt(), info.transform, info.width, info.height, info.count, info.dtype)
 
@@ -301,7 +305,7 @@ def detect_task(
                 dets = predict_scene(detector.net, src, plan, detector.config, device=detector.device, progress=progress)
             if task.context is not None:  # read alone after all: still report only what it owns
                 dets = _owned(dets, task.context, offset_px=task.context.own.rect_px[:2])
-    log.info("%s: %d detections from %d chips (%d nodata chips skipped)", path, len(dets.scores), dets.chips, dets.skipped)
+    log.info("%s: %d detections from %d chips (%d nodata chips skipped)", redact(path), len(dets.scores), dets.chips, dets.skipped)
     if len(dets.scores) == 0:
         return with_metadata(empty_frame(info.crs), run_metadata(detector))
     frame = gpd.GeoDataFrame(
@@ -343,7 +347,7 @@ def predict_in_blocks(detector: Detector, src, plan, blocks, *, progress: Option
                 progress(chips.stop, n_chips)
         parts.append(raw)
     if resumed:
-        log.info("%s: %d of %d chip blocks taken from an earlier run", src.name, resumed, len(parts))
+        log.info("%s: %d of %d chip blocks taken from an earlier run", redact(src.name), resumed, len(parts))
     return stitch_chips(ChipDetections.concat(parts), plan, (src.height, src.width), detector.config)
 
 
@@ -402,7 +406,8 @@ def _readable(ref: str) -> bool:
         with rasterio.open(ref):
             return True
     except RasterioError as exc:
-        log.warning("mosaic neighbour %s cannot be opened (%s); its part of the halo is read as nodata", ref, exc)
+        log.warning("mosaic neighbour %s cannot be opened (%s); its part of the halo is read as nodata", redact(ref),
+                    redact(exc))
         return False
 
 
@@ -435,7 +440,7 @@ def _detect_in_mosaic(ctx, plan, detector: Detector, progress):
     except (GeodetError, RasterioError):
         log.warning(
             "reading %s with its %d mosaic neighbour(s) failed; detecting it alone (objects on its edges may be "
-            "missed or cut)", ctx.own.path, len(sources) - 1,
+            "missed or cut)", redact(ctx.own.path), len(sources) - 1,
         )
         return None
     return _owned(dets, ctx)
@@ -563,12 +568,17 @@ def detect(
             frames[task.path] = frame
 
     def on_failed(task: SceneTask, reason: str) -> None:
+        reason = redact(reason)
         if job is not None:
             job.record_failed(task, reason)
         failed[task.path] = reason
         if on_error == "raise":
             raise GeodetError(reason)
-        log.warning("skipped %s: %s", redact(task.path), reason)
+        if len(failed) <= FAILURES_LOGGED:
+            log.warning("skipped %s: %s", redact(task.path), reason)
+        if len(failed) == FAILURES_LOGGED:
+            log.warning("more than %d scenes failed; the others are not logged one by one (frame.attrs"
+                        "['failed_scenes'] lists them all)", FAILURES_LOGGED)
 
     if pending:
         if runner is None and client is not None:

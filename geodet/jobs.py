@@ -44,6 +44,7 @@ import numpy as np
 from geodet.config import DetectConfig, JobConfig
 from geodet.errors import GeodetError
 from geodet.outputs import PathLike, _remove, staged_file, sweep_stale, temp_path
+from geodet.sources import redact
 
 if TYPE_CHECKING:  # pragma: no cover
     import geopandas as gpd
@@ -128,7 +129,8 @@ class SceneRecord:
     """One scene's line of the manifest (``scenes/<key>.json``).
 
     Attributes:
-        scene: the scene reference (:func:`scene_ref`).
+        scene: the scene reference (:func:`scene_ref`), redacted (:func:`geodet.sources.redact`: a
+            signed URL's query is not kept).
         key: :func:`task_key`.
         status: ``"done"`` or ``"failed"``.
         detections: rows of its part (done).
@@ -285,7 +287,7 @@ class Job:
 
     # ------------------------------------------------------------------ writing
     def _record(self, task: "SceneTask", status: str, **fields) -> None:
-        rec = SceneRecord(scene_ref(task.path), task_key(task), status, model_hash=self.model_hash,
+        rec = SceneRecord(redact(scene_ref(task.path)), task_key(task), status, model_hash=self.model_hash,
                           settings_hash=self.settings_hash, version=_version(), **fields)
         with _in_job(self.folder):
             _write_json(self._record_path(task), asdict(rec), overwrite=True)
@@ -300,14 +302,14 @@ class Job:
             frame.to_parquet(tmp)
         self._record(task, DONE, detections=int(len(frame)), seconds=round(float(seconds), 3))
         self.blocks(task).clear()
-        log.info("%s: done, %d detections in %.1f s", task.path, len(frame), seconds)
+        log.info("%s: done, %d detections in %.1f s", redact(task.path), len(frame), seconds)
 
     def record_failed(self, task: "SceneTask", reason: str) -> None:
         """Note a failed scene (kept blocks stay for the retry); a done record is never replaced."""
         if self.is_done(task):
             return
-        self._record(task, FAILED, reason=str(reason))
-        log.warning("%s failed: %s", task.path, reason)
+        self._record(task, FAILED, reason=redact(reason))
+        log.debug("%s failed: %s", redact(task.path), redact(reason))  # the caller reports it
 
     def remove(self) -> None:
         """Delete the job folder (after its output was written whole)."""

@@ -151,14 +151,14 @@ def to_gdal_path(ref: str) -> str:
         return unquote(urlsplit(ref).path)
     if scheme not in URL_PREFIXES:
         known = ", ".join(f"{s}://" for s in URL_PREFIXES)
-        raise GeodetError(f"{ref} is a {scheme}:// URL, which geodet cannot read; use a local path or {known}, file://.")
+        raise GeodetError(f"{redact(ref)} is a {scheme}:// URL, which geodet cannot read; use a local path or {known}, file://.")
     if scheme in ("http", "https"):
         return URL_PREFIXES[scheme] + ref
     if scheme.startswith("abfs"):
         container = rest.split("/", 1)[0]
         if "@" in container:
             raise GeodetError(
-                f"{ref} names its storage account in the URL; set AZURE_STORAGE_ACCOUNT to the account "
+                f"{redact(ref)} names its storage account in the URL; set AZURE_STORAGE_ACCOUNT to the account "
                 "and give the scene as az://CONTAINER/PATH."
             )
     return URL_PREFIXES[scheme] + rest
@@ -186,15 +186,20 @@ def _redact_url(match: "re.Match") -> str:
     return scheme + ("***@" if userinfo else "") + rest + ("?..." if query else "")
 
 
+#: A query without its URL (GDAL shortens paths in some messages: ``b.tif?token=...``): ``?key=...``.
+_QUERY_IN_TEXT = re.compile(r"\?[A-Za-z0-9_.~%-]+=[^\s'\"]*")
+
+
 def redact(text: str) -> str:
-    """``text`` with every URL's query replaced by ``?...`` and its user-info by ``***@``.
+    """``text`` with every URL's query replaced by ``?...`` and its user-info by ``***@``; also a
+    ``?key=value...`` query standing alone (GDAL shortens paths in some messages).
 
     Signed URLs (``?token=``, S3 presigned, Azure SAS) carry credentials in their query, and
     ``https://user:password@host`` in its user-info. Every message, log line and job record that
     names a source goes through this one function, GDAL's own messages included
     (:func:`install_log_redaction`). A local path is unchanged (``/data/a?b.tif`` stays).
     """
-    return _URL_IN_TEXT.sub(_redact_url, str(text))
+    return _QUERY_IN_TEXT.sub("?...", _URL_IN_TEXT.sub(_redact_url, str(text)))
 
 
 class RedactingFilter(logging.Filter):
@@ -211,22 +216,24 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-#: Loggers that carry GDAL's own messages (rasterio's CPLError handler) and geodet's.
-REDACTED_LOGGERS = ("rasterio", "rasterio._env", "rasterio._err", "rasterio._base", "rasterio._io",
-                    "rasterio.env", "geodet")
+#: Loggers that carry GDAL's own messages (rasterio's CPLError handler logs them to ``rasterio._env``).
+REDACTED_LOGGERS = ("rasterio", "rasterio._env", "rasterio._err", "rasterio._base", "rasterio._io", "rasterio.env")
 _FILTER = RedactingFilter()
 
 
 def install_log_redaction() -> None:
-    """Put :class:`RedactingFilter` on :data:`REDACTED_LOGGERS` (and on geodet's module loggers), once.
+    """Put :class:`RedactingFilter` on :data:`REDACTED_LOGGERS`, once (done when this module is imported).
 
-    A logging filter acts on the records made by its own logger only, so each is named.
+    A logging filter acts on the records made by its own logger only, so each is named; geodet's
+    own log lines redact what they name where they are made.
     """
-    names = list(REDACTED_LOGGERS) + [n for n in list(logging.Logger.manager.loggerDict) if n.startswith("geodet.")]
-    for name in names:
+    for name in REDACTED_LOGGERS:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
+
+
+install_log_redaction()
 
 
 # ---------------------------------------------------------------------------------------------- HTTP

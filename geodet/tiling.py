@@ -21,7 +21,7 @@ from geodet.config import ChipConfig
 from geodet.errors import GeodetError
 from geodet.outputs import check_output, staged_folder
 from geodet.raster import open_dataset, open_raster, read_raw, resolve_bands, scene_info
-from geodet.sources import file_name, resolve_scenes
+from geodet.sources import file_name, redact, resolve_scenes
 from geodet.vector import check_labels_inside, labels_for_scene, read_labels
 from geodet.windows import chip_transform, chip_windows, window_bounds_px
 
@@ -147,7 +147,7 @@ def _scene_failed(failed: Dict[str, str], path: str, exc: GeodetError, n_scenes:
     if n_scenes == 1:
         raise exc
     failed[str(path)] = str(exc)
-    log.warning("skipped %s: %s", path, exc)
+    log.warning("skipped %s: %s", redact(path), redact(exc))
 
 
 def _tile_scene(info, bands, scene_labels, chip: ChipConfig, work: Path, coco: dict, progress) -> int:

@@ -85,6 +85,13 @@ def test_scene_name_is_the_file_name(ref, name):
 def test_redact_hides_signed_queries():
     assert redact("/vsicurl/https://h/b.tif?sig=SECRET") == "/vsicurl/https://h/b.tif?..."
     assert redact("/data/a?b.tif") == "/data/a?b.tif"
+    # anywhere in a message, GDAL's own included: several URLs, user-info, a shortened path's query
+    message = ("HTTP error code: 503 - https://user:pw@h/a.tif?X-Amz-Signature=S1&X-Amz-Credential=S2. "
+               "Retrying again in 1.0 secs; `/vsicurl/http://h/b.tif?se=2030&sig=S3' (b.tif?sv=1&sig=S4, band 1)")
+    clean = redact(message)
+    assert not any(secret in clean for secret in ("S1", "S2", "S3", "S4", "pw"))
+    assert clean == ("HTTP error code: 503 - https://***@h/a.tif?... Retrying again in 1.0 secs; "
+                     "`/vsicurl/http://h/b.tif?...' (b.tif?... band 1)")
 
 
 def test_dedupe_keeps_first_occurrences_in_order():
@@ -241,7 +248,9 @@ class RangeHandler(BaseHTTPRequestHandler):
     ``self.server.behaviour`` maps a file name to how the server misbehaves on a GET of it:
     ``"silent"`` (reads the request, answers nothing), ``"stall"`` (headers, then no byte),
     ``"trickle"`` (one byte every 0.1 s), ``"reset"`` (half the body, then a TCP reset), or
-    ``("redirect", location)`` (302). A stalled answer waits until the test ends (``server.stop``).
+    ``("redirect", location)`` (302), or ``("stall_from", offset)`` (the file served as it is, but a
+    range starting at ``offset`` or later stalls after its headers). A stalled answer waits until the
+    test ends (``server.stop``).
     """
 
     protocol_version = "HTTP/1.1"
@@ -254,6 +263,20 @@ class RangeHandler(BaseHTTPRequestHandler):
         if how is None:
             return False
         self.server.paths.append(self.path)
+        if isinstance(how, tuple) and how[0] == "stall_from":
+            match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+            if match is None or int(match.group(1)) < how[1]:
+                return False
+            self.server.paths.append(self.path)
+            start, end = int(match.group(1)), int(match.group(2) or how[1])
+            self.send_response(206)  # as asked, but no byte follows the headers
+            self.send_header("Content-Range", f"bytes {start}-{end}/{(Path(self.server.root) / name).stat().st_size}")
+            self.send_header("Content-Length", str(end - start + 1))
+            self.end_headers()
+            self.wfile.flush()
+            self.server.stop.wait(30)
+            self.close_connection = True
+            return True
         if isinstance(how, tuple) and how[0] == "redirect":
             self.send_response(302)
             self.send_header("Location", how[1])
@@ -651,3 +674,135 @@ def test_nested_relative_list_resolves_against_its_list(make_scene_files, tmp_pa
     (tmp_path / "lists" / "more" / "inner.txt").write_text("../../a.tif\n")
     monkeypatch.chdir(tmp_path / "lists" / "more")  # a working folder where "more/inner.txt" does not exist
     assert resolve_scenes(f"@{tmp_path / 'lists' / 'top.txt'}") == [a.path]
+
+
+# ------------------------------------------------------------------------------------ bounded waits
+
+
+def test_gdal_defaults_bound_every_wait():
+    from geodet.sources import http_bounds
+
+    for key in ("GDAL_HTTP_CONNECTTIMEOUT", "GDAL_HTTP_LOW_SPEED_TIME", "GDAL_HTTP_LOW_SPEED_LIMIT", "GDAL_HTTP_TIMEOUT"):
+        assert int(GDAL_DEFAULTS[key]) > 0, key
+    assert http_bounds({}) == {"connect": GDAL_DEFAULTS["GDAL_HTTP_CONNECTTIMEOUT"],
+                               "low_speed_time": GDAL_DEFAULTS["GDAL_HTTP_LOW_SPEED_TIME"],
+                               "low_speed_limit": GDAL_DEFAULTS["GDAL_HTTP_LOW_SPEED_LIMIT"],
+                               "total": GDAL_DEFAULTS["GDAL_HTTP_TIMEOUT"]}
+    assert http_bounds({"GDAL_HTTP_TIMEOUT": "7"})["total"] == 7  # the environment wins, as for GDAL
+    with pytest.raises(GeodetError, match="GDAL_HTTP_TIMEOUT must be a number"):
+        http_bounds({"GDAL_HTTP_TIMEOUT": "soon"})
+
+
+@pytest.fixture
+def short_waits(monkeypatch):
+    """Bounds of one second (the user's environment wins over GDAL_DEFAULTS), no retries: fast tests."""
+    for key, value in {"GDAL_HTTP_CONNECTTIMEOUT": "1", "GDAL_HTTP_LOW_SPEED_TIME": "1",
+                       "GDAL_HTTP_LOW_SPEED_LIMIT": "1000", "GDAL_HTTP_TIMEOUT": "3", "GDAL_HTTP_MAX_RETRY": "0"}.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.mark.parametrize("how", ["stall", "trickle", "silent"])
+def test_a_stalled_or_trickling_server_gives_an_error_in_bounded_time(http_root, short_waits, how):
+    import time
+
+    _, base, server = http_root
+    server.behaviour["dead.tif"] = how
+    t0 = time.monotonic()
+    with pytest.raises(GeodetError, match="dead.tif") as err:
+        with open_dataset(f"{base}/dead.tif?token=SECRET") as src:
+            read_raw(src, rasterio.windows.Window(0, 0, 8, 8), [1])
+    seconds = time.monotonic() - t0
+    assert seconds < 8, seconds
+    assert "SECRET" not in str(err.value)
+    print(f"{how}: error after {seconds:.1f} s: {err.value}")
+
+
+def test_a_server_that_stalls_mid_scene_gives_an_error_in_bounded_time(make_scene_files, http_root, short_waits):
+    import time
+
+    root, base, server = http_root
+    s = make_scene_files(256, 256, seed=9, name="big")
+    with rasterio.open(s.path) as src:  # uncompressed: the far tiles lie beyond GDAL's first 64 kB read
+        rasterio.shutil.copy(src, root / "big.tif", driver="COG", BLOCKSIZE=128, COMPRESS="NONE")
+    server.behaviour["big.tif"] = ("stall_from", 100_000)
+    with open_dataset(f"{base}/big.tif?token=SECRET") as src:
+        t0 = time.monotonic()
+        with pytest.raises(GeodetError, match=r"big.tif.*reading the window at column 128, row 128") as err:
+            read_raw(src, rasterio.windows.Window(128, 128, 128, 128), [1, 2, 3])
+    seconds = time.monotonic() - t0
+    assert seconds < 8, seconds
+    assert "SECRET" not in str(err.value)
+    print(f"stall mid-scene: error after {seconds:.1f} s: {err.value}")
+
+
+@pytest.mark.parametrize("how", ["stall", "trickle", "silent", "reset"])
+def test_a_stalled_stac_json_gives_an_error_in_bounded_time(http_root, short_waits, how):
+    import time
+
+    _, base, server = http_root
+    server.behaviour["items.json"] = how
+    t0 = time.monotonic()
+    with pytest.raises(GeodetError, match="items.json") as err:
+        resolve_scenes(f"{base}/items.json?token=SECRET")
+    seconds = time.monotonic() - t0
+    assert seconds < 6, seconds
+    assert "SECRET" not in str(err.value) and "\n" not in str(err.value)
+    print(f"{how}: error after {seconds:.1f} s: {err.value}")
+
+
+def test_stac_json_redirects_are_followed_to_http_only(make_scene_files, http_root):
+    root, base, server = http_root
+    s = make_scene_files(64, 64, seed=5, name="served")
+    _write_cog(s.path, root / "served.tif")
+    (root / "real").mkdir()
+    _catalog_with_items(root / "real", ["../served.tif"])
+    server.behaviour["moved.json"] = ("redirect", "/real/catalog.json")
+    # relative hrefs resolve against where the JSON was read from, after the redirect
+    assert resolve_scenes(f"{base}/moved.json") == [f"/vsicurl/{base}/served.tif"]
+    server.behaviour["evil.json"] = ("redirect", "file:///etc/passwd")
+    with pytest.raises(GeodetError, match=r"evil.json.*file:///etc/passwd.*(not allowed|not an http)"):
+        resolve_scenes(f"{base}/evil.json")
+
+
+# ------------------------------------------------------------------------------------------ secrets
+
+
+def test_gdal_retry_messages_are_redacted(make_scene_files, http_root, monkeypatch, caplog):
+    import logging
+
+    root, base, server = http_root
+    monkeypatch.setenv("GDAL_HTTP_RETRY_DELAY", "0.01")
+    s = make_scene_files(128, 128, seed=8, name="flaky")
+    _write_cog(s.path, root / "flaky.tif")
+    server.fail_ranges = 2
+    with caplog.at_level(logging.DEBUG):
+        [ref] = resolve_scenes(f"{base}/flaky.tif?X-Amz-Signature=SECRET")
+        _pixels(ref)
+    assert server.fail_ranges == 0
+    gdal_lines = [r.getMessage() for r in caplog.records if r.name.startswith("rasterio")]
+    assert any("flaky.tif" in line for line in gdal_lines)  # GDAL spoke of the file (its retries, its opens)
+    assert "SECRET" not in caplog.text
+
+
+def test_secrets_stay_out_of_cli_output_and_job_records(http_root, tmp_path, sample_scene, monkeypatch):
+    root, base, server = http_root
+    monkeypatch.setenv("GDAL_HTTP_RETRY_DELAY", "0.01")
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "1")
+    with rasterio.open(sample_scene) as src:  # one chip of the default model
+        window = rasterio.windows.Window(0, 0, 192, 192)
+        profile = dict(src.profile, width=192, height=192, transform=src.window_transform(window), driver="GTiff")
+        with rasterio.open(tmp_path / "small.tif", "w", **profile) as dst:
+            dst.write(src.read(window=window))
+    _write_cog(str(tmp_path / "small.tif"), root / "small.tif")
+    server.fail_ranges = 1
+    out = tmp_path / "out.geojson"
+    result = CliRunner().invoke(cli, ["-vv", "detect", f"{base}/small.tif?sig=SECRET1",
+                                      f"https://user:SECRET3@127.0.0.1:{base.rsplit(':', 1)[1]}/gone.tif?sig=SECRET2",
+                                      "-o", str(out), "--quiet", "--device", "cpu"], catch_exceptions=False)
+    assert result.exit_code == 1, result.output  # one scene failed, the other written
+    assert "gone.tif" in result.output and out.exists()
+    job = Path(str(out) + ".geodet-job")
+    texts = [result.output, out.read_text()] + [p.read_text(errors="replace") for p in job.rglob("*.json")]
+    for text in texts:
+        for secret in ("SECRET1", "SECRET2", "SECRET3"):
+            assert secret not in text
