@@ -135,6 +135,9 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
     detail = ", ".join(f"{n} {c}" for c, n in sorted(counts.items())) or "nothing found"
     before = frame.attrs.get("scenes_done_before", 0)
     resumed = f"; {before} of them finished by an earlier run" if before else ""
+    changed = frame.attrs.get("scenes_changed", [])
+    if changed:
+        resumed += f"; {len(changed)} changed since an earlier run and detected again"
     click.echo(f"wrote {len(frame)} detections ({detail}) from {len(paths) - len(failed)} scene(s) to {out}{resumed}")
     if failed:
         click.echo(f"the finished scenes are kept in {job_dir_for(out)}: run the same command again to retry the "

@@ -229,6 +229,25 @@ def model_file_metadata(model=None) -> Optional[Dict[str, object]]:
     return _metadata(Path(path).name, model_hash(path), class_names)
 
 
+def check_model_file(model=None) -> None:
+    """Check a model file (None: the bundled one) as loading it would, without building its network:
+    a ``.pt`` file's contents (:func:`geodet.modelfile.read_model_file`), an ONNX export's metadata
+    and graph (:func:`geodet.export.check_onnx_file`). An in-memory model passes.
+
+    Raises:
+        GeodetError: the file would be refused when loaded.
+    """
+    from geodet.export import check_onnx_file, is_onnx_path
+
+    if isinstance(model, tuple):
+        return
+    path = default_model_path() if model is None else str(model)
+    if is_onnx_path(path):
+        check_onnx_file(path)
+    else:
+        model_file_metadata(path)
+
+
 def model_file_hash(model=None) -> Optional[str]:
     """:func:`geodet.modelfile.model_hash` of the bytes of a model file, ``.pt`` or ``.onnx`` (None:
     the bundled model); None for an in-memory ``(net, meta)`` model. A job's model identity: an
@@ -523,7 +542,9 @@ def detect(
             scene and chip block, so that the same call after a crash resumes:
             scenes done there are not run again (their count is in
             ``frame.attrs["scenes_done_before"]``) and the result is read from its
-            parts. Needs a model file. None (the default): no job, nothing kept.
+            parts. A scene changed since it was finished there (its size and modification
+            time, its ETag...: :func:`geodet.jobs.scene_identity`) is detected again and listed in
+            ``frame.attrs["scenes_changed"]``. Needs a model file. None (the default): no job, nothing kept.
             The folder is left for the caller (:func:`geodet.jobs.remove_job`).
         job_config: block size of chip checkpoints (with ``job_dir``).
         runner: where the tasks run (:data:`Runner`); default
@@ -551,7 +572,14 @@ def detect(
     # A job's parts come back from GeoParquet without ``attrs``: the model file's metadata, read
     # here (its one sentence for a missing or bad file), gives the result its metadata.
     file_metadata = model_file_metadata(model) if job_dir is not None else None
+    detector = None
     if job_dir is not None:
+        # The model is checked whole before the job folder is made, so that a refused model leaves
+        # no folder that would refuse the corrected command.
+        if runner is None and client is None:
+            detector = load_detector(model, config)
+        else:
+            check_model_file(model)
         job = open_job(job_dir, model_hash=model_file_hash(model),
                        settings=detection_settings(config), config=job_config)
         pending, done_before = job.split(tasks)
@@ -586,7 +614,7 @@ def detect(
 
             runner = dask_runner(client, model, config)
         if runner is None:
-            runner = in_process_runner(load_detector(model, config), progress=progress, job=job)
+            runner = in_process_runner(detector or load_detector(model, config), progress=progress, job=job)
         runner(pending, on_done, on_failed)
     if job is not None:
         if not job.folder.is_dir():
@@ -609,6 +637,7 @@ def detect(
         with_metadata(out, file_metadata if file_metadata is not None else model_file_metadata(model))
     out.attrs["failed_scenes"] = failed
     out.attrs["scenes_done_before"] = len(tasks) - len(pending)
+    out.attrs["scenes_changed"] = list(job.changed) if job is not None else []
     return out
 
 
@@ -622,11 +651,15 @@ def check_job_output(output: Union[str, os.PathLike], *, overwrite: bool = False
         whether an existing ``output`` may be replaced.
 
     Raises:
-        GeodetError: the folder cannot be written, or ``output`` exists.
+        GeodetError: the folder cannot be written, ``output`` exists, or it lies inside a job folder.
     """
-    from geodet.jobs import job_dir_for, job_owns_output
+    from geodet.jobs import JOB_SUFFIX, job_dir_for, job_owns_output
     from geodet.vector import check_output_path
 
+    for folder in Path(os.path.abspath(output)).parents:
+        if folder.name.endswith(JOB_SUFFIX):
+            raise GeodetError(f"{output} lies inside the job folder {folder}, which geodet manages and removes; "
+                              "write the output elsewhere.")
     replace = overwrite or job_owns_output(job_dir_for(output), output)
     check_output_path(str(output), overwrite=replace)
     return replace
@@ -668,6 +701,11 @@ def detect_to_file(
 
     job_dir = job_dir_for(output)
     replace = check_job_output(output, overwrite=overwrite)
+    if str(output).lower().endswith(".shp"):  # before any work: class names a shapefile would cut
+        from geodet.vector import check_shapefile_text
+
+        metadata = model_file_metadata(model)
+        check_shapefile_text({"class": metadata["class_names"] if metadata else []}, str(output))
     if overwrite:
         remove_job(job_dir)
     try:

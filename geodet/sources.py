@@ -284,6 +284,7 @@ def http_get(url: str, *, headers: Optional[Mapping[str, str]] = None, max_bytes
         GeodetError: the server cannot be reached, answers an HTTP error, is too slow, or the
             body is larger than ``max_bytes``; one sentence naming the URL (redacted).
     """
+    import http.client
     import socket
     import time
     import urllib.error
@@ -329,7 +330,7 @@ def http_get(url: str, *, headers: Optional[Mapping[str, str]] = None, max_bytes
         if isinstance(reason, (socket.timeout, TimeoutError)):
             raise GeodetError(f"{name} could not be reached within {bounds['connect']:g} s (GDAL_HTTP_CONNECTTIMEOUT).") from None
         raise GeodetError(f"{name} could not be read ({redact(reason)}).") from None
-    except (OSError, ValueError) as exc:  # a reset connection, a malformed response, a bad URL
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # a reset, a malformed response, a bad URL
         raise GeodetError(f"{name} could not be read ({redact(exc) or type(exc).__name__}).") from None
 
 
@@ -386,6 +387,26 @@ def choose_asset(assets: Mapping[str, object], key: Optional[str], item_id: str)
         f"STAC item {item_id} has no visual or single RGB GeoTIFF asset; choose one with --asset "
         f"(its assets: {available})."
     )
+
+
+def http_validators(url: str, environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """What identifies the content of the http(s) file ``url``: its ``etag``, ``last_modified`` and
+    ``size``, those the server sends (a GET of its first byte, which a URL signed for GET also
+    allows, within :func:`http_bounds`); an empty dict when the server cannot be asked."""
+    import http.client
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"User-Agent": "geodet", "Range": "bytes=0-0"})
+    try:
+        with _http_opener().open(request, timeout=http_bounds(environ)["connect"]) as response:
+            headers = response.headers
+            total = (headers.get("Content-Range") or "").rsplit("/", 1)[-1]
+            size = total if total.isdigit() else (headers.get("Content-Length") if response.status == 200 else None)
+            found = {"etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified"), "size": size}
+    except (GeodetError, OSError, ValueError, http.client.HTTPException) as exc:
+        log.debug("%s: no validators (%s)", redact(url), redact(exc))
+        return {}
+    return {key: str(value) for key, value in found.items() if value}
 
 
 #: URL schemes of one kind: a catalog read from a URL of one may link to URLs of the same kind only.

@@ -298,8 +298,11 @@ class RangeHandler(BaseHTTPRequestHandler):
             for _ in range(size):
                 if self.server.stop.wait(0.1):
                     break
-                self.wfile.write(b" ")
-                self.wfile.flush()
+                try:
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                except OSError:  # the client gave up, as it should
+                    break
         elif how == "reset":
             import socket
             import struct
@@ -330,6 +333,14 @@ class RangeHandler(BaseHTTPRequestHandler):
             return None
         return path
 
+    def _validators(self, path: Path) -> None:
+        """ETag and Last-Modified, as object storage sends them."""
+        from email.utils import formatdate
+
+        st = path.stat()
+        self.send_header("ETag", f'"{st.st_mtime_ns:x}-{st.st_size:x}"')
+        self.send_header("Last-Modified", formatdate(st.st_mtime, usegmt=True))
+
     def do_HEAD(self):
         path = self._target()
         if path is None:
@@ -337,6 +348,7 @@ class RangeHandler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Length", str(path.stat().st_size))
         self.send_header("Accept-Ranges", "bytes")
+        self._validators(path)
         self.end_headers()
 
     def do_GET(self):
@@ -371,6 +383,7 @@ class RangeHandler(BaseHTTPRequestHandler):
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.server.requests.append(self.headers.get("Range"))
+        self._validators(path)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
@@ -806,3 +819,41 @@ def test_secrets_stay_out_of_cli_output_and_job_records(http_root, tmp_path, sam
     for text in texts:
         for secret in ("SECRET1", "SECRET2", "SECRET3"):
             assert secret not in text
+
+
+def _clear_gdal_download_cache() -> None:
+    """GDAL's VSICurlClearCache() (rasterio does not expose it), through the libgdal rasterio loaded."""
+    import ctypes
+    import glob
+
+    libs = glob.glob(os.path.join(os.path.dirname(rasterio.__file__), os.pardir, "rasterio.libs", "libgdal*.so*"))
+    if not libs:
+        pytest.skip("rasterio's own libgdal is not found here")
+    ctypes.CDLL(libs[0]).VSICurlClearCache()
+
+
+def test_a_changed_remote_scene_is_detected_again(http_root, tmp_path, sample_scene, make_scene_files):
+    from geodet.config import DetectConfig
+    from geodet.detection import detect
+    from geodet.jobs import scene_identity
+
+    root, base, _ = http_root
+    first = make_scene_files(192, 192, seed=1, name="first")
+    second = make_scene_files(192, 192, seed=2, name="second")
+    served = _write_cog(first.path, root / "t.tif")
+    [ref] = resolve_scenes(f"{base}/t.tif?sig=SECRET")
+    before = scene_identity(ref)
+    assert set(before) == {"etag", "last_modified", "size"}
+    cfg, job_dir = DetectConfig(device="cpu"), tmp_path / "job"
+    detect(ref, config=cfg, job_dir=job_dir)
+    assert detect(ref, config=cfg, job_dir=job_dir).attrs["scenes_done_before"] == 1  # unchanged: not run again
+    _write_cog(second.path, served)
+    os.utime(served, ns=(served.stat().st_atime_ns, served.stat().st_mtime_ns + 10**9))  # a later upload
+    assert scene_identity(ref) != before
+    _clear_gdal_download_cache()  # a rerun is a new process; this one still holds the old file's ranges
+    again = detect(ref, config=cfg, job_dir=job_dir)
+    assert again.attrs["scenes_changed"] == [ref] and again.attrs["scenes_done_before"] == 0
+    fresh = detect(second.path, config=cfg)
+    assert np.allclose(np.sort(again["score"]), np.sort(fresh["score"]))
+    assert not any("SECRET" in p.read_text() for p in job_dir.rglob("*.json"))
+    assert scene_identity(f"/vsicurl/{base}/gone.tif") == {}  # cannot be told now: the record is trusted
