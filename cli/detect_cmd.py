@@ -9,6 +9,7 @@ import click
 from geodet.config import NORMALISATIONS, PRECISIONS, DetectConfig, JobConfig
 from geodet_cli.options import (
     ProgressBar,
+    allow_local_hrefs_option,
     asset_option,
     device_option,
     exit_on_failed_scenes,
@@ -55,6 +56,7 @@ _JOB_DEFAULTS = JobConfig()
 @click.option("--quicklook", type=click.Path(dir_okay=False), default=None,
               help="Also write a downsampled PNG of the scene with the detections drawn.")
 @asset_option
+@allow_local_hrefs_option
 @click.option("--checkpoint-chips", type=click.IntRange(min=1), default=_JOB_DEFAULTS.block_chips, show_default=True,
               help="A scene of more chips than this is run in blocks of this many chips, each kept in the job "
                    "folder, so that a rerun resumes mid-scene.")
@@ -68,7 +70,7 @@ _JOB_DEFAULTS = JobConfig()
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing output, and start over instead of resuming OUT.geodet-job.")
 def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_threshold, nms_iou, device, workers,
-               precision, normalisation, bands, mosaic, quicklook, asset, checkpoint_chips, quiet, cluster, scheduler, overwrite):
+               precision, normalisation, bands, mosaic, quicklook, asset, allow_local_hrefs, checkpoint_chips, quiet, cluster, scheduler, overwrite):
     """Detect objects in SCENES and write them to OUT.
 
     A scene is a GeoTIFF or VRT path, a glob pattern (quoted), @LIST.txt (one
@@ -109,7 +111,7 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
             from geodet.plot import check_png_path
 
             check_png_path(quicklook, overwrite=overwrite)
-        paths = resolve_scenes(list(scenes), asset=asset)
+        paths = resolve_scenes(list(scenes), asset=asset, allow_local_hrefs=allow_local_hrefs)
         cfg = DetectConfig(batch_size=batch_size, overlap=overlap, chip_size=chip_size, bands=bands,
                            score_threshold=score_threshold, nms_iou=nms_iou, device=device, workers=workers,
                            precision=precision, normalisation=normalisation, mosaic=mosaic)
@@ -122,7 +124,8 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
         try:
             with client_context as client:
                 frame = detect_to_file(paths, out, model, config=cfg, job_config=JobConfig(block_chips=checkpoint_chips),
-                                       overwrite=overwrite, progress=bar, client=client)
+                                       overwrite=overwrite, progress=bar, client=client,
+                                       allow_local_hrefs=allow_local_hrefs)
         finally:
             bar.close()
         failed = frame.attrs.get("failed_scenes", {})
@@ -134,8 +137,11 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
     detail = ", ".join(f"{n} {c}" for c, n in sorted(counts.items())) or "nothing found"
     before = frame.attrs.get("scenes_done_before", 0)
     resumed = f"; {before} of them finished by an earlier run" if before else ""
+    changed = frame.attrs.get("scenes_changed", [])
+    if changed:
+        resumed += f"; {len(changed)} changed since an earlier run and detected again"
     click.echo(f"wrote {len(frame)} detections ({detail}) from {len(paths) - len(failed)} scene(s) to {out}{resumed}")
     if failed:
         click.echo(f"the finished scenes are kept in {job_dir_for(out)}: run the same command again to retry the "
                    "failed ones.", err=True)
-    exit_on_failed_scenes(failed, len(paths))
+    exit_on_failed_scenes(failed, len(paths), f" (each scene's reason is in {job_dir_for(out)}/scenes/)")

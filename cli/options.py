@@ -67,6 +67,14 @@ asset_option = click.option(
          "else the only RGB GeoTIFF).",
 )
 
+allow_local_hrefs_option = click.option(
+    "--allow-local-hrefs", is_flag=True,
+    help="Follow local paths, file:// URLs, GDAL virtual paths (/vsi...), other URL kinds and addresses of this "
+         "machine or its private network when a STAC catalog read from a URL names them (refused by default: a "
+         "remote catalog could make geodet read local files or reach internal services). Local catalogs are "
+         "always followed.",
+)
+
 #: What a scene argument may be (help text of every command that takes scenes).
 SCENES_HELP = (
     "A scene is a GeoTIFF or VRT path, a glob pattern (quoted), @LIST.txt (one per line, # comments), "
@@ -82,22 +90,30 @@ def user_errors():
     Any other exception, a plain ValueError included, is a bug and keeps its traceback.
     """
     from geodet.errors import GeodetError
+    from geodet.sources import redact
 
     try:
         yield
     except GeodetError as exc:  # ConfigError included: a bad setting
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(redact(str(exc))) from None
 
 
-def exit_on_failed_scenes(failed: dict, n_scenes: int) -> None:
-    """After a many-scene run: name the scenes that failed (path -> reason) and exit with status 1."""
+#: Failed scenes named one by one at the end of a run; the others are counted.
+FAILED_SCENES_LISTED = 20
+
+
+def exit_on_failed_scenes(failed: dict, n_scenes: int, where: str = "") -> None:
+    """After a many-scene run: name the scenes that failed (path -> reason), the first
+    :data:`FAILED_SCENES_LISTED` of them, and exit with status 1. ``where``: where all of them are kept."""
     if not failed:
         return
     click.echo(f"{len(failed)} of {n_scenes} scene(s) failed and were left out:", err=True)
     from geodet.sources import redact
 
-    for path, reason in failed.items():
-        click.echo(f"  {redact(path)}: {reason}", err=True)
+    for path, reason in list(failed.items())[:FAILED_SCENES_LISTED]:
+        click.echo(f"  {redact(path)}: {redact(reason)}", err=True)
+    if len(failed) > FAILED_SCENES_LISTED:
+        click.echo(f"  ... and {len(failed) - FAILED_SCENES_LISTED} more{where}.", err=True)
     raise SystemExit(1)
 
 

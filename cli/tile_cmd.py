@@ -6,6 +6,7 @@ import click
 
 from geodet.config import ChipConfig
 from geodet_cli.options import (
+    allow_local_hrefs_option,
     asset_option,
     bands_option,
     chip_size_option,
@@ -30,9 +31,10 @@ from geodet_cli.options import (
               show_default=True, help="Side in metres of the box drawn around a point label.")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @asset_option
+@allow_local_hrefs_option
 @overwrite_option
 def tile_cmd(imagery, labels, class_field, chip_size, overlap, bands, min_visible, point_size, out_dir, asset,
-             overwrite):
+             allow_local_hrefs, overwrite):
     """Cut IMAGERY into georeferenced chips with COCO annotations.
 
     IMAGERY takes the scenes `geodet detect` takes: GeoTIFF or VRT paths, glob
@@ -54,7 +56,7 @@ def tile_cmd(imagery, labels, class_field, chip_size, overlap, bands, min_visibl
         chip = ChipConfig(size=chip_size, overlap=overlap, bands=bands, min_visible=min_visible,
                           point_size_m=point_size)
         summary = tile(list(imagery), labels, out_dir, class_field=class_field, chip=chip, overwrite=overwrite,
-                       asset=asset)
+                       asset=asset, allow_local_hrefs=allow_local_hrefs)
     click.echo(
         f"wrote {summary.chips} chips and {summary.annotations} boxes "
         f"({', '.join(summary.class_names)}) to {summary.out_dir}; "

@@ -9,6 +9,7 @@ from geodet.config import (
 )
 from geodet_cli.options import (
     SCENES_HELP,
+    allow_local_hrefs_option,
     asset_option,
     bands_option,
     class_field_option,
@@ -41,6 +42,7 @@ class ShowEpoch:
 @click.option("--imagery", multiple=True, required=True, type=click.Path(dir_okay=False),
               help="Training scene; repeat for several. " + SCENES_HELP)
 @asset_option
+@allow_local_hrefs_option
 @click.option("--labels", required=True, type=click.Path(dir_okay=False), help="Vector labels (any CRS).")
 @class_field_option
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
@@ -99,7 +101,8 @@ class ShowEpoch:
               help="Turn off augmentation (dihedral flips/rotations, scale, colour, blur, noise, chip shift).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @overwrite_option
-def train_cmd(imagery, asset, labels, class_field, out, epochs, batch_size, lr, backbone_lr_scale, chip_size, overlap, bands, backbone,
+def train_cmd(imagery, asset, allow_local_hrefs, labels, class_field, out, epochs, batch_size, lr, backbone_lr_scale,
+              chip_size, overlap, bands, backbone,
               backbone_weights, device, devices, val_fraction, negative_ratio, repeat_thresh, seed, resume, workers,
               max_time, anchors,
               anchor_sizes, anchor_scales, anchor_ratios, levels, point_size, ema_decay, no_augment, quiet, overwrite):
@@ -147,7 +150,8 @@ def train_cmd(imagery, asset, labels, class_field, out, epochs, batch_size, lr, 
 
         kwargs = dict(class_field=class_field, chip=chip, model=model, config=cfg, anchors=explicit or anchors,
                       resume=resume, overwrite=overwrite, progress=not quiet,
-                      on_epoch=None if quiet else ShowEpoch(cfg.epoch_limit), asset=asset)
+                      on_epoch=None if quiet else ShowEpoch(cfg.epoch_limit), asset=asset,
+                      allow_local_hrefs=allow_local_hrefs)
         if devices > 1:
             from geodet.distributed import launch
 

@@ -108,6 +108,10 @@ class SceneTask:
     context: Optional[object] = None
 
 
+#: Failed scenes logged one by one during a run; after these, one line says that more failed (so
+#: 10,000 unreadable scenes do not print 10,000 warnings). Every failure stays in ``failed_scenes``.
+FAILURES_LOGGED = 20
+
 #: Scene headers read at once while planning (remote scenes answer slowly, one by one).
 PLAN_OPEN_THREADS = 16
 
@@ -120,7 +124,7 @@ def _footprint(path: str):
         with open_dataset(path) as src:
             info = scene_info(src)
     except GeodetError as exc:
-        log.debug("%s stays out of any mosaic: %s", path, exc)
+        log.debug("%s stays out of any mosaic: %s", redact(path), redact(exc))
         return None
     return Footprint(path, info.crs.to_wkt(), info.transform, info.width, info.height, info.count, info.dtype)
 
@@ -225,6 +229,25 @@ def model_file_metadata(model=None) -> Optional[Dict[str, object]]:
     return _metadata(Path(path).name, model_hash(path), class_names)
 
 
+def check_model_file(model=None) -> None:
+    """Check a model file (None: the bundled one) as loading it would, without building its network:
+    a ``.pt`` file's contents (:func:`geodet.modelfile.read_model_file`), an ONNX export's metadata
+    and graph (:func:`geodet.export.check_onnx_file`). An in-memory model passes.
+
+    Raises:
+        GeodetError: the file would be refused when loaded.
+    """
+    from geodet.export import check_onnx_file, is_onnx_path
+
+    if isinstance(model, tuple):
+        return
+    path = default_model_path() if model is None else str(model)
+    if is_onnx_path(path):
+        check_onnx_file(path)
+    else:
+        model_file_metadata(path)
+
+
 def model_file_hash(model=None) -> Optional[str]:
     """:func:`geodet.modelfile.model_hash` of the bytes of a model file, ``.pt`` or ``.onnx`` (None:
     the bundled model); None for an in-memory ``(net, meta)`` model. A job's model identity: an
@@ -301,7 +324,7 @@ def detect_task(
                 dets = predict_scene(detector.net, src, plan, detector.config, device=detector.device, progress=progress)
             if task.context is not None:  # read alone after all: still report only what it owns
                 dets = _owned(dets, task.context, offset_px=task.context.own.rect_px[:2])
-    log.info("%s: %d detections from %d chips (%d nodata chips skipped)", path, len(dets.scores), dets.chips, dets.skipped)
+    log.info("%s: %d detections from %d chips (%d nodata chips skipped)", redact(path), len(dets.scores), dets.chips, dets.skipped)
     if len(dets.scores) == 0:
         return with_metadata(empty_frame(info.crs), run_metadata(detector))
     frame = gpd.GeoDataFrame(
@@ -343,7 +366,7 @@ def predict_in_blocks(detector: Detector, src, plan, blocks, *, progress: Option
                 progress(chips.stop, n_chips)
         parts.append(raw)
     if resumed:
-        log.info("%s: %d of %d chip blocks taken from an earlier run", src.name, resumed, len(parts))
+        log.info("%s: %d of %d chip blocks taken from an earlier run", redact(src.name), resumed, len(parts))
     return stitch_chips(ChipDetections.concat(parts), plan, (src.height, src.width), detector.config)
 
 
@@ -402,7 +425,8 @@ def _readable(ref: str) -> bool:
         with rasterio.open(ref):
             return True
     except RasterioError as exc:
-        log.warning("mosaic neighbour %s cannot be opened (%s); its part of the halo is read as nodata", ref, exc)
+        log.warning("mosaic neighbour %s cannot be opened (%s); its part of the halo is read as nodata", redact(ref),
+                    redact(exc))
         return False
 
 
@@ -435,7 +459,7 @@ def _detect_in_mosaic(ctx, plan, detector: Detector, progress):
     except (GeodetError, RasterioError):
         log.warning(
             "reading %s with its %d mosaic neighbour(s) failed; detecting it alone (objects on its edges may be "
-            "missed or cut)", ctx.own.path, len(sources) - 1,
+            "missed or cut)", redact(ctx.own.path), len(sources) - 1,
         )
         return None
     return _owned(dets, ctx)
@@ -483,6 +507,7 @@ def detect(
     job_dir: Optional[Union[str, os.PathLike]] = None,
     job_config: JobConfig = JobConfig(),
     runner: Optional[Runner] = None,
+    allow_local_hrefs: bool = False,
 ) -> gpd.GeoDataFrame:
     """Detect objects in one or more scenes.
 
@@ -507,6 +532,9 @@ def detect(
             in ``frame.attrs["failed_scenes"]`` (path -> reason) and logged.
             With ``"skip"``, a run where every scene failed still raises.
         asset: the STAC asset key to read from STAC inputs (default: the visual/RGB one).
+        allow_local_hrefs: follow the local paths, ``file://`` URLs and GDAL virtual paths that a
+            STAC catalog read from a URL names (refused by default,
+            :func:`geodet.sources.remote_href_refusal`).
         client: a :class:`distributed.Client`: each scene is one task on its
             cluster (:func:`geodet.cluster.dask_runner`; needs a model file,
             ``progress`` is not called); None runs in this process.
@@ -514,7 +542,9 @@ def detect(
             scene and chip block, so that the same call after a crash resumes:
             scenes done there are not run again (their count is in
             ``frame.attrs["scenes_done_before"]``) and the result is read from its
-            parts. Needs a model file. None (the default): no job, nothing kept.
+            parts. A scene changed since it was finished there (its size and modification
+            time, its ETag...: :func:`geodet.jobs.scene_identity`) is detected again and listed in
+            ``frame.attrs["scenes_changed"]``. Needs a model file. None (the default): no job, nothing kept.
             The folder is left for the caller (:func:`geodet.jobs.remove_job`).
         job_config: block size of chip checkpoints (with ``job_dir``).
         runner: where the tasks run (:data:`Runner`); default
@@ -536,13 +566,20 @@ def detect(
         config = dataclasses.replace(config, bands=tuple(bands))
     if chip_size is not None:
         config = dataclasses.replace(config, chip_size=chip_size)
-    tasks = plan_tasks(resolve_scenes(scenes, asset=asset), mosaic=config.mosaic)
+    tasks = plan_tasks(resolve_scenes(scenes, asset=asset, allow_local_hrefs=allow_local_hrefs), mosaic=config.mosaic)
     job = None
     pending = list(tasks)
     # A job's parts come back from GeoParquet without ``attrs``: the model file's metadata, read
     # here (its one sentence for a missing or bad file), gives the result its metadata.
     file_metadata = model_file_metadata(model) if job_dir is not None else None
+    detector = None
     if job_dir is not None:
+        # The model is checked whole before the job folder is made, so that a refused model leaves
+        # no folder that would refuse the corrected command.
+        if runner is None and client is None:
+            detector = load_detector(model, config)
+        else:
+            check_model_file(model)
         job = open_job(job_dir, model_hash=model_file_hash(model),
                        settings=detection_settings(config), config=job_config)
         pending, done_before = job.split(tasks)
@@ -559,12 +596,17 @@ def detect(
             frames[task.path] = frame
 
     def on_failed(task: SceneTask, reason: str) -> None:
+        reason = redact(reason)
         if job is not None:
             job.record_failed(task, reason)
         failed[task.path] = reason
         if on_error == "raise":
             raise GeodetError(reason)
-        log.warning("skipped %s: %s", redact(task.path), reason)
+        if len(failed) <= FAILURES_LOGGED:
+            log.warning("skipped %s: %s", redact(task.path), reason)
+        if len(failed) == FAILURES_LOGGED:
+            log.warning("more than %d scenes failed; the others are not logged one by one (frame.attrs"
+                        "['failed_scenes'] lists them all)", FAILURES_LOGGED)
 
     if pending:
         if runner is None and client is not None:
@@ -572,7 +614,7 @@ def detect(
 
             runner = dask_runner(client, model, config)
         if runner is None:
-            runner = in_process_runner(load_detector(model, config), progress=progress, job=job)
+            runner = in_process_runner(detector or load_detector(model, config), progress=progress, job=job)
         runner(pending, on_done, on_failed)
     if job is not None:
         if not job.folder.is_dir():
@@ -595,6 +637,7 @@ def detect(
         with_metadata(out, file_metadata if file_metadata is not None else model_file_metadata(model))
     out.attrs["failed_scenes"] = failed
     out.attrs["scenes_done_before"] = len(tasks) - len(pending)
+    out.attrs["scenes_changed"] = list(job.changed) if job is not None else []
     return out
 
 
@@ -608,11 +651,15 @@ def check_job_output(output: Union[str, os.PathLike], *, overwrite: bool = False
         whether an existing ``output`` may be replaced.
 
     Raises:
-        GeodetError: the folder cannot be written, or ``output`` exists.
+        GeodetError: the folder cannot be written, ``output`` exists, or it lies inside a job folder.
     """
-    from geodet.jobs import job_dir_for, job_owns_output
+    from geodet.jobs import JOB_SUFFIX, job_dir_for, job_owns_output
     from geodet.vector import check_output_path
 
+    for folder in Path(os.path.abspath(output)).parents:
+        if folder.name.endswith(JOB_SUFFIX):
+            raise GeodetError(f"{output} lies inside the job folder {folder}, which geodet manages and removes; "
+                              "write the output elsewhere.")
     replace = overwrite or job_owns_output(job_dir_for(output), output)
     check_output_path(str(output), overwrite=replace)
     return replace
@@ -629,6 +676,7 @@ def detect_to_file(
     progress: Optional[Callable[[int, int], None]] = None,
     runner: Optional[Runner] = None,
     client=None,
+    allow_local_hrefs: bool = False,
 ) -> gpd.GeoDataFrame:
     """Detect objects in scenes and write them to ``output``, resumably: what ``geodet detect`` runs.
 
@@ -653,11 +701,16 @@ def detect_to_file(
 
     job_dir = job_dir_for(output)
     replace = check_job_output(output, overwrite=overwrite)
+    if str(output).lower().endswith(".shp"):  # before any work: class names a shapefile would cut
+        from geodet.vector import check_shapefile_text
+
+        metadata = model_file_metadata(model)
+        check_shapefile_text({"class": metadata["class_names"] if metadata else []}, str(output))
     if overwrite:
         remove_job(job_dir)
     try:
         frame = detect(scenes, model, config=config, progress=progress, on_error="skip", job_dir=job_dir,
-                       job_config=job_config, runner=runner, client=client)
+                       job_config=job_config, runner=runner, client=client, allow_local_hrefs=allow_local_hrefs)
     except JobGone:
         check_output_path(str(output), overwrite=replace)  # another run finished it: "already exists"
         raise

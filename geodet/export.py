@@ -39,7 +39,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -348,14 +348,110 @@ def _providers(device: str) -> List[str]:
     return ["CPUExecutionProvider"]
 
 
-def _check_no_external_data(path: Path) -> None:
-    """Refuse an ONNX file whose tensors live in other files (a geodet export never has them)."""
+def _attribute_tensors(nodes) -> Iterator[Any]:
+    """Every tensor held by the attributes of ``nodes`` (a Constant's value, any tensor or sparse
+    tensor attribute), and every tensor of their subgraphs (the branches of If, the bodies of Loop
+    and Scan), recursively."""
+    for node in nodes:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            sparse = ([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []) + list(attr.sparse_tensors)
+            for tensor in sparse:
+                yield tensor.values
+                yield tensor.indices
+            if attr.HasField("g"):
+                yield from _graph_tensors(attr.g)
+            for graph in attr.graphs:
+                yield from _graph_tensors(graph)
+
+
+def _graph_tensors(graph) -> Iterator[Any]:
+    """Every tensor of an ONNX graph: initializers, sparse initializers, and node attributes with
+    their subgraphs (:func:`_attribute_tensors`)."""
+    yield from graph.initializer
+    for tensor in graph.sparse_initializer:
+        yield tensor.values
+        yield tensor.indices
+    yield from _attribute_tensors(graph.node)
+
+
+def model_tensors(model) -> Iterator[Any]:
+    """Every ``TensorProto`` of an ONNX model: its graph's (:func:`_graph_tensors`) and its local
+    functions' node attributes."""
+    yield from _graph_tensors(model.graph)
+    for function in model.functions:
+        yield from _attribute_tensors(function.node)
+
+
+def _check_no_external_data(model, name: str) -> None:
+    """Refuse an ONNX model any of whose tensors (:func:`model_tensors`) lives in another file: an
+    initializer, a Constant node's value, a tensor in a subgraph or a function. A geodet export never
+    has one, and onnxruntime would read the file its path names."""
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
-    for tensor in graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            raise GeodetError(f"{path.name} keeps weights in external files, which a geodet export never does.")
+    for tensor in model_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
+            where = f" (tensor {tensor.name!r})" if tensor.name else ""
+            raise GeodetError(f"{name} keeps tensor data in external files{where}, which a geodet export never does.")
+
+
+def _dims(value_info) -> List[Any]:
+    """A graph input's or output's shape: ints for fixed sizes, names (or None) for symbolic ones."""
+    shape = value_info.type.tensor_type.shape
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in shape.dim]
+
+
+def _fits(dims: Sequence[Any], want: Sequence[int]) -> bool:
+    """Whether a shape fits ``want``: as many dimensions, each fixed one equal (symbolic ones fit)."""
+    return len(dims) == len(want) and all(not isinstance(d, int) or d == w for d, w in zip(dims, want))
+
+
+def _check_contract(model, meta, name: str) -> None:
+    """Refuse a graph whose input or output does not have the shape its metadata promises:
+    input ``[B, C, S, S]`` (C bands, S the export's chip side), output ``[B, N, 5 + K]`` (N anchors,
+    K classes)."""
+    graph = model.graph
+    inputs = [i for i in graph.input if i.name not in {t.name for t in graph.initializer}]
+    size_px = _input_size_px(meta.chip_size)
+    want_in = [meta.model_config.in_channels, size_px, size_px]
+    want_out = [sum(meta.extra["anchors_per_level"]), BOX_COLUMNS + len(meta.class_names)]
+    if len(inputs) != 1 or inputs[0].name != INPUT_NAME or not _fits(_dims(inputs[0])[1:], want_in):
+        found = ", ".join(f"{i.name} {_dims(i)}" for i in inputs) or "none"
+        raise GeodetError(
+            f"{name} does not match its own metadata: the graph's input should be {INPUT_NAME} [batch, "
+            f"{', '.join(map(str, want_in))}] but is {found}."
+        )
+    outputs = list(graph.output)
+    if not outputs or outputs[0].name != OUTPUT_NAME or not _fits(_dims(outputs[0])[1:], want_out):
+        found = ", ".join(f"{o.name} {_dims(o)}" for o in outputs) or "none"
+        raise GeodetError(
+            f"{name} does not match its own metadata: the graph's output should be {OUTPUT_NAME} [batch, "
+            f"{', '.join(map(str, want_out))}] (anchors, 5 + classes) but is {found}."
+        )
+
+
+def check_onnx_file(path: PathLike, meta=None):
+    """Check an ONNX file as :class:`OnnxNet` would before onnxruntime opens it: a geodet export
+    (:func:`meta_from_onnx`) with no tensor in external files (:func:`_check_no_external_data`) and a
+    graph whose input and output fit its metadata (:func:`_check_contract`). Returns its
+    :class:`geodet.modelfile.ModelMeta`.
+
+    Raises:
+        GeodetError: one sentence on what is wrong.
+    """
+    import onnx
+
+    file = Path(path)
+    meta = meta_from_onnx(file) if meta is None else meta
+    try:
+        model = onnx.load(str(file), load_external_data=False)
+    except Exception:  # noqa: BLE001 - every failure is one sentence
+        raise GeodetError(f"{file} is not a readable ONNX file: it is corrupt, truncated or of another kind.") from None
+    _check_no_external_data(model, file.name)
+    _check_contract(model, meta, file.name)
+    return meta
 
 
 class OnnxNet:
@@ -375,7 +471,7 @@ class OnnxNet:
         import onnxruntime as ort
 
         file = Path(path)
-        _check_no_external_data(file)
+        check_onnx_file(file, meta)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
@@ -409,8 +505,19 @@ class OnnxNet:
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def run_raw(self, x: np.ndarray) -> np.ndarray:
-        """The graph's output ``float32 [B, N, 5 + K]`` for its input ``x`` (raw / 255)."""
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        """The graph's output ``float32 [B, N, 5 + K]`` for its input ``x`` (raw / 255).
+
+        Raises:
+            GeodetError: the graph's output has another layout (its shape was symbolic in the file).
+        """
+        out = self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        want = (len(x), sum(self.per_level), BOX_COLUMNS + len(self.meta.class_names))
+        if tuple(out.shape) != want:
+            raise GeodetError(
+                f"the ONNX model's output has shape {list(out.shape)}, not [batch, anchors, 5 + classes] = "
+                f"{list(want)} as its metadata says; it is not a geodet export in the Deepness YOLOv5 layout."
+            )
+        return out
 
     def __call__(self, images) -> List[Dict[str, Any]]:
         import torch

@@ -5,7 +5,8 @@ beside the output, ``<output>.geodet-job/`` (:func:`job_dir_for`)::
 
     pools.gpkg.geodet-job/
       job.json                 model hash, settings that change detections, geodet version
-      scenes/<key>.json        one record per scene: status done/failed, detections, seconds, reason
+      scenes/<key>.json        one record per scene: status done/failed, detections, seconds, reason,
+                               what identified the scene's content (size and mtime, ETag...), its part's hash
       parts/<key>.parquet      one GeoParquet part per finished scene (its detections)
       blocks/<key>/<i>.npz     raw per-chip detections of finished chip blocks of an unfinished scene
       output.json              present only after a partial output was written (some scenes failed)
@@ -19,7 +20,10 @@ two runs of one command) can finish the same scene without corrupting
 anything; the last identical record wins.
 
 Running the same command again skips scenes whose record says done, retries
-failed ones and resumes a large scene from its finished blocks. A folder made
+failed ones and resumes a large scene from its finished blocks. A scene whose
+content changed since its record was written (:func:`scene_identity`), or
+whose part no longer matches its record's hash, is detected again, and a
+warning says so. A folder made
 by another model or with other detection settings is refused with one
 sentence (start over with ``--overwrite``). Pure bookkeeping: nothing here
 runs a model or imports Dask, so the in-process runner and the cluster runner
@@ -43,7 +47,8 @@ import numpy as np
 
 from geodet.config import DetectConfig, JobConfig
 from geodet.errors import GeodetError
-from geodet.outputs import PathLike, _remove, staged_file, sweep_stale, temp_path
+from geodet.outputs import TEMP_TAG, PathLike, _remove, check_writable, staged_file, sweep_stale, temp_path
+from geodet.sources import http_validators, is_virtual, redact
 
 if TYPE_CHECKING:  # pragma: no cover
     import geopandas as gpd
@@ -68,6 +73,9 @@ LAYOUT = 1
 
 DONE, FAILED = "done", "failed"
 
+#: The entries of a job folder that geodet writes; :func:`remove_job` leaves any other alone.
+JOB_ENTRIES = ("job.json", "scenes", "parts", "blocks", "output.json")
+
 
 class JobGone(GeodetError):
     """The job folder was removed while this run wrote to it: another run of the same command
@@ -76,13 +84,17 @@ class JobGone(GeodetError):
 
 @contextlib.contextmanager
 def _in_job(folder: Path) -> Iterator[None]:
-    """Turn a write that fails because the job folder vanished into :class:`JobGone`."""
+    """Turn a write that fails because the job folder vanished into :class:`JobGone`, and one
+    that fails otherwise (a read-only folder, a full disk) into one sentence."""
     try:
         yield
     except FileNotFoundError:
         if folder.is_dir():
             raise
         raise JobGone(f"{folder} was removed by another run of the same job meanwhile.") from None
+    except OSError as exc:
+        raise GeodetError(f"the job folder {folder} cannot be written ({exc.strerror or exc}); make room or "
+                          "make it writable, then run the same command again.") from None
 
 
 def job_dir_for(output: PathLike) -> Path:
@@ -100,6 +112,51 @@ def task_key(task: "SceneTask") -> str:
     ref = scene_ref(task.path)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(ref.rstrip("/")).stem)[:40] or "scene"
     return f"{stem}-{hashlib.sha256(ref.encode('utf-8')).hexdigest()[:12]}"
+
+
+def scene_identity(path: str) -> Dict[str, object]:
+    """What identifies a scene's content now, so that a rerun tells a changed scene from the one a
+    record was made of: ``size`` and ``mtime_ns`` of a local file; the ``etag``, ``last_modified``
+    and ``size`` an http(s) server sends (:func:`geodet.sources.http_validators`); for any other GDAL
+    virtual path (``/vsis3/``, ``/vsizip/``...), a ``header`` hash of its size, bands, types,
+    georeferencing, tags and overviews and of its first block of band 1. Empty when it cannot be
+    told now (the scene cannot be reached): the record is then trusted.
+    """
+    ref = str(path)
+    if not is_virtual(ref):
+        try:
+            st = os.stat(ref)
+        except OSError:
+            return {}
+        return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+    if ref.startswith("/vsicurl/") and ref[len("/vsicurl/"):].lower().startswith(("http://", "https://")):
+        return dict(http_validators(ref[len("/vsicurl/"):]))
+    from rasterio.windows import Window
+
+    from geodet.raster import open_raster
+
+    try:
+        with open_raster(ref) as src:
+            window = Window(0, 0, min(src.width, 256), min(src.height, 256))
+            header = [sorted((k, str(v)) for k, v in src.profile.items()), sorted(src.tags().items()),
+                      src.overviews(1), int(src.checksum(1, window=window))]
+    except Exception as exc:  # noqa: BLE001 - unreachable now: its run says why
+        log.debug("%s: no identity (%s)", redact(ref), redact(exc))
+        return {}
+    return {"header": hashlib.sha256(json.dumps(header, default=str).encode()).hexdigest()[:16]}
+
+
+def _identity_token(identity: Dict[str, object]) -> str:
+    return settings_hash(identity) if identity else ""
+
+
+def _digest(path: Path) -> str:
+    """16 hex digits of SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(2**20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def detection_settings(config: DetectConfig) -> Dict[str, object]:
@@ -128,13 +185,16 @@ class SceneRecord:
     """One scene's line of the manifest (``scenes/<key>.json``).
 
     Attributes:
-        scene: the scene reference (:func:`scene_ref`).
+        scene: the scene reference (:func:`scene_ref`), redacted (:func:`geodet.sources.redact`: a
+            signed URL's query is not kept).
         key: :func:`task_key`.
         status: ``"done"`` or ``"failed"``.
         detections: rows of its part (done).
         seconds: wall time of the scene.
         reason: why it failed (failed).
         model_hash, settings_hash, version: what made it.
+        identity: what identified the scene's content (:func:`scene_identity`) before it ran.
+        part_sha256: 16 hex digits of SHA-256 of its part (done).
         finished: Unix time the record was written.
         host, pid: who wrote it.
     """
@@ -148,6 +208,8 @@ class SceneRecord:
     model_hash: str = ""
     settings_hash: str = ""
     version: str = ""
+    identity: Dict[str, object] = field(default_factory=dict)
+    part_sha256: str = ""
     finished: float = field(default_factory=time.time)
     host: str = field(default_factory=lambda: os.uname().nodename)
     pid: int = field(default_factory=os.getpid)
@@ -173,11 +235,12 @@ class BlockStore:
 
     A block file holds the raw per-chip detections of chips
     ``[i * block_chips, (i + 1) * block_chips)`` and the plan it belongs to
-    (chip count, block size); a file of another plan is ignored.
+    (chip count, block size, the scene's identity token); a file of another plan, or of the
+    scene's earlier content, is ignored.
     """
 
-    def __init__(self, folder: Path, block_chips: int):
-        self.folder, self.block_chips = Path(folder), int(block_chips)
+    def __init__(self, folder: Path, block_chips: int, identity: str = ""):
+        self.folder, self.block_chips, self.identity = Path(folder), int(block_chips), str(identity)
 
     def _path(self, index: int) -> Path:
         return self.folder / f"{index:06d}.npz"
@@ -192,6 +255,8 @@ class BlockStore:
         try:
             with np.load(path, allow_pickle=False) as z:
                 if int(z["n_chips"]) != n_chips or int(z["block_chips"]) != self.block_chips:
+                    return None
+                if (str(z["identity"]) if "identity" in z.files else "") != self.identity:
                     return None
                 return ChipDetections(z["boxes_px"], z["scores"], z["labels"], z["chip_index"],
                                       int(z["chips"]), int(z["skipped"]))
@@ -210,7 +275,7 @@ class BlockStore:
             with staged_file(self._path(index), overwrite=True) as tmp, open(tmp, "wb") as fh:
                 np.savez(fh, boxes_px=dets.boxes_px, scores=dets.scores, labels=dets.labels,
                          chip_index=dets.chip_index, chips=dets.chips, skipped=dets.skipped,
-                         n_chips=n_chips, block_chips=self.block_chips)
+                         n_chips=n_chips, block_chips=self.block_chips, identity=self.identity)
 
     def clear(self) -> None:
         _remove(self.folder)
@@ -229,6 +294,9 @@ class Job:
         self.settings = settings
         self.settings_hash = settings_hash(settings)
         self.config = config
+        self._identities: Dict[str, Dict[str, object]] = {}
+        #: Scenes found changed since an earlier run finished them (:meth:`split`), run again.
+        self.changed: List[str] = []
 
     # ------------------------------------------------------------------ paths
     def _record_path(self, task: "SceneTask") -> Path:
@@ -239,8 +307,16 @@ class Job:
         return self.folder / "parts" / f"{task_key(task)}.parquet"
 
     def blocks(self, task: "SceneTask") -> BlockStore:
-        """The chip-block checkpoints of a task."""
-        return BlockStore(self.folder / "blocks" / task_key(task), self.config.block_chips)
+        """The chip-block checkpoints of a task (of its scene's content as it is now)."""
+        return BlockStore(self.folder / "blocks" / task_key(task), self.config.block_chips,
+                          _identity_token(self.identity(task)))
+
+    def identity(self, task: "SceneTask") -> Dict[str, object]:
+        """:func:`scene_identity` of the task's scene, found once per run (before it runs)."""
+        key = task_key(task)
+        if key not in self._identities:
+            self._identities[key] = scene_identity(task.path)
+        return self._identities[key]
 
     # ------------------------------------------------------------------ reading
     def record(self, task: "SceneTask") -> Optional[SceneRecord]:
@@ -256,15 +332,41 @@ class Job:
             return None
         return rec
 
-    def is_done(self, task: "SceneTask") -> bool:
+    def is_done(self, task: "SceneTask", *, say: bool = False) -> bool:
+        """Whether the task is finished: its record says done, its scene is unchanged since
+        (:func:`scene_identity`; unknown now counts as unchanged) and its part is whole (its hash).
+        ``say``: warn about a changed scene (noted in :attr:`changed`) or a damaged part."""
         rec = self.record(task)
-        return rec is not None and rec.status == DONE and self.part_path(task).exists()
+        part = self.part_path(task)
+        if rec is None or rec.status != DONE or not part.exists():
+            return False
+        now = self.identity(task)
+        if now and rec.identity != now:
+            if say:
+                log.warning("%s changed since an earlier run finished it (%s); detecting it again",
+                            redact(task.path), _differences(rec.identity, now))
+                self.changed.append(task.path)
+            return False
+        try:
+            whole = not rec.part_sha256 or _digest(part) == rec.part_sha256
+        except OSError:
+            whole = False
+        if not whole and say:
+            log.warning("the part of %s in %s is damaged or unreadable; detecting the scene again",
+                        redact(task.path), self.folder)
+        return whole
 
     def split(self, tasks: Sequence["SceneTask"]) -> Tuple[List["SceneTask"], List["SceneTask"]]:
-        """``(pending, done)``: the tasks still to run (new or failed before), and those finished."""
+        """``(pending, done)``: the tasks still to run (new, failed before, changed since, or with a
+        damaged part), and those finished. Each scene's identity is found here, before any runs."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=16, thread_name_prefix="geodet-identity") as pool:
+            for task, identity in zip(tasks, pool.map(lambda t: scene_identity(t.path), tasks)):
+                self._identities[task_key(task)] = identity
         pending, done = [], []
         for task in tasks:
-            (done if self.is_done(task) else pending).append(task)
+            (done if self.is_done(task, say=True) else pending).append(task)
         return pending, done
 
     def failures(self, tasks: Sequence["SceneTask"]) -> Dict[str, str]:
@@ -281,12 +383,18 @@ class Job:
         import geopandas as gpd
 
         with _in_job(self.folder):
-            return gpd.read_parquet(self.part_path(task))
+            try:
+                return gpd.read_parquet(self.part_path(task))
+            except (OSError, ValueError) as exc:
+                if isinstance(exc, FileNotFoundError):
+                    raise
+                raise GeodetError(f"the part of {redact(task.path)} in {self.folder} cannot be read "
+                                  f"({redact(exc)}); run the same command again to detect that scene again.") from None
 
     # ------------------------------------------------------------------ writing
     def _record(self, task: "SceneTask", status: str, **fields) -> None:
-        rec = SceneRecord(scene_ref(task.path), task_key(task), status, model_hash=self.model_hash,
-                          settings_hash=self.settings_hash, version=_version(), **fields)
+        rec = SceneRecord(redact(scene_ref(task.path)), task_key(task), status, model_hash=self.model_hash,
+                          settings_hash=self.settings_hash, version=_version(), identity=self.identity(task), **fields)
         with _in_job(self.folder):
             _write_json(self._record_path(task), asdict(rec), overwrite=True)
 
@@ -298,16 +406,17 @@ class Job:
         """
         with _in_job(self.folder), staged_file(self.part_path(task), overwrite=True) as tmp:
             frame.to_parquet(tmp)
-        self._record(task, DONE, detections=int(len(frame)), seconds=round(float(seconds), 3))
+            digest = _digest(tmp)
+        self._record(task, DONE, detections=int(len(frame)), seconds=round(float(seconds), 3), part_sha256=digest)
         self.blocks(task).clear()
-        log.info("%s: done, %d detections in %.1f s", task.path, len(frame), seconds)
+        log.info("%s: done, %d detections in %.1f s", redact(task.path), len(frame), seconds)
 
     def record_failed(self, task: "SceneTask", reason: str) -> None:
         """Note a failed scene (kept blocks stay for the retry); a done record is never replaced."""
         if self.is_done(task):
             return
-        self._record(task, FAILED, reason=str(reason))
-        log.warning("%s failed: %s", task.path, reason)
+        self._record(task, FAILED, reason=redact(reason))
+        log.debug("%s failed: %s", redact(task.path), redact(reason))  # the caller reports it
 
     def remove(self) -> None:
         """Delete the job folder (after its output was written whole)."""
@@ -338,9 +447,21 @@ def job_owns_output(folder: PathLike, output: PathLike) -> bool:
 
 
 def remove_job(folder: PathLike) -> None:
-    """Delete a job folder: renamed aside first, so no half-deleted folder is ever taken for a job."""
+    """Delete a job folder: renamed aside first, so no half-deleted folder is ever taken for a job.
+
+    A folder that also holds entries geodet did not write (not in :data:`JOB_ENTRIES`) keeps them:
+    only geodet's entries are deleted (``job.json`` first, so it is no job folder meanwhile), and a
+    warning names the folder.
+    """
     folder = Path(folder)
-    if not folder.exists():
+    if not folder.is_dir():
+        return
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in JOB_ENTRIES and TEMP_TAG not in p.name)
+    if foreign:
+        for name in JOB_ENTRIES:
+            _remove(folder / name)
+        log.warning("kept %s, which holds files geodet did not write (%s%s); geodet's own files in it were removed",
+                    folder, ", ".join(foreign[:5]), ", ..." if len(foreign) > 5 else "")
         return
     aside = temp_path(folder)
     os.rename(folder, aside)
@@ -380,21 +501,27 @@ def open_job(
         remove_job(folder)
     if folder.exists() and not folder.is_dir():
         raise GeodetError(f"{folder} is in the way of the job folder; remove it or pass --overwrite.")
-    sweep_stale(folder.parent)
-    for sub in ("", "scenes", "parts", "blocks"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-        sweep_stale(folder / sub)
-    for block_dir in (folder / "blocks").iterdir():
-        if block_dir.is_dir():
-            sweep_stale(block_dir)
     manifest = {"layout": LAYOUT, "model_hash": model_hash, "settings": settings,
                 "settings_hash": settings_hash(settings), "version": _version(), "created": time.time()}
     path = folder / "job.json"
-    if not path.exists():
-        try:
-            _write_json(path, manifest, overwrite=False)
-        except GeodetError:  # another process created it meanwhile: check theirs, below
-            pass
+    try:
+        sweep_stale(folder.parent)
+        for sub in ("", "scenes", "parts", "blocks"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+            sweep_stale(folder / sub)
+            check_writable(folder / sub)
+        for block_dir in (folder / "blocks").iterdir():
+            if block_dir.is_dir():
+                sweep_stale(block_dir)
+        if not path.exists():
+            try:
+                _write_json(path, manifest, overwrite=False)
+            except GeodetError:  # another process created it meanwhile: check theirs, below
+                pass
+    except GeodetError as exc:
+        raise GeodetError(f"the job folder {folder} cannot be used: {exc}") from None
+    except OSError as exc:
+        raise GeodetError(f"the job folder {folder} cannot be used ({exc.strerror or exc}).") from None
     found = _read_json(path)
     if not isinstance(found, dict) or "model_hash" not in found:
         raise GeodetError(f"{folder} is not a geodet job folder that can be read; remove it or pass --overwrite.")

@@ -87,14 +87,23 @@ def check_output(path: PathLike, *, overwrite: bool = False, folder: bool = Fals
             raise GeodetError(f"{target} is a folder; give a file name.")
         if target.exists() and not overwrite:
             raise GeodetError(_exists_message(target))
-    probe = temp_path(parent / "write-probe")
+    check_writable(parent)
+    sweep_stale(parent)
+    return target
+
+
+def check_writable(folder: PathLike) -> None:
+    """Check that files can be made in ``folder`` by making one (so read-only mounts are caught too).
+
+    Raises:
+        GeodetError: it cannot.
+    """
+    probe = temp_path(Path(folder) / "write-probe")
     try:
         os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         os.unlink(probe)
     except OSError as exc:
-        raise GeodetError(f"cannot write to the folder {parent} ({exc.strerror or exc}).") from None
-    sweep_stale(parent)
-    return target
+        raise GeodetError(f"cannot write to the folder {folder} ({exc.strerror or exc}).") from None
 
 
 def _pid_alive(pid: int) -> bool:

@@ -29,7 +29,7 @@ from geodet.device import autocast_dtype
 from geodet.errors import GeodetError
 from geodet.modelfile import ModelMeta
 from geodet.raster import BandStats, SceneInfo, gsd_metres, open_raster, read_chip, sample_band_stats
-from geodet.sources import gdal_env
+from geodet.sources import gdal_env, redact
 from geodet.windows import chip_windows, window_bounds_px
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def check_scene_for_model(info: SceneInfo, bands: Sequence[int], n_model_bands: 
         )
     kind = np.dtype(info.dtype).kind
     if kind not in "uif":
-        raise GeodetError(f"{info.path} has {info.dtype} pixels; geodet reads integer or floating-point imagery.")
+        raise GeodetError(f"{redact(info.path)} has {info.dtype} pixels; geodet reads integer or floating-point imagery.")
 
 
 def normalisation_stats(src, info: SceneInfo, bands: Sequence[int], meta: ModelMeta, normalisation: str) -> BandStats:
@@ -241,7 +241,7 @@ def normalisation_stats(src, info: SceneInfo, bands: Sequence[int], meta: ModelM
         log.warning(
             "%s has %s pixels but the model was trained on %s pixels, so the model's normalisation "
             "statistics may not fit it; consider --normalisation scene.",
-            info.path, info.dtype, meta.dtype,
+            redact(info.path), info.dtype, meta.dtype,
         )
     return BandStats(mean=tuple(meta.band_mean), std=tuple(meta.band_std))
 
@@ -265,7 +265,7 @@ def plan_scene(src, info: SceneInfo, config: DetectConfig, meta: ModelMeta) -> S
     stats = normalisation_stats(src, info, bands, meta, config.normalisation)
     chips = plan_chips(info, config.chip_size, config.overlap, gsd_metres(info), meta.gsd)
     if chips.scale != 1.0:
-        log.info("%s: pixel size differs from the model's; reading at %.3fx", info.path, chips.scale)
+        log.info("%s: pixel size differs from the model's; reading at %.3fx", redact(info.path), chips.scale)
     return ScenePlan(chips, bands, stats)
 
 
@@ -347,7 +347,7 @@ def predict_chips(
     amp_dtype = autocast_dtype(device, config.precision)
     use_amp = amp_dtype is not None
     if use_amp:
-        log.info("%s: forward pass under %s autocast on %s", src.name, str(amp_dtype).replace("torch.", ""), device.type)
+        log.info("%s: forward pass under %s autocast on %s", redact(src.name), str(amp_dtype).replace("torch.", ""), device.type)
 
     boxes_all: List[np.ndarray] = []
     scores_all: List[np.ndarray] = []

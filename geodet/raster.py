@@ -82,7 +82,11 @@ def open_raster(path: str):
             return rasterio.open(path)
     except RasterioIOError as exc:
         if remote:
-            raise GeodetError(f"{redact(path)} could not be opened ({_first_line(exc).rstrip('.')}).") from None
+            reason = _first_line(exc).rstrip(".")
+            if "not recognized as being in a supported file format" in reason:  # GDAL's words for no bytes, too
+                reason = ("GDAL found no raster in what it read: the file is of another kind, or the server sent "
+                          "too little within GDAL_HTTP_CONNECTTIMEOUT / GDAL_HTTP_LOW_SPEED_TIME")
+            raise GeodetError(redact(f"{path} could not be opened ({reason}).")) from None
         raise GeodetError(f"{path} is not a readable raster ({_first_line(exc)}).") from exc
 
 
@@ -111,12 +115,12 @@ def open_dataset(path: str):
 def _check_georeferenced(src, path: str) -> None:
     if src.transform == Affine.identity() and not src.gcps[0]:
         raise GeodetError(
-            f"{path} has no geotransform, so its pixels cannot be placed on the map; "
+            f"{redact(path)} has no geotransform, so its pixels cannot be placed on the map; "
             "georeference it first (e.g. gdal_translate -a_ullr ... -a_srs ...)."
         )
     if src.crs is None:
         raise GeodetError(
-            f"{path} has no CRS; assign one first (e.g. gdal_edit.py -a_srs EPSG:XXXX {path})."
+            f"{redact(path)} has no CRS; assign one first (e.g. gdal_edit.py -a_srs EPSG:XXXX {redact(path)})."
         )
 
 
@@ -186,7 +190,7 @@ def resolve_bands(info: SceneInfo, bands: Optional[Sequence[int]]) -> Tuple[int,
     bad = [b for b in bands if not 1 <= b <= info.count]
     if bad:
         raise GeodetError(
-            f"{info.path} has {info.count} band(s) but band(s) {', '.join(map(str, bad))} were asked for."
+            f"{redact(info.path)} has {info.count} band(s) but band(s) {', '.join(map(str, bad))} were asked for."
         )
     return bands
 
@@ -211,7 +215,7 @@ def read_errors(src, window: Window):
         where = (f"the window at column {int(window.col_off)}, row {int(window.row_off)} "
                  f"({int(window.width)} x {int(window.height)} px)")
         if is_virtual(src.name):
-            raise GeodetError(f"{redact(src.name)}: reading {where} failed ({reason}).") from None
+            raise GeodetError(redact(f"{src.name}: reading {where} failed ({reason}).")) from None
         raise GeodetError(f"{src.name} is damaged or incomplete: reading {where} failed ({reason}).") from None
 
 
@@ -341,7 +345,7 @@ def sample_band_stats(
             total_sq += (pix**2).sum(axis=1)
             n += pix.shape[1]
     if n == 0:
-        raise GeodetError(f"{src.name} holds no valid (non-nodata) pixels in the sampled windows.")
+        raise GeodetError(f"{redact(src.name)} holds no valid (non-nodata) pixels in the sampled windows.")
     mean = total / n
     std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
     std = _floored_std(std, mean)

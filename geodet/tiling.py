@@ -21,7 +21,7 @@ from geodet.config import ChipConfig
 from geodet.errors import GeodetError
 from geodet.outputs import check_output, staged_folder
 from geodet.raster import open_dataset, open_raster, read_raw, resolve_bands, scene_info
-from geodet.sources import file_name, resolve_scenes
+from geodet.sources import file_name, redact, resolve_scenes
 from geodet.vector import check_labels_inside, labels_for_scene, read_labels
 from geodet.windows import chip_transform, chip_windows, window_bounds_px
 
@@ -65,6 +65,7 @@ def tile(
     overwrite: bool = False,
     progress: Optional[Callable[[int], None]] = None,
     asset: Optional[str] = None,
+    allow_local_hrefs: bool = False,
 ) -> TileSummary:
     """Cut scenes into georeferenced chips and write COCO annotations.
 
@@ -78,6 +79,8 @@ def tile(
         overwrite: replace a non-empty ``out_dir``.
         progress: called with the number of the scene's chips done after each chip.
         asset: the STAC asset key read from STAC inputs (default: the visual/RGB one).
+        allow_local_hrefs: follow local hrefs of remote STAC catalogs
+            (:func:`geodet.sources.resolve_scenes`).
 
     Everything is written into a temporary folder beside ``out_dir`` and
     moved into place at the end, so a failure leaves nothing half-written.
@@ -90,7 +93,7 @@ def tile(
     if not imagery:
         raise GeodetError("no imagery given.")
     check_output(out_dir, overwrite=overwrite, folder=True)  # before any work
-    imagery = resolve_scenes(imagery, asset=asset)
+    imagery = resolve_scenes(imagery, asset=asset, allow_local_hrefs=allow_local_hrefs)
     failed: Dict[str, str] = {}
     infos = []
     for path in imagery:
@@ -144,7 +147,7 @@ def _scene_failed(failed: Dict[str, str], path: str, exc: GeodetError, n_scenes:
     if n_scenes == 1:
         raise exc
     failed[str(path)] = str(exc)
-    log.warning("skipped %s: %s", path, exc)
+    log.warning("skipped %s: %s", redact(path), redact(exc))
 
 
 def _tile_scene(info, bands, scene_labels, chip: ChipConfig, work: Path, coco: dict, progress) -> int:

@@ -372,6 +372,7 @@ def train(
     on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None,
     asset: Optional[str] = None,
     distributed: Optional[Distributed] = None,
+    allow_local_hrefs: bool = False,
 ) -> TrainResult:
     """Train a RetinaNet on scenes and vector labels; write the model file.
 
@@ -396,6 +397,8 @@ def train(
         on_epoch: called with each epoch's history record (the CLI prints
             :func:`format_epoch` of it); on rank 0 only.
         asset: the STAC asset key read from STAC inputs (default: the visual/RGB one).
+        allow_local_hrefs: follow local hrefs of remote STAC catalogs
+            (:func:`geodet.sources.resolve_scenes`).
         distributed: this process's rank in a DDP run (see
             :mod:`geodet.distributed`; ``config.batch_size`` is then the global
             batch); default: read from ``torchrun``'s environment, else one process.
@@ -407,7 +410,7 @@ def train(
 
     place = distributed or ddp.from_env() or SINGLE
     last_path = _check_outputs(out, resume=resume, overwrite=overwrite)
-    imagery = resolve_scenes(imagery, asset=asset)
+    imagery = resolve_scenes(imagery, asset=asset, allow_local_hrefs=allow_local_hrefs)
     ddp.setup(place, config.device)
     try:
         return _train_loop(imagery, labels, out, last_path, place, class_field=class_field, chip=chip,

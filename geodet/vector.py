@@ -8,6 +8,7 @@ is atomic and never replaces a file without ``overwrite`` (:mod:`geodet.outputs`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -322,7 +323,9 @@ def write_vector(frame: gpd.GeoDataFrame, path: str, *, overwrite: bool = False)
     metadata = frame.attrs.get(METADATA_ATTR) or None
     if driver == "GeoJSON":
         frame = frame.to_crs("EPSG:4326") if frame.crs is not None else frame
-    with scratch_folder(target) as tmpdir:
+    if driver == "ESRI Shapefile":
+        check_shapefile_text({c: frame[c] for c in frame.columns if c != frame.geometry.name}, path)
+    with _write_errors(target), scratch_folder(target) as tmpdir:
         tmp = tmpdir / target.name
         if driver == "parquet":
             _write_geoparquet(frame, tmp, metadata)
@@ -341,6 +344,53 @@ def write_vector(frame: gpd.GeoDataFrame, path: str, *, overwrite: bool = False)
             publish_files([(part, target.with_suffix(part.suffix)) for part in parts], overwrite=overwrite)
         else:
             publish_file(tmp, target, overwrite=overwrite)
+
+
+#: The longest text a shapefile (dBASE) field holds, in bytes.
+SHAPEFILE_TEXT_BYTES = 254
+
+
+def check_shapefile_text(columns, path: str) -> None:
+    """Refuse text that a shapefile at ``path`` would cut (a dBASE field holds
+    :data:`SHAPEFILE_TEXT_BYTES` bytes); ``columns`` maps a column name to its values.
+
+    Raises:
+        GeodetError: a value longer than that, named with its column.
+    """
+    for column, values in columns.items():
+        for value in set(v for v in values if isinstance(v, str)):
+            if len(value.encode("utf-8")) > SHAPEFILE_TEXT_BYTES:
+                raise GeodetError(
+                    f"{path}: a shapefile field holds at most {SHAPEFILE_TEXT_BYTES} bytes, but the {column!r} value "
+                    f"{value[:40]!r}... is {len(value.encode('utf-8'))} bytes long; write .gpkg or .parquet, "
+                    "which keep it whole."
+                )
+
+
+@contextlib.contextmanager
+def _write_errors(target: Path):
+    """Turn a writer that fails for its file system (a full disk, a quota, a file size limit, a
+    folder that became read-only) into one sentence; nothing was published then."""
+    import pyogrio.errors
+
+    writer_errors = (OSError, pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError)
+    try:
+        yield
+    except GeodetError:
+        raise
+    except writer_errors as exc:
+        import shutil
+
+        folder = Path(os.path.abspath(target)).parent
+        try:
+            free = f"; {shutil.disk_usage(folder).free / 2**20:.0f} MB are free there"
+        except OSError:
+            free = ""
+        reason = getattr(exc, "strerror", None) or _first_line(exc)
+        raise GeodetError(
+            f"writing {target} failed ({reason}{free}); nothing was written: free some space or lift the limit, "
+            "then run the same command again."
+        ) from None
 
 
 def _metadata_text(metadata: dict) -> dict:

@@ -14,6 +14,7 @@ only above threshold + SCORE_TOL.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -312,6 +313,63 @@ def test_hostile_onnx_files_give_one_sentence(tmp_path, two_class, make_scene_fi
         if path is not external:
             _one_sentence(run("info", path))
     assert not (tmp_path / "out.geojson").exists()
+
+
+def _external_tensor(name: str, location: str):
+    from onnx import TensorProto, helper
+
+    tensor = helper.make_tensor(name, TensorProto.FLOAT, [1], [0.0])
+    del tensor.float_data[:]
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "4")):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+def test_external_data_anywhere_in_the_graph_is_refused_before_the_job_folder(tmp_path, two_class, make_scene_files):
+    """A Constant node, or a tensor inside an If branch, whose data lives in a file beside the
+    .onnx is refused like an external initializer; the refused command leaves no job folder, so
+    the corrected command runs on the same output."""
+    from onnx import TensorProto, helper
+
+    s = make_scene_files(64, 64)
+    _, good = two_class
+    (tmp_path / "secret.bin").write_bytes(np.float32([1e6]).tobytes())  # what onnxruntime would read
+    constant = onnx.load(good)
+    constant.graph.node.append(helper.make_node("Constant", [], ["hidden"], value=_external_tensor("c", "secret.bin")))
+    nested = onnx.load(good)
+    branch = helper.make_graph([helper.make_node("Constant", [], ["b"], value=_external_tensor("d", "secret.bin"))],
+                               "branch", [], [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1])])
+    nested.graph.node.append(helper.make_node("Constant", [], ["cond"], value=helper.make_tensor(
+        "t", TensorProto.BOOL, [], [True])))
+    nested.graph.node.append(helper.make_node("If", ["cond"], ["picked"], then_branch=branch, else_branch=branch))
+    out = tmp_path / "out.geojson"
+    for name, model in (("constant", constant), ("nested", nested)):
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(model, str(path))
+        result = run("detect", s.path, "-m", path, "-o", out, "--quiet")
+        _one_sentence(result)
+        assert "external files" in result.output, result.output
+        assert not out.exists() and not Path(str(out) + ".geodet-job").exists()
+    result = run("detect", s.path, "-m", good, "-o", out, "--quiet")
+    assert result.exit_code == 0, result.output
+
+
+def test_an_export_whose_graph_disagrees_with_its_metadata_is_one_sentence(tmp_path, two_class, make_scene_files):
+    s = make_scene_files(64, 64)
+    _, good = two_class
+    for key, value in (("geodet_chip_size", "112"), ("geodet_class_names", '["a", "b", "c"]'),
+                       ("geodet_bands", "[1, 2]")):
+        model = onnx.load(good)
+        for prop in model.metadata_props:
+            if prop.key == key:
+                prop.value = value
+        path = tmp_path / f"{key}.onnx"
+        onnx.save(model, str(path))
+        result = run("detect", s.path, "-m", path, "-o", tmp_path / "out.geojson", "--quiet")
+        _one_sentence(result)
+        assert "does not match its own metadata" in result.output or "band" in result.output, result.output
 
 
 def test_export_of_bad_model_file_is_one_sentence(tmp_path):

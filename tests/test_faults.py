@@ -374,3 +374,24 @@ def test_garbage_model_file_is_called_corrupt_not_hostile(scene, tmp_path):
     junk.write_bytes(np.random.default_rng(0).bytes(4096))
     one_sentence_error(run_cli("detect", scene.path, "-m", junk, "-o", tmp_path / "o.geojson"),
                        "junk.pt is not a readable model file")
+
+
+def test_many_unreadable_scenes_give_a_bounded_report(make_scene_files, tmp_path, caplog):
+    """60 unreadable scenes and a good one: the good one is written, and the report lists 20 failures
+    and counts the others, instead of three lines per scene."""
+    import logging
+
+    good = make_scene_files(192, 192, seed=1, name="good")
+    for i in range(60):
+        (tmp_path / f"bad{i:02d}.tif").write_bytes(b"II*\x00 not really a tiff")
+    out = tmp_path / "out.geojson"
+    with caplog.at_level(logging.WARNING):
+        result = run_cli("detect", good.path, str(tmp_path / "bad*.tif"), "-o", out, "--quiet", "--device", "cpu")
+    assert result.exit_code == 1 and out.exists()
+    lines = result.output.splitlines()
+    assert "60 of 61 scene(s) failed and were left out:" in lines
+    assert sum(line.startswith("  ") and "bad" in line for line in lines) == 20
+    assert any("... and 40 more" in line for line in lines)
+    assert len(lines) < 30, result.output
+    logged = [r for r in caplog.records if r.levelno >= logging.WARNING and "bad" in r.getMessage()]
+    assert len(logged) <= 21, len(logged)  # 20 one by one, then one line that says more failed

@@ -277,3 +277,88 @@ def test_resumed_output_keeps_the_run_metadata(scenes, tmp_path):
     meta = read_output_metadata(out)
     assert meta["model_hash"] == model_hash(default_model_path())
     assert meta["class_names"] and meta["geodet_version"]
+
+
+# ---------------------------------------------------------------- jobs that cannot go stale
+
+
+@pytest.fixture
+def small_scenes(make_scene_files):
+    return [make_scene_files(192, 192, seed=i, name=f"m{i}").path for i in range(2)]  # one chip each
+
+
+def test_a_replaced_scene_is_detected_again_and_said_so(small_scenes, make_scene_files, tmp_path):
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"II*\x00 not really a tiff")  # keeps the job folder after the first run
+    out = tmp_path / "out.parquet"
+    args = ("detect", *small_scenes, bad, "-o", out, "--quiet", "--no-mosaic", "--device", "cpu")
+    assert run_cli(*args).exit_code == 1
+    first = read(out)
+    make_scene_files(192, 192, seed=11, name="m0")  # the same path, other content
+    res = run_cli(*args)
+    assert res.exit_code == 1
+    assert "1 of them finished by an earlier run" in res.output
+    assert "1 changed since an earlier run and detected again" in res.output, res.output
+    again = read(out)
+    fresh = detect(small_scenes[0], config=DetectConfig(device="cpu", mosaic=False))
+    assert np.allclose(np.sort(again.loc[again["scene"] == "m0.tif", "score"]), np.sort(fresh["score"]))
+    assert_geodataframe_equal(again[again["scene"] == "m1.tif"].reset_index(drop=True),
+                              first[first["scene"] == "m1.tif"].reset_index(drop=True))
+    record = json.loads(next((job_dir_for(out) / "scenes").glob("m0-*.json")).read_text())
+    assert set(record["identity"]) == {"size", "mtime_ns"} and record["part_sha256"]
+
+
+def test_a_damaged_part_or_record_is_redone(small_scenes, tmp_path, caplog):
+    cfg = DetectConfig(device="cpu", mosaic=False)
+    job_dir = tmp_path / "job"
+    first = detect(small_scenes, config=cfg, job_dir=job_dir)
+    tasks = [SceneTask(p) for p in small_scenes]
+    part = job_dir / "parts" / f"{task_key(tasks[0])}.parquet"
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])  # a truncated part
+    (job_dir / "scenes" / f"{task_key(tasks[1])}.json").write_text("{ not json")  # a damaged record
+    with caplog.at_level("WARNING"):
+        again = detect(small_scenes, config=cfg, job_dir=job_dir)
+    assert "damaged or unreadable; detecting the scene again" in caplog.text
+    assert again.attrs["scenes_done_before"] == 0
+    assert_geodataframe_equal(again, first)
+
+
+def test_blocks_of_other_content_are_not_taken(tmp_path):
+    (tmp_path / "blocks").mkdir()
+    dets = ChipDetections(np.array([[1, 2, 3, 4]], np.float32), np.array([0.5], np.float32), np.array([0]),
+                          np.array([2]), chips=4, skipped=0)
+    BlockStore(tmp_path / "blocks" / "k", block_chips=4, identity="before").save(0, 10, dets)
+    assert BlockStore(tmp_path / "blocks" / "k", block_chips=4, identity="before").load(0, n_chips=10) is not None
+    assert BlockStore(tmp_path / "blocks" / "k", block_chips=4, identity="after").load(0, n_chips=10) is None
+
+
+def test_output_inside_a_job_folder_is_refused(small_scenes, tmp_path):
+    inside = tmp_path / "out.gpkg.geodet-job" / "sub"
+    inside.mkdir(parents=True)
+    res = run_cli("detect", small_scenes[0], "-o", inside / "x.geojson", "--quiet")
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "lies inside the job folder" in res.output and res.output.count("\n") == 1
+
+
+def test_files_the_user_put_in_a_job_folder_are_kept(small_scenes, tmp_path, caplog):
+    from geodet.detection import detect_to_file
+
+    out = tmp_path / "out.geojson"
+    folder = job_dir_for(out)
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with caplog.at_level("WARNING"):
+        detect_to_file(small_scenes, out, config=DetectConfig(device="cpu"))
+    assert out.exists() and (folder / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]  # geodet's own files are gone
+    assert "holds files geodet did not write (notes.txt)" in caplog.text
+
+
+def test_an_unwritable_job_folder_is_one_sentence(small_scenes, tmp_path):
+    out = tmp_path / "out.geojson"
+    folder = job_dir_for(out)
+    folder.mkdir()
+    (folder / "scenes").symlink_to("/proc/self")  # refuses new files even to root
+    res = run_cli("detect", small_scenes[0], "-o", out, "--quiet")
+    assert res.exit_code == 1 and "Traceback" not in res.output and res.output.count("\n") == 1, res.output
+    assert f"the job folder {folder} cannot be used" in res.output

@@ -238,3 +238,43 @@ def test_write_empty_frame_keeps_schema(tmp_path):
         assert len(back) == 0
         if ext != ".geojson":  # GeoJSON has no schema without features
             assert {"class", "class_id", "score", "scene"} <= set(back.columns)
+
+
+@pytest.mark.parametrize("ext", [".geojson", ".gpkg", ".parquet"])
+def test_a_full_disk_at_the_write_is_one_sentence(tmp_path, ext):
+    """A write that hits the file system's limit (here a real file size limit, RLIMIT_FSIZE, which
+    fails writes with EFBIG as a full disk fails them with ENOSPC) is one sentence; nothing is left."""
+    import subprocess
+    import sys
+
+    target = tmp_path / f"out{ext}"
+    code = f"""
+import resource, signal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+import geopandas as gpd, numpy as np, shapely
+from geodet.errors import GeodetError
+from geodet.vector import write_vector
+n = 20000
+frame = gpd.GeoDataFrame({{"class": ["pool"] * n, "score": np.linspace(0, 1, n)}},
+                         geometry=shapely.box(np.arange(n), 0, np.arange(n) + 1, 1), crs="EPSG:32611")
+resource.setrlimit(resource.RLIMIT_FSIZE, (30000, 30000))
+try:
+    write_vector(frame, {str(target)!r})
+except GeodetError as exc:
+    print(exc)
+    raise SystemExit(3)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3, result.stdout + result.stderr
+    message = result.stdout.strip()
+    assert message.startswith(f"writing {target} failed") and "\n" not in message, message
+    assert not target.exists() and list(tmp_path.iterdir()) == []  # no output, no temporaries
+
+
+def test_shapefile_refuses_text_it_would_cut(tmp_path):
+    frame = gpd.GeoDataFrame({"class": ["pool", "x" * 300], "score": [0.5, 0.6]},
+                             geometry=[shapely.box(0, 0, 1, 1)] * 2, crs="EPSG:32611")
+    with pytest.raises(GeodetError, match=r"at most 254 bytes.*'class'.*write .gpkg or .parquet"):
+        write_vector(frame, str(tmp_path / "out.shp"))
+    assert list(tmp_path.iterdir()) == []
+    write_vector(frame, str(tmp_path / "out.gpkg"))  # kept whole there
