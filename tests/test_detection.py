@@ -239,14 +239,15 @@ def test_wrong_band_count_is_refused(make_scene_files, default_model, tmp_path):
 
 
 def test_model_normalisation_is_the_default(make_scene_files, default_model):
-    """Chips are normalised with the model file's statistics unless the scene's are asked for."""
+    """Chips of a scene of the model's pixel type are normalised with the model file's statistics
+    (``auto``, the default) unless the scene's are asked for."""
     from geodet.detection import config_for_model, load
     from geodet.predict import plan_scene
     from geodet.raster import open_dataset, sample_band_stats, scene_info
 
     s = make_scene_files(256, 256, seed=3)
     _net, meta, _dev = load(default_model, "cpu")
-    assert DetectConfig().normalisation == "model"
+    assert DetectConfig().normalisation == "auto" and np.dtype(meta.dtype) == np.uint8
     with open_dataset(s.path) as src:
         info = scene_info(src)
         by_model = plan_scene(src, info, config_for_model(DetectConfig(), meta), meta)
@@ -259,10 +260,15 @@ def test_model_normalisation_is_the_default(make_scene_files, default_model):
 
 
 def test_scene_dtype_unlike_the_models_warns(make_scene_files, default_model, caplog):
-    """A uint16 scene under a uint8 model's statistics: a warning that points at --normalisation scene."""
+    """A uint16 scene under a uint8 model's statistics, asked for with --normalisation model: a
+    warning that points at --normalisation scene (the default, auto, takes the scene's own)."""
     s = make_scene_files(128, 128, seed=3, dtype="uint16")
     with caplog.at_level("WARNING", logger="geodet.predict"):
         detect(s.path, model=default_model)
+    assert not any("--normalisation scene" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="geodet.predict"):
+        detect(s.path, model=default_model, config=DetectConfig(normalisation="model"))
     assert any("uint16" in r.getMessage() and "--normalisation scene" in r.getMessage() for r in caplog.records)
     caplog.clear()
     with caplog.at_level("WARNING", logger="geodet.predict"):
