@@ -39,11 +39,11 @@ def evaluate_cmd(predictions, ground_truth, iou, class_field, imagery, as_json, 
     import json
 
     from geodet.errors import GeodetError
-    from geodet.evaluation import evaluate, format_report
+    from geodet.reports.evaluation import evaluate, format_report
 
     try:
         if plot_path is not None:
-            from geodet.plot import check_png_path, plot_pr_curve
+            from geodet.reports.plot import check_png_path, plot_pr_curve
 
             check_png_path(plot_path, overwrite=overwrite)
         report = evaluate(predictions, ground_truth, iou=iou, class_field=class_field, imagery=imagery)

@@ -14,7 +14,7 @@ def parse_bands_option(ctx, param, value):
     if value is None:
         return None
     from geodet.errors import GeodetError
-    from geodet.raster import parse_bands
+    from geodet.io.raster import parse_bands
 
     try:
         return parse_bands(value)
@@ -37,7 +37,7 @@ bands_option = click.option(
 
 def auto_class_fields_text() -> str:
     """``"class, label, category"``: the columns tried, in order, when no class field is named."""
-    from geodet.vector import AUTO_CLASS_FIELDS
+    from geodet.io.vector import AUTO_CLASS_FIELDS
 
     return ", ".join(AUTO_CLASS_FIELDS)
 
@@ -90,7 +90,7 @@ def user_errors():
     Any other exception, a plain ValueError included, is a bug and keeps its traceback.
     """
     from geodet.errors import GeodetError
-    from geodet.sources import redact
+    from geodet.io.sources import redact
 
     try:
         yield
@@ -108,7 +108,7 @@ def exit_on_failed_scenes(failed: dict, n_scenes: int, where: str = "") -> None:
     if not failed:
         return
     click.echo(f"{len(failed)} of {n_scenes} scene(s) failed and were left out:", err=True)
-    from geodet.sources import redact
+    from geodet.io.sources import redact
 
     for path, reason in list(failed.items())[:FAILED_SCENES_LISTED]:
         click.echo(f"  {redact(path)}: {redact(reason)}", err=True)

@@ -56,7 +56,7 @@ class ChipConfig:
 #: anchors``; detection and tiling default to :class:`ChipConfig` itself (or the model's).
 TRAIN_CHIP = ChipConfig(size=256)
 #: Training raises the default chip overlap to this quantile of the objects' longer side (at most
-#: half the chip; :func:`geodet.training.chip_for_objects`), so that detection, which uses the
+#: half the chip; :func:`geodet.learning.training.chip_for_objects`), so that detection, which uses the
 #: model's overlap, finds every object but outliers whole in some chip. On real tree crowns
 #: (16-108 px) an overlap of 112 px instead of 64 raised held-out AP50 by 0.02.
 OBJECT_OVERLAP_QUANTILE = 0.99
@@ -86,7 +86,7 @@ class AnchorConfig:
 COCO_ANCHORS = AnchorConfig()
 #: Objects whose median short side (of their class) is under this many pixels are trained and
 #: detected on chips resampled by :data:`SMALL_OBJECT_SCALE` inside the network
-#: (``ModelConfig.input_scale``, chosen by :func:`geodet.anchors.choose_input_scale`). Measured on
+#: (``ModelConfig.input_scale``, chosen by :func:`geodet.modeling.anchors.choose_input_scale`). Measured on
 #: an unseen hard draw (cars 5 x 10 px): car AP50 0.067 at native resolution against 0.353 at 2x,
 #: pool AP50 0.988 against 0.998, at about the same training compute (bench/README.md).
 SMALL_OBJECT_PX = 8.0
@@ -107,7 +107,7 @@ RESNET_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 10
 BACKBONES = tuple(RESNET_DEPTHS) + ("efficientnet-lite0",)
 
 #: The backbone a run starts from when neither ``backbone`` nor ``backbone_weights`` is set
-#: (:func:`geodet.training.choose_backbone`): EfficientNet-Lite0 with ImageNet weights for imagery
+#: (:func:`geodet.learning.training.choose_backbone`): EfficientNet-Lite0 with ImageNet weights for imagery
 #: of :data:`PRETRAINED_BANDS` bands, a ResNet-18 from random weights otherwise
 #: (bench/README.md, "Pretrained features").
 PRETRAINED_BACKBONE = "efficientnet-lite0"
@@ -131,7 +131,7 @@ class ModelConfig:
         in_channels: number of input bands.
         backbone: the network under the pyramid, one of :data:`BACKBONES`:
             a torchvision ResNet or timm's EfficientNet-Lite0 (TensorFlow padding;
-            ImageNet weights from a package, see :mod:`geodet.backbones`).
+            ImageNet weights from a package, see :mod:`geodet.modeling.backbones`).
         levels: pyramid levels used (2..7); P2-P5 come from the backbone's
             stages at strides 4-32, P6/P7 from extra stride-2 convolutions.
         fpn_channels: channels of every pyramid level and of the heads.
@@ -396,7 +396,7 @@ class DetectConfig:
             or season).
         mosaic: detect scenes of one mosaic (same grid, touching or
             overlapping) across their shared edges, so that an object on a
-            scene edge is reported once and whole (:mod:`geodet.mosaic`);
+            scene edge is reported once and whole (:mod:`geodet.core.mosaic`);
             False detects each scene alone.
     """
 
@@ -425,7 +425,7 @@ class DetectConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """How detection fans out over a Dask cluster (:mod:`geodet.cluster`).
+    """How detection fans out over a Dask cluster (:mod:`geodet.inference.cluster`).
 
     Attributes:
         retries: times a scene's task runs again after an exception other
@@ -453,7 +453,7 @@ class ClusterConfig:
 
 @dataclass(frozen=True)
 class JobConfig:
-    """Settings of a resumable detection job (:mod:`geodet.jobs`); none changes the detections.
+    """Settings of a resumable detection job (:mod:`geodet.inference.jobs`); none changes the detections.
 
     Attributes:
         block_chips: a scene with more chips than this is predicted in blocks of

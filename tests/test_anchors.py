@@ -1,4 +1,4 @@
-"""Tests of geodet.anchors: grid placement, exact coverage, anchor fitting."""
+"""Tests of geodet.modeling.anchors: grid placement, exact coverage, anchor fitting."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_iou
 
-from geodet.anchors import (
+from geodet.modeling.anchors import (
     anchor_count,
     atss_positive_boxes,
     box_aspect_ratios,
@@ -29,7 +29,7 @@ from geodet.anchors import (
     make_anchor_generator,
     strides_for_levels,
 )
-from geodet.assign import atss_covered
+from geodet.modeling.assign import atss_covered
 from geodet.config import COCO_ANCHORS, COCO_LEVELS, AnchorConfig, ModelConfig
 from geodet.errors import GeodetError
 
@@ -371,7 +371,7 @@ def test_anchor_report_is_what_the_command_prints(make_scene_files):
 
     from click.testing import CliRunner
 
-    from geodet.anchors import anchor_report
+    from geodet.modeling.anchors import anchor_report
     from geodet.errors import ConfigError
     from geodet_cli.main import cli
 

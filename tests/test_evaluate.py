@@ -14,8 +14,8 @@ from affine import Affine
 
 from geodet_cli.evaluate_cmd import evaluate_cmd
 from geodet.errors import GeodetError
-from geodet.evaluation import best_f1_point, evaluate, evaluate_boxes, format_report, valid_pixels
-from geodet.plot import plot_pr_curve
+from geodet.reports.evaluation import best_f1_point, evaluate, evaluate_boxes, format_report, valid_pixels
+from geodet.reports.plot import plot_pr_curve
 
 # Three objects A, B, C of one class and four predictions, by descending score:
 #   p1 0.9 = A exactly (IoU 1)           TP at every IoU threshold
@@ -357,7 +357,7 @@ def test_geo_empty_predictions_file(tmp_path, truth_gpkg):
 
 
 def test_coco_map_per_class_ap50_over_chips():
-    from geodet.evaluation import coco_map
+    from geodet.reports.evaluation import coco_map
 
     # chip 0: the hand-computed case as class 0, plus a class-0 prediction scored 0.95
     # lying on truth C's place in chip 1, where there is no class-0 truth: it must not

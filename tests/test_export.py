@@ -22,13 +22,13 @@ import torch
 from click.testing import CliRunner
 
 from geodet.config import AnchorConfig, DetectConfig, ModelConfig
-from geodet.detection import default_model_path, detect
+from geodet.inference.detection import default_model_path, detect
 from geodet.errors import GeodetError
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from geodet.export import (  # noqa: E402
+from geodet.modeling.onnx_export import (  # noqa: E402
     DEEPNESS_DETECTOR_TYPE,
     INPUT_SCALE,
     OnnxNet,
@@ -57,8 +57,8 @@ def default_onnx(tmp_path_factory):
 
 def _two_class_model(path, chip_size=80):
     """A tiny 2-class model with spread-out random scores (many detections, no ties), saved to ``path``."""
-    from geodet.model import build_model
-    from geodet.modelfile import save_model
+    from geodet.modeling.model import build_model
+    from geodet.modeling.modelfile import save_model
 
     torch.manual_seed(0)
     cfg = ModelConfig(num_classes=2, levels=(3, 4), anchors=AnchorConfig(sizes=(16.0, 32.0)), **tiny_model_overrides())
@@ -116,7 +116,7 @@ def test_metadata_has_deepness_and_geodet_keys(default_onnx):
     assert values["tiles_overlap"] == 25  # 64 px of 256, in percent
     assert values["det_conf"] == DetectConfig().score_threshold
     assert values["det_iou_thresh"] == DetectConfig().nms_iou
-    from geodet.modelfile import model_hash
+    from geodet.modeling.modelfile import model_hash
 
     assert values["geodet_model_hash"] == model_hash(default_model_path())
     for key in ("geodet_version", "geodet_bands", "geodet_band_mean", "geodet_band_std", "geodet_gsd_m",
@@ -165,7 +165,7 @@ def _deepness_decode(rows: np.ndarray, conf: float, iou: float):
 
 def test_deepness_decode_gives_the_torch_detections(default_onnx, make_scene_files):
     """Raw uint8 RGB / 255, as Deepness feeds it, decoded the Deepness way = torch's detections."""
-    from geodet.detection import load
+    from geodet.inference.detection import load
 
     s = make_scene_files(256, 256, seed=5)
     import rasterio
@@ -193,7 +193,7 @@ def test_deepness_decode_gives_the_torch_detections(default_onnx, make_scene_fil
 
 
 def _frame_dets(frame, transform):
-    from geodet.boxes import geometries_to_pixel_boxes
+    from geodet.core.boxes import geometries_to_pixel_boxes
 
     classes = sorted(set(frame["class"]))
     boxes = np.asarray(geometries_to_pixel_boxes(frame.geometry.values, transform), np.float64).reshape(-1, 4)
@@ -227,7 +227,7 @@ def test_detect_onnx_two_classes_padded_chip(two_class, make_scene_files):
 
 
 def test_onnx_detector_refuses_another_chip_size(two_class):
-    from geodet.detection import load_detector
+    from geodet.inference.detection import load_detector
 
     with pytest.raises(GeodetError, match="80 px chips"):
         load_detector(two_class[1], DetectConfig(chip_size=128))
@@ -258,8 +258,8 @@ def test_detect_command_runs_an_export(tmp_path, two_class, make_scene_files):
     assert result.exit_code == 0, result.output
     assert out.exists() and "detections" in result.output
     # The output names the model the export was made from, as an in-process run does.
-    from geodet.modelfile import model_hash
-    from geodet.vector import read_output_metadata
+    from geodet.modeling.modelfile import model_hash
+    from geodet.io.vector import read_output_metadata
 
     meta = read_output_metadata(out)
     assert meta["model_name"] == "two.pt" and meta["model_hash"] == model_hash(two_class[0])
@@ -268,7 +268,7 @@ def test_detect_command_runs_an_export(tmp_path, two_class, make_scene_files):
 def test_execution_providers():
     import onnxruntime as ort
 
-    from geodet.export import _providers
+    from geodet.modeling.onnx_export import _providers
 
     assert _providers("cpu") == ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" in ort.get_available_providers():
@@ -399,8 +399,8 @@ def test_export_of_a_resampling_model_equals_torch(tmp_path, make_scene_files, i
     ChipBatcher and returns chip pixels. A GroupNorm head (``head_norm: group``) and the
     EfficientNet-Lite0 backbone (TensorFlow "same" padding, batch norms folded with their
     activations) export as well."""
-    from geodet.model import build_model
-    from geodet.modelfile import save_model
+    from geodet.modeling.model import build_model
+    from geodet.modeling.modelfile import save_model
 
     torch.manual_seed(1)
     cfg = ModelConfig(num_classes=2, levels=(3, 4), anchors=AnchorConfig(sizes=(16.0, 32.0)), input_scale=input_scale,

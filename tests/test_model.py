@@ -1,4 +1,4 @@
-"""Tests of geodet.model: the RetinaNet at native chip resolution."""
+"""Tests of geodet.modeling.model: the RetinaNet at native chip resolution."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import torchvision
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d, box_iou
 
-from geodet.anchors import anchor_count, feature_grid_size, make_anchor_generator
+from geodet.modeling.anchors import anchor_count, feature_grid_size, make_anchor_generator
 from geodet.config import AnchorConfig, ModelConfig
 from geodet.errors import GeodetError
-from geodet.model import build_model, fold_batchnorm, prepare_for_inference
+from geodet.modeling.model import build_model, fold_batchnorm, prepare_for_inference
 
 P2_P4 = dict(levels=(2, 3, 4), anchors=AnchorConfig(sizes=(8.0, 16.0, 32.0)))
 P3_P5 = dict(levels=(3, 4, 5), anchors=AnchorConfig(sizes=(8.0, 16.0, 32.0)))
@@ -284,7 +284,7 @@ def test_group_norm_head_trains_folds_and_round_trips(tmp_path):
     """head_norm "group": GroupNorm after each head conv; it trains, survives batch-norm folding
     unchanged (GroupNorm is not folded), and a saved model predicts what it predicted."""
     from geodet.config import to_dict, from_dict
-    from geodet.modelfile import load_model, save_model
+    from geodet.modeling.modelfile import load_model, save_model
 
     model = build_model(tiny_config(head_norm="group")).train()
     norms = [m for m in model.head.modules() if isinstance(m, nn.GroupNorm)]
@@ -406,7 +406,7 @@ def test_input_scale_resamples_inside_the_network_and_keeps_chip_pixels():
     """ChipBatcher with input_scale 2: the batch is twice the chip, targets follow, outputs come back."""
     import torch
 
-    from geodet.model import ChipBatcher
+    from geodet.modeling.model import ChipBatcher
 
     batcher = ChipBatcher(3, 32, input_scale=2.0)
     images = torch.rand(2, 3, 40, 48)
@@ -425,7 +425,7 @@ def test_input_scale_resamples_inside_the_network_and_keeps_chip_pixels():
 def test_choose_input_scale_from_the_smallest_class_median():
     import numpy as np
 
-    from geodet.anchors import choose_input_scale
+    from geodet.modeling.anchors import choose_input_scale
     from geodet.config import LARGE_OBJECT_SCALE, SMALL_OBJECT_SCALE
 
     cars = np.array([[0, 0, 5, 10], [20, 20, 30, 25]] * 5, dtype=float)  # short side 5 px

@@ -1,4 +1,4 @@
-"""Tests of geodet.modelfile: safe, self-describing model files."""
+"""Tests of geodet.modeling.modelfile: safe, self-describing model files."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torchvision
 import geodet
 from geodet.config import AnchorConfig, ModelConfig, to_dict
 from geodet.errors import GeodetError
-from geodet.model import build_model
-from geodet.modelfile import ModelMeta, load_model, save_model
+from geodet.modeling.model import build_model
+from geodet.modeling.modelfile import ModelMeta, load_model, save_model
 
 
 class NotAllowed:

@@ -17,7 +17,7 @@ from shapely.geometry import box
 
 from geodet.config import COCO_ANCHORS, AnchorConfig
 from geodet.errors import GeodetError
-from geodet.plot import (
+from geodet.reports.plot import (
     CLASS_COLORS,
     DETECTION_COLOR,
     anchor_sizes_px,
@@ -337,7 +337,7 @@ def test_object_sizes_histogram_with_fitted_and_coco_anchor_lines():
 
 
 def test_object_sizes_from_a_coverage_report():
-    from geodet.anchors import coverage_report
+    from geodet.modeling.anchors import coverage_report
 
     boxes = np.array([[0, 0, 10, 10], [5, 5, 25, 25], [40, 40, 56, 52]], float)
     fitted = ((3,), AnchorConfig(sizes=(12.0,), scales=(1.0,), ratios=(1.0,)))

@@ -7,8 +7,8 @@ import pytest
 import shapely
 
 from geodet.errors import GeodetError
-from geodet.raster import open_scene
-from geodet.vector import (
+from geodet.io.raster import open_scene
+from geodet.io.vector import (
     AUTO_CLASS_FIELDS,
     METADATA_ATTR,
     auto_class_field,
@@ -91,7 +91,7 @@ def test_read_frame_takes_paths_frames_and_series_and_drops_empty_geometries(tmp
 
 def test_read_frame_one_crs_rule_for_labels_truth_and_plots(tmp_path):
     """Features without a CRS are refused with one wording wherever vector data comes in."""
-    from geodet.evaluation import evaluate
+    from geodet.reports.evaluation import evaluate
 
     nocrs = gpd.GeoDataFrame({"class": ["a"], "score": [0.5]}, geometry=[shapely.box(0, 0, 1, 1)])
     with pytest.raises(GeodetError, match=r"^the truth GeoDataFrame has no CRS, so its features cannot be placed"):
@@ -206,7 +206,7 @@ def test_write_vector_round_trips_columns_and_metadata(tmp_path, ext):
 
 @pytest.mark.parametrize("ext", [".gpkg", ".parquet", ".geojson"])
 def test_write_vector_without_metadata_and_empty_frame_with_it(tmp_path, ext):
-    from geodet.detection import empty_frame
+    from geodet.inference.detection import empty_frame
 
     write_vector(_detections(metadata=None), str(tmp_path / f"plain{ext}"))
     assert read_output_metadata(tmp_path / f"plain{ext}") is None
@@ -217,7 +217,7 @@ def test_write_vector_without_metadata_and_empty_frame_with_it(tmp_path, ext):
 
 
 def test_readers_ignore_class_id(tmp_path):
-    from geodet.evaluation import evaluate
+    from geodet.reports.evaluation import evaluate
 
     truth = _detections(metadata=None).drop(columns=["class_id", "score", "scene"])
     write_vector(_detections(), str(tmp_path / "d.gpkg"))
@@ -229,7 +229,7 @@ def test_readers_ignore_class_id(tmp_path):
 
 
 def test_write_empty_frame_keeps_schema(tmp_path):
-    from geodet.detection import empty_frame
+    from geodet.inference.detection import empty_frame
 
     for ext in (".geojson", ".gpkg", ".shp", ".parquet"):
         out = tmp_path / f"empty{ext}"
@@ -253,7 +253,7 @@ import resource, signal
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 import geopandas as gpd, numpy as np, shapely
 from geodet.errors import GeodetError
-from geodet.vector import write_vector
+from geodet.io.vector import write_vector
 n = 20000
 frame = gpd.GeoDataFrame({{"class": ["pool"] * n, "score": np.linspace(0, 1, n)}},
                          geometry=shapely.box(np.arange(n), 0, np.arange(n) + 1, 1), crs="EPSG:32611")

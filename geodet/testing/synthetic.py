@@ -51,9 +51,9 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from geodet.errors import GeodetError
-from geodet.testing._layout import _Planner, _thin_classes
-from geodet.testing._materials import Rect
-from geodet.testing._render import _add_noise, _hard_effects, _nodata_valid, _render, _to_bands, _to_dtype
+from geodet.testing.layout import _Planner, _thin_classes
+from geodet.testing.materials import Rect
+from geodet.testing.render import _add_noise, _hard_effects, _nodata_valid, _render, _to_bands, _to_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -549,7 +549,7 @@ def label_frame(
         raise GeodetError(f"kind must be 'polygon' or 'point', got {kind!r}.")
     if crs is None and to_crs is not None:
         raise GeodetError("labels without a CRS cannot be reprojected: pass to_crs=None.")
-    from geodet.boxes import pixel_geometries_to_world
+    from geodet.core.boxes import pixel_geometries_to_world
 
     if kind == "polygon":
         geoms = np.array(scene.polygons_px, dtype=object)

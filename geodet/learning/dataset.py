@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
-from geodet.boxes import clip_boxes_to_window
+from geodet.core.boxes import clip_boxes_to_window
 from geodet.config import AugmentConfig
-from geodet.raster import BandStats, open_raster, read_chip
-from geodet.windows import chip_offsets, window_bounds_px
+from geodet.io.raster import BandStats, open_raster, read_chip
+from geodet.core.windows import chip_offsets, window_bounds_px
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Detect objects in scenes and return georeferenced boxes.
 
 ``detect(scene, model=...)`` is the Python API behind ``geodet detect``:
-tiled, streaming inference (:mod:`geodet.predict`), cross-chip stitching
-(:mod:`geodet.stitch`) in scene pixels, then each box's four pixel corners
+tiled, streaming inference (:mod:`geodet.inference.predict`), cross-chip stitching
+(:mod:`geodet.core.stitch`) in scene pixels, then each box's four pixel corners
 mapped through the scene's affine.
 """
 
@@ -21,16 +21,16 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
-from geodet.boxes import pixel_boxes_to_polygons
+from geodet.core.boxes import pixel_boxes_to_polygons
 from geodet.config import DetectConfig, JobConfig
 from geodet.errors import GeodetError
-from geodet.raster import open_dataset, scene_info
-from geodet.sources import file_name, redact, resolve_scenes
+from geodet.io.raster import open_dataset, scene_info
+from geodet.io.sources import file_name, redact, resolve_scenes
 
 log = logging.getLogger(__name__)
 
 #: The small model shipped with the package (see ``scripts/make_default_model.py``).
-DEFAULT_MODEL = Path(__file__).parent / "weights" / "default.pt"
+DEFAULT_MODEL = Path(__file__).parents[1] / "weights" / "default.pt"
 
 #: The columns of every detections frame (besides ``geometry``): the class name, the model's
 #: integer for it (an index into the model's ``class_names``), the score and the scene's file name.
@@ -46,9 +46,9 @@ def default_model_path() -> str:
 
 def load(model=None, device: str = "auto"):
     """``(net, meta, torch.device)`` from a path, None (the default model) or a loaded pair."""
-    from geodet.device import resolve_device
-    from geodet.model import prepare_for_inference
-    from geodet.modelfile import load_model
+    from geodet.modeling.device import resolve_device
+    from geodet.modeling.model import prepare_for_inference
+    from geodet.modeling.modelfile import load_model
 
     dev = resolve_device(device)
     if isinstance(model, tuple):
@@ -99,7 +99,7 @@ class SceneTask:
     Attributes:
         path: the scene as GDAL opens it; its detections carry this scene's name.
         context: how neighbouring scenes of the same mosaic take part: a
-            :class:`geodet.mosaic.MosaicContext` (the mosaic's grid, the
+            :class:`geodet.core.mosaic.MosaicContext` (the mosaic's grid, the
             neighbours read as a halo, who owns shared areas), or None for the
             scene alone. Filled in by :func:`plan_tasks`.
     """
@@ -117,8 +117,8 @@ PLAN_OPEN_THREADS = 16
 
 
 def _footprint(path: str):
-    """:class:`geodet.mosaic.Footprint` of a scene, or None when it cannot be opened (it then runs alone)."""
-    from geodet.mosaic import Footprint
+    """:class:`geodet.core.mosaic.Footprint` of a scene, or None when it cannot be opened (it then runs alone)."""
+    from geodet.core.mosaic import Footprint
 
     try:
         with open_dataset(path) as src:
@@ -134,8 +134,8 @@ def plan_tasks(paths: Sequence[str], *, mosaic: bool = True) -> List[SceneTask]:
 
     With ``mosaic`` (``DetectConfig.mosaic``, the default) and several scenes,
     each scene's header is read, scenes of one mosaic are grouped
-    (:func:`geodet.mosaic.group_footprints`) and their tasks get a
-    :class:`geodet.mosaic.MosaicContext`: each is then detected across its
+    (:func:`geodet.core.mosaic.group_footprints`) and their tasks get a
+    :class:`geodet.core.mosaic.MosaicContext`: each is then detected across its
     shared edges and reports the objects whose centre it owns, so an object on
     a scene edge is reported once, whole. A scene that does not fit a mosaic,
     or cannot be opened, runs alone (its error surfaces when it is detected).
@@ -145,7 +145,7 @@ def plan_tasks(paths: Sequence[str], *, mosaic: bool = True) -> List[SceneTask]:
         return [SceneTask(p) for p in paths]
     from concurrent.futures import ThreadPoolExecutor
 
-    from geodet.mosaic import group_footprints, mosaic_contexts
+    from geodet.core.mosaic import group_footprints, mosaic_contexts
 
     threads = min(PLAN_OPEN_THREADS, len(paths))
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="geodet-plan") as pool:
@@ -165,7 +165,7 @@ class Detector:
 
     Built once per process (or Dask worker) by :func:`load_detector` and reused
     for every scene. ``model_name`` / ``model_hash`` identify the model file
-    (:func:`geodet.modelfile.model_hash`; None for an in-memory model).
+    (:func:`geodet.modeling.modelfile.model_hash`; None for an in-memory model).
     """
 
     net: object
@@ -180,13 +180,13 @@ def load_detector(model=None, config: DetectConfig = DetectConfig()) -> Detector
     """Load ``model`` (a path, None for the default model, or ``(net, meta)``) for ``config``.
 
     A ``.onnx`` path (a ``geodet export``) runs through onnxruntime
-    (:func:`geodet.export.load_onnx_detector`). Warns when the overlap is small for the model's anchors.
+    (:func:`geodet.modeling.onnx_export.load_onnx_detector`). Warns when the overlap is small for the model's anchors.
     """
-    from geodet.export import is_onnx_path
-    from geodet.modelfile import model_hash
+    from geodet.modeling.onnx_export import is_onnx_path
+    from geodet.modeling.modelfile import model_hash
 
     if is_onnx_path(model):
-        from geodet.export import load_onnx_detector
+        from geodet.modeling.onnx_export import load_onnx_detector
 
         return load_onnx_detector(str(model), config)
     net, meta, device = load(model, config.device)
@@ -205,7 +205,7 @@ def run_metadata(detector: Detector) -> Dict[str, object]:
 
     ``geodet_version``, ``model_name`` and ``model_hash`` (None for an in-memory model), and
     ``class_names`` (``class_id`` indexes it). Detection frames carry it in
-    ``frame.attrs[geodet.vector.METADATA_ATTR]``; :func:`geodet.vector.write_vector` writes it
+    ``frame.attrs[geodet.io.vector.METADATA_ATTR]``; :func:`geodet.io.vector.write_vector` writes it
     into each format's metadata.
     """
     return _metadata(detector.model_name, detector.model_hash, detector.meta.class_names)
@@ -215,8 +215,8 @@ def model_file_metadata(model=None) -> Optional[Dict[str, object]]:
     """:func:`run_metadata` of a model file (None: the bundled model) without loading its network;
     None for an in-memory ``(net, meta)`` model. For frames that lost their ``attrs`` on the way
     (a job's parts read back from GeoParquet)."""
-    from geodet.export import is_onnx_path, read_onnx_metadata
-    from geodet.modelfile import model_hash, read_model_file
+    from geodet.modeling.onnx_export import is_onnx_path, read_onnx_metadata
+    from geodet.modeling.modelfile import model_hash, read_model_file
 
     if isinstance(model, tuple):
         return None
@@ -231,13 +231,13 @@ def model_file_metadata(model=None) -> Optional[Dict[str, object]]:
 
 def check_model_file(model=None) -> None:
     """Check a model file (None: the bundled one) as loading it would, without building its network:
-    a ``.pt`` file's contents (:func:`geodet.modelfile.read_model_file`), an ONNX export's metadata
-    and graph (:func:`geodet.export.check_onnx_file`). An in-memory model passes.
+    a ``.pt`` file's contents (:func:`geodet.modeling.modelfile.read_model_file`), an ONNX export's metadata
+    and graph (:func:`geodet.modeling.onnx_export.check_onnx_file`). An in-memory model passes.
 
     Raises:
         GeodetError: the file would be refused when loaded.
     """
-    from geodet.export import check_onnx_file, is_onnx_path
+    from geodet.modeling.onnx_export import check_onnx_file, is_onnx_path
 
     if isinstance(model, tuple):
         return
@@ -249,10 +249,10 @@ def check_model_file(model=None) -> None:
 
 
 def model_file_hash(model=None) -> Optional[str]:
-    """:func:`geodet.modelfile.model_hash` of the bytes of a model file, ``.pt`` or ``.onnx`` (None:
+    """:func:`geodet.modeling.modelfile.model_hash` of the bytes of a model file, ``.pt`` or ``.onnx`` (None:
     the bundled model); None for an in-memory ``(net, meta)`` model. A job's model identity: an
     export and its source are different files and may differ in the last bits."""
-    from geodet.modelfile import model_hash
+    from geodet.modeling.modelfile import model_hash
 
     if isinstance(model, tuple):
         return None
@@ -272,7 +272,7 @@ def _metadata(model_name: str, hash_hex: Optional[str], class_names: Sequence[st
 
 def with_metadata(frame: gpd.GeoDataFrame, metadata: Optional[Dict[str, object]]) -> gpd.GeoDataFrame:
     """``frame`` with ``metadata`` in ``frame.attrs[METADATA_ATTR]`` (None: left as it is); returns ``frame``."""
-    from geodet.vector import METADATA_ATTR
+    from geodet.io.vector import METADATA_ATTR
 
     if metadata is not None:
         frame.attrs[METADATA_ATTR] = copy.deepcopy(metadata)
@@ -296,17 +296,17 @@ def detect_task(
 
     A task with a mosaic context reads its chips of the mosaic's chip grid
     through a VRT of its neighbourhood and keeps the detections it owns
-    (:mod:`geodet.mosaic`); without one, the scene is detected alone.
+    (:mod:`geodet.core.mosaic`); without one, the scene is detected alone.
 
     Args:
-        blocks: a :class:`geodet.jobs.BlockStore`: a scene of more chips than its
+        blocks: a :class:`geodet.inference.jobs.BlockStore`: a scene of more chips than its
             ``block_chips`` is predicted block by block, each block kept there and
             taken from there when a rerun finds it (:func:`predict_in_blocks`).
 
     Raises:
         GeodetError: the scene cannot be opened or read, or does not fit the model.
     """
-    from geodet.predict import plan_scene, predict_scene
+    from geodet.inference.predict import plan_scene, predict_scene
 
     path = task.path
     # The scene is opened once: its metadata, the check against the model, the optional
@@ -341,13 +341,13 @@ def detect_task(
 
 
 def predict_in_blocks(detector: Detector, src, plan, blocks, *, progress: Optional[Callable[[int, int], None]] = None):
-    """A scene's stitched detections (:class:`geodet.predict.SceneDetections`), predicted by blocks of chips.
+    """A scene's stitched detections (:class:`geodet.inference.predict.SceneDetections`), predicted by blocks of chips.
 
-    Blocks found in ``blocks`` (a :class:`geodet.jobs.BlockStore`) are taken as they are;
-    the others are predicted (:func:`geodet.predict.predict_chips`) and kept there. The
+    Blocks found in ``blocks`` (a :class:`geodet.inference.jobs.BlockStore`) are taken as they are;
+    the others are predicted (:func:`geodet.inference.predict.predict_chips`) and kept there. The
     stitch runs once over all blocks, so the result is that of an uninterrupted run.
     """
-    from geodet.predict import ChipDetections, chip_blocks, predict_chips, stitch_chips
+    from geodet.inference.predict import ChipDetections, chip_blocks, predict_chips, stitch_chips
 
     n_chips = len(plan.chips.windows)
     parts = []
@@ -385,7 +385,7 @@ def in_process_runner(detector: Detector, progress: Optional[Callable[[int, int]
     Args:
         detector: the loaded model (:func:`load_detector`).
         progress: called with (chips done, chips total) per scene.
-        job: a :class:`geodet.jobs.Job` whose chip-block checkpoints large scenes use.
+        job: a :class:`geodet.inference.jobs.Job` whose chip-block checkpoints large scenes use.
     """
 
     def run(tasks: Sequence[SceneTask], on_done: OnDone, on_failed: OnFailed) -> None:
@@ -406,7 +406,7 @@ def _owned(dets, ctx, *, offset_px=(0, 0)):
 
     ``dets.boxes_px`` are in pixels of a grid whose origin lies at ``offset_px`` in the mosaic grid.
     """
-    from geodet.mosaic import box_centres, owned_mask
+    from geodet.core.mosaic import box_centres, owned_mask
 
     ox, oy = offset_px
     boxes_mosaic = dets.boxes_px + np.array([ox, oy, ox, oy], np.float32)
@@ -439,8 +439,8 @@ def _detect_in_mosaic(ctx, plan, detector: Detector, progress):
     from rasterio.errors import RasterioError
     from rasterio.io import MemoryFile
 
-    from geodet.mosaic import grid_chip_windows, grow, sources_in_order, vrt_xml
-    from geodet.predict import ChipPlan, predict_scene, scaled_chip_px
+    from geodet.core.mosaic import grid_chip_windows, grow, sources_in_order, vrt_xml
+    from geodet.inference.predict import ChipPlan, predict_scene, scaled_chip_px
 
     config = detector.config
     size_px, overlap_px = scaled_chip_px(config.chip_size, config.overlap, plan.chips.scale)
@@ -472,7 +472,7 @@ def combine_frames(frames: Sequence[gpd.GeoDataFrame]) -> gpd.GeoDataFrame:
     rows are sorted by scene, then by descending score. The run's metadata
     (:func:`run_metadata`) is kept when every frame carries the same.
     """
-    from geodet.vector import METADATA_ATTR
+    from geodet.io.vector import METADATA_ATTR
 
     if not frames:
         return empty_frame("EPSG:4326")
@@ -516,10 +516,10 @@ def detect(
     combines the per-scene frames.
 
     Args:
-        scenes: what :func:`geodet.sources.resolve_scenes` takes: GeoTIFF or VRT path(s), glob
+        scenes: what :func:`geodet.io.sources.resolve_scenes` takes: GeoTIFF or VRT path(s), glob
             pattern(s), ``@list.txt``, GDAL virtual paths, http(s)/s3/gs/az URLs, STAC JSON.
         model: a model file path, None for the bundled default model, or a
-            ``(net, meta)`` pair from :func:`geodet.modelfile.load_model`.
+            ``(net, meta)`` pair from :func:`geodet.modeling.modelfile.load_model`.
         config: every inference setting (:class:`geodet.config.DetectConfig`):
             batch size, chip size, overlap, bands, score threshold, NMS IoU,
             device, workers, precision, normalisation.
@@ -534,18 +534,18 @@ def detect(
         asset: the STAC asset key to read from STAC inputs (default: the visual/RGB one).
         allow_local_hrefs: follow the local paths, ``file://`` URLs and GDAL virtual paths that a
             STAC catalog read from a URL names (refused by default,
-            :func:`geodet.sources.remote_href_refusal`).
+            :func:`geodet.io.sources.remote_href_refusal`).
         client: a :class:`distributed.Client`: each scene is one task on its
-            cluster (:func:`geodet.cluster.dask_runner`; needs a model file,
+            cluster (:func:`geodet.inference.cluster.dask_runner`; needs a model file,
             ``progress`` is not called); None runs in this process.
-        job_dir: a job folder (:mod:`geodet.jobs`) that keeps every finished
+        job_dir: a job folder (:mod:`geodet.inference.jobs`) that keeps every finished
             scene and chip block, so that the same call after a crash resumes:
             scenes done there are not run again (their count is in
             ``frame.attrs["scenes_done_before"]``) and the result is read from its
             parts. A scene changed since it was finished there (its size and modification
-            time, its ETag...: :func:`geodet.jobs.scene_identity`) is detected again and listed in
+            time, its ETag...: :func:`geodet.inference.jobs.scene_identity`) is detected again and listed in
             ``frame.attrs["scenes_changed"]``. Needs a model file. None (the default): no job, nothing kept.
-            The folder is left for the caller (:func:`geodet.jobs.remove_job`).
+            The folder is left for the caller (:func:`geodet.inference.jobs.remove_job`).
         job_config: block size of chip checkpoints (with ``job_dir``).
         runner: where the tasks run (:data:`Runner`); default
             :func:`in_process_runner` with the model loaded here.
@@ -558,7 +558,7 @@ def detect(
         holds the run's metadata (:func:`run_metadata`), which
         :func:`write_detections` writes into the file.
     """
-    from geodet.jobs import JobGone, detection_settings, open_job
+    from geodet.inference.jobs import JobGone, detection_settings, open_job
 
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -610,7 +610,7 @@ def detect(
 
     if pending:
         if runner is None and client is not None:
-            from geodet.cluster import dask_runner
+            from geodet.inference.cluster import dask_runner
 
             runner = dask_runner(client, model, config)
         if runner is None:
@@ -631,7 +631,7 @@ def detect(
     if not finished:
         raise GeodetError("no scene could be read: " + "; ".join(failed.values()))
     out = combine_frames(collected)
-    from geodet.vector import METADATA_ATTR
+    from geodet.io.vector import METADATA_ATTR
 
     if METADATA_ATTR not in out.attrs:
         with_metadata(out, file_metadata if file_metadata is not None else model_file_metadata(model))
@@ -653,8 +653,8 @@ def check_job_output(output: Union[str, os.PathLike], *, overwrite: bool = False
     Raises:
         GeodetError: the folder cannot be written, ``output`` exists, or it lies inside a job folder.
     """
-    from geodet.jobs import JOB_SUFFIX, job_dir_for, job_owns_output
-    from geodet.vector import check_output_path
+    from geodet.inference.jobs import JOB_SUFFIX, job_dir_for, job_owns_output
+    from geodet.io.vector import check_output_path
 
     for folder in Path(os.path.abspath(output)).parents:
         if folder.name.endswith(JOB_SUFFIX):
@@ -681,7 +681,7 @@ def detect_to_file(
     """Detect objects in scenes and write them to ``output``, resumably: what ``geodet detect`` runs.
 
     The work is kept in the job folder ``<output>.geodet-job/``
-    (:func:`geodet.jobs.job_dir_for`) while it runs. When every scene is done,
+    (:func:`geodet.inference.jobs.job_dir_for`) while it runs. When every scene is done,
     ``output`` is written atomically from the parts and the job folder removed,
     so running a finished command again says that ``output`` already exists.
     When some scenes failed, ``output`` is written from the others and the job
@@ -696,13 +696,13 @@ def detect_to_file(
         GeodetError: the output cannot be written, the job folder belongs to another
             model or settings, or no scene could be read.
     """
-    from geodet.jobs import JobGone, job_dir_for, mark_partial_output, remove_job
-    from geodet.vector import check_output_path
+    from geodet.inference.jobs import JobGone, job_dir_for, mark_partial_output, remove_job
+    from geodet.io.vector import check_output_path
 
     job_dir = job_dir_for(output)
     replace = check_job_output(output, overwrite=overwrite)
     if str(output).lower().endswith(".shp"):  # before any work: class names a shapefile would cut
-        from geodet.vector import check_shapefile_text
+        from geodet.io.vector import check_shapefile_text
 
         metadata = model_file_metadata(model)
         check_shapefile_text({"class": metadata["class_names"] if metadata else []}, str(output))
@@ -723,7 +723,7 @@ def detect_to_file(
 
 
 def _overlap_warning(meta, overlap_px: int) -> Optional[str]:
-    from geodet.stitch import overlap_warning
+    from geodet.core.stitch import overlap_warning
 
     anchors = meta.model_config.anchors
     largest = max(anchors.sizes) * max(anchors.scales) * max(np.sqrt(max(anchors.ratios)), np.sqrt(1 / min(anchors.ratios)))
@@ -734,6 +734,6 @@ def write_detections(frame: gpd.GeoDataFrame, path: str, *, overwrite: bool = Fa
     """Write detections by extension (.geojson RFC 7946 in EPSG:4326; .gpkg,
     .shp and .parquet in the frame's CRS), atomically, with the run's metadata
     (``frame.attrs["geodet"]``) where the format has a place for it."""
-    from geodet.vector import write_vector
+    from geodet.io.vector import write_vector
 
     write_vector(frame, path, overwrite=overwrite)

@@ -3,7 +3,7 @@
 Reading validates what users get wrong (no CRS, empty file, missing class
 field, invalid geometries, labels off the imagery) and converts labels to
 pixel boxes of a scene. Writing picks the format from the file extension and
-is atomic and never replaces a file without ``overwrite`` (:mod:`geodet.outputs`).
+is atomic and never replaces a file without ``overwrite`` (:mod:`geodet.io.outputs`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import geopandas as gpd
 import numpy as np
 import shapely
 
-from geodet.boxes import box_area, geometries_to_pixel_boxes
+from geodet.core.boxes import box_area, geometries_to_pixel_boxes
 from geodet.errors import GeodetError
-from geodet.outputs import check_output, publish_file, publish_files, scratch_folder
-from geodet.raster import SceneInfo
+from geodet.io.outputs import check_output, publish_file, publish_files, scratch_folder
+from geodet.io.raster import SceneInfo
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ OUTPUT_DRIVERS = {
 _SHAPEFILE_SIDECARS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
 
 #: Key of ``frame.attrs`` whose dict (JSON values: what made the output, e.g.
-#: :func:`geodet.detection.run_metadata`) :func:`write_vector` writes into the file's metadata:
+#: :func:`geodet.inference.detection.run_metadata`) :func:`write_vector` writes into the file's metadata:
 #: GeoPackage layer metadata (``gpkg_metadata``) and layer description, a GeoParquet
 #: key-value entry beside ``geo``, a GeoJSON top-level member; shapefiles have no place for it.
 METADATA_ATTR = "geodet"
@@ -298,7 +298,7 @@ def check_output_path(path: str, *, overwrite: bool = False) -> str:
 
     Raises:
         GeodetError: unknown extension, a missing or unwritable folder, or the file exists and
-            ``overwrite`` is False (see :func:`geodet.outputs.check_output`).
+            ``overwrite`` is False (see :func:`geodet.io.outputs.check_output`).
     """
     ext = Path(path).suffix.lower()
     if ext not in OUTPUT_DRIVERS:

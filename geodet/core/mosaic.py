@@ -16,7 +16,7 @@ the edge cuts it in two and neither scene alone sees it whole:
    chips of the mosaic's own chip grid (:func:`grid_chip_windows`) that touch
    its footprint grown by a halo of at least the chip overlap. So its chips are
    exactly the chips a detection of the whole mosaic would run, and it stitches
-   them with the usual rule (:mod:`geodet.stitch`) in mosaic pixels.
+   them with the usual rule (:mod:`geodet.core.stitch`) in mosaic pixels.
 3. It keeps the detections whose box centre it *owns* (:func:`owned_mask`):
    where footprints overlap, the scene listed last owns the overlap (it is also
    the one the VRT shows there), and footprints are half-open (``[x0, x1) x
@@ -32,7 +32,7 @@ missed or cut. A scene reads its neighbours from a margin of its own size
 around it; a chip plus halo larger than the scene itself sees nodata beyond.
 
 Everything here is pure (numbers, shapely, XML text); the callers
-(:mod:`geodet.detection`) open the files.
+(:mod:`geodet.inference.detection`) open the files.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ import numpy as np
 import shapely
 from affine import Affine
 
-from geodet.stitch import connected_groups
-from geodet.windows import chip_offsets
+from geodet.core.stitch import connected_groups
+from geodet.core.windows import chip_offsets
 
 #: Two scenes share a grid when their origins are this close (in pixels) to a whole pixel
 #: offset, and their pixel sizes differ by less than this over the larger scene's extent.
@@ -290,7 +290,7 @@ def box_centres(boxes_px: np.ndarray) -> np.ndarray:
 def grid_chip_windows(grid_shape: Tuple[int, int], size_px: int, overlap_px: int, region: Rect):
     """The chips of the mosaic's chip grid that share area with ``region``.
 
-    The grid is the one :func:`geodet.windows.chip_windows` lays over the
+    The grid is the one :func:`geodet.core.windows.chip_windows` lays over the
     whole mosaic (its bounding box), so two scenes of a mosaic run identical
     chips where their regions meet, and a scene's chips are those of a
     detection of the whole mosaic. Only the offsets along each axis are

@@ -11,7 +11,7 @@ beside the output, ``<output>.geodet-job/`` (:func:`job_dir_for`)::
       blocks/<key>/<i>.npz     raw per-chip detections of finished chip blocks of an unfinished scene
       output.json              present only after a partial output was written (some scenes failed)
 
-Every file is written whole through :mod:`geodet.outputs` (staged beside its
+Every file is written whole through :mod:`geodet.io.outputs` (staged beside its
 name, then renamed), so a kill -9 leaves either the old file or the new one,
 and the temporaries of dead processes are swept when the job is opened. No
 file is shared between scenes: a scene's record is the commit point, written
@@ -27,7 +27,7 @@ warning says so. A folder made
 by another model or with other detection settings is refused with one
 sentence (start over with ``--overwrite``). Pure bookkeeping: nothing here
 runs a model or imports Dask, so the in-process runner and the cluster runner
-share it (:data:`geodet.detection.Runner`).
+share it (:data:`geodet.inference.detection.Runner`).
 """
 
 from __future__ import annotations
@@ -47,14 +47,14 @@ import numpy as np
 
 from geodet.config import DetectConfig, JobConfig
 from geodet.errors import GeodetError
-from geodet.outputs import TEMP_TAG, PathLike, _remove, check_writable, staged_file, sweep_stale, temp_path
-from geodet.sources import http_validators, is_virtual, redact
+from geodet.io.outputs import TEMP_TAG, PathLike, _remove, check_writable, staged_file, sweep_stale, temp_path
+from geodet.io.sources import http_validators, is_virtual, redact
 
 if TYPE_CHECKING:  # pragma: no cover
     import geopandas as gpd
 
-    from geodet.detection import SceneTask
-    from geodet.predict import ChipDetections
+    from geodet.inference.detection import SceneTask
+    from geodet.inference.predict import ChipDetections
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def task_key(task: "SceneTask") -> str:
 def scene_identity(path: str) -> Dict[str, object]:
     """What identifies a scene's content now, so that a rerun tells a changed scene from the one a
     record was made of: ``size`` and ``mtime_ns`` of a local file; the ``etag``, ``last_modified``
-    and ``size`` an http(s) server sends (:func:`geodet.sources.http_validators`); for any other GDAL
+    and ``size`` an http(s) server sends (:func:`geodet.io.sources.http_validators`); for any other GDAL
     virtual path (``/vsis3/``, ``/vsizip/``...), a ``header`` hash of its size, bands, types,
     georeferencing, tags and overviews and of its first block of band 1. Empty when it cannot be
     told now (the scene cannot be reached): the record is then trusted.
@@ -133,7 +133,7 @@ def scene_identity(path: str) -> Dict[str, object]:
         return dict(http_validators(ref[len("/vsicurl/"):]))
     from rasterio.windows import Window
 
-    from geodet.raster import open_raster
+    from geodet.io.raster import open_raster
 
     try:
         with open_raster(ref) as src:
@@ -185,7 +185,7 @@ class SceneRecord:
     """One scene's line of the manifest (``scenes/<key>.json``).
 
     Attributes:
-        scene: the scene reference (:func:`scene_ref`), redacted (:func:`geodet.sources.redact`: a
+        scene: the scene reference (:func:`scene_ref`), redacted (:func:`geodet.io.sources.redact`: a
             signed URL's query is not kept).
         key: :func:`task_key`.
         status: ``"done"`` or ``"failed"``.
@@ -247,7 +247,7 @@ class BlockStore:
 
     def load(self, index: int, n_chips: int) -> Optional["ChipDetections"]:
         """Block ``index`` of a scene of ``n_chips`` chips, or None when not finished."""
-        from geodet.predict import ChipDetections
+        from geodet.inference.predict import ChipDetections
 
         path = self._path(index)
         if not path.exists():
@@ -285,7 +285,7 @@ class Job:
     """An open job folder (:func:`open_job`): what is done, and where each result goes.
 
     ``record_done`` and ``record_failed`` have the runner contract's
-    ``OnDone`` / ``OnFailed`` signatures (:data:`geodet.detection.Runner`).
+    ``OnDone`` / ``OnFailed`` signatures (:data:`geodet.inference.detection.Runner`).
     """
 
     def __init__(self, folder: Path, *, model_hash: str, settings: Dict[str, object], config: JobConfig = JobConfig()):
@@ -485,7 +485,7 @@ def open_job(
 
     Args:
         folder: the job folder (:func:`job_dir_for`).
-        model_hash: :func:`geodet.modelfile.model_hash` of the model file.
+        model_hash: :func:`geodet.modeling.modelfile.model_hash` of the model file.
         settings: :func:`detection_settings` of the run.
         config: block size of checkpoints.
         overwrite: delete an existing job folder first (start over).

@@ -158,7 +158,7 @@ def setup(place: Distributed, device_name: str, local_world_size: Optional[int] 
     share of the CPU threads per rank."""
     if not place.active or torch.distributed.is_initialized():
         return
-    from geodet.device import resolve_device
+    from geodet.modeling.device import resolve_device
 
     cuda = resolve_device(device_name).type == "cuda"
     if not cuda:

@@ -37,7 +37,7 @@ from geodet.config import (
     TrainConfig,
     from_dict,
 )
-from geodet.dataset import (
+from geodet.learning.dataset import (
     ChipDataset,
     RepeatFactorSampler,
     SceneSource,
@@ -47,13 +47,13 @@ from geodet.dataset import (
     spatial_blocks,
     split_blocks,
 )
-from geodet.device import resolve_device, training_autocast_dtype
-from geodet.distributed import SINGLE, Distributed
+from geodet.modeling.device import resolve_device, training_autocast_dtype
+from geodet.learning.distributed import SINGLE, Distributed
 from geodet.errors import ConfigError, GeodetError
-from geodet.train_state import get_rng_state, load_checkpoint_state, seed_everything, set_rng_state
-from geodet.sources import resolve_scenes
-from geodet.raster import gsd_metres, open_dataset, pool_band_stats, resolve_bands, sample_band_stats, scene_info
-from geodet.vector import check_labels_inside, labels_for_scene, read_labels
+from geodet.learning.train_state import get_rng_state, load_checkpoint_state, seed_everything, set_rng_state
+from geodet.io.sources import resolve_scenes
+from geodet.io.raster import gsd_metres, open_dataset, pool_band_stats, resolve_bands, sample_band_stats, scene_info
+from geodet.io.vector import check_labels_inside, labels_for_scene, read_labels
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +175,10 @@ def resolve_anchors(
        assigner in ``overrides`` (default ``ModelConfig.assigner``). With
        ``"atss"`` nothing else is fitted: ATSS sets each box's IoU threshold
        itself. With ``"maxiou"`` the matching thresholds are fitted too
-       (:func:`geodet.anchors.fit_assignment`) unless ``overrides`` sets
+       (:func:`geodet.modeling.anchors.fit_assignment`) unless ``overrides`` sets
        ``fg_iou_thresh``; ``bg_iou_thresh`` in ``overrides`` is kept.
     """
-    from geodet.anchors import fit_anchors, fit_assignment
+    from geodet.modeling.anchors import fit_anchors, fit_assignment
 
     # Anchors live in the network's (resampled) pixels.
     input_scale = float(overrides.get("input_scale", ModelConfig.input_scale))
@@ -304,8 +304,8 @@ class TrainingRun:
         params: the trained parameters (gradient clipping).
         meta: what the model file describes besides the weights.
         backbone_init: the packaged weights the backbone started from
-            (:func:`geodet.backbones.weights_record`), empty for random or a local file's.
-        dist: this process's rank in a distributed run (:mod:`geodet.distributed`).
+            (:func:`geodet.modeling.backbones.weights_record`), empty for random or a local file's.
+        dist: this process's rank in a distributed run (:mod:`geodet.learning.distributed`).
         ddp_net: ``net`` wrapped in DDP (what the loop runs forward), or ``net``.
     """
 
@@ -377,7 +377,7 @@ def train(
     """Train a RetinaNet on scenes and vector labels; write the model file.
 
     Args:
-        imagery: scenes, as :func:`geodet.sources.resolve_scenes` takes them (paths, globs,
+        imagery: scenes, as :func:`geodet.io.sources.resolve_scenes` takes them (paths, globs,
             ``@list.txt``, URLs, GDAL virtual paths, STAC JSON).
         labels: vector labels (any format/CRS geopandas reads).
         out: model file path; the last (resumable) checkpoint goes beside it
@@ -398,15 +398,15 @@ def train(
             :func:`format_epoch` of it); on rank 0 only.
         asset: the STAC asset key read from STAC inputs (default: the visual/RGB one).
         allow_local_hrefs: follow local hrefs of remote STAC catalogs
-            (:func:`geodet.sources.resolve_scenes`).
+            (:func:`geodet.io.sources.resolve_scenes`).
         distributed: this process's rank in a DDP run (see
-            :mod:`geodet.distributed`; ``config.batch_size`` is then the global
+            :mod:`geodet.learning.distributed`; ``config.batch_size`` is then the global
             batch); default: read from ``torchrun``'s environment, else one process.
 
     Returns:
         :class:`TrainResult` with the model path and per-epoch history.
     """
-    from geodet import distributed as ddp
+    from geodet.learning import distributed as ddp
 
     place = distributed or ddp.from_env() or SINGLE
     last_path = _check_outputs(out, resume=resume, overwrite=overwrite)
@@ -452,7 +452,7 @@ def _train_loop(imagery, labels, out, last_path, place: Distributed, *, class_fi
 
 def _check_outputs(out: str, *, resume: bool, overwrite: bool) -> str:
     """Refuse to start a run that would clobber ``out`` or resume from nothing; the last checkpoint's path."""
-    from geodet.outputs import check_output
+    from geodet.io.outputs import check_output
 
     last_path = last_checkpoint_path(out)
     if resume and not os.path.exists(last_path):
@@ -478,7 +478,7 @@ def prepare_run(
     """Set a run up: seed, sources, model config (anchors), datasets and
     sampler, model, optimizer, loader; restored from the last checkpoint
     ``resume_from`` when given. Returns the run and the loop's starting state."""
-    from geodet.model import build_model
+    from geodet.modeling.model import build_model
 
     device = distributed.device(resolve_device(config.device))
     per_rank_batch = distributed.per_rank_batch(config.batch_size)
@@ -576,7 +576,7 @@ def _param_groups(net, config: TrainConfig) -> List[Dict[str, Any]]:
 
 def _backbone_init(model_cfg: ModelConfig) -> Dict[str, Any]:
     """What the model file records about the weights the backbone started from."""
-    from geodet.backbones import EFFICIENTNETS, IMAGENET, weights_record
+    from geodet.modeling.backbones import EFFICIENTNETS, IMAGENET, weights_record
 
     if model_cfg.backbone in EFFICIENTNETS and model_cfg.backbone_weights == IMAGENET:
         return weights_record(model_cfg.backbone)
@@ -593,7 +593,7 @@ def choose_backbone(model: Optional[dict], num_bands: int) -> dict:
     :data:`~geodet.config.SCRATCH_BACKBONE` from random weights. An EfficientNet named
     without weights starts from ImageNet; ``backbone_weights: none`` starts from random weights.
     """
-    from geodet.backbones import EFFICIENTNETS, IMAGENET
+    from geodet.modeling.backbones import EFFICIENTNETS, IMAGENET
     from geodet.config import PRETRAINED_BACKBONE, PRETRAINED_BANDS, SCRATCH_BACKBONE
 
     overrides = dict(model or {})
@@ -611,9 +611,9 @@ def choose_backbone(model: Optional[dict], num_bands: int) -> dict:
 
 def _auto_input_scale(model: Optional[dict], anchors: AnchorsArg, sources: Sequence[SceneSource]) -> dict:
     """The ``model:`` overrides with ``input_scale`` set: as given, else chosen for the objects
-    when anchors are fitted (``anchors="auto"``; :func:`geodet.anchors.choose_input_scale`),
+    when anchors are fitted (``anchors="auto"``; :func:`geodet.modeling.anchors.choose_input_scale`),
     else 1 (anchors given in pixels keep the native scale)."""
-    from geodet.anchors import choose_input_scale
+    from geodet.modeling.anchors import choose_input_scale
 
     overrides = dict(model or {})
     if "input_scale" in overrides:
@@ -648,7 +648,7 @@ def _new_model_config(model: Optional[dict], anchors: AnchorsArg, sources: Seque
 
 
 def _log_anchor_coverage(model_cfg: ModelConfig, boxes_px: np.ndarray, chip_px: int) -> None:
-    from geodet.anchors import anchor_coverage
+    from geodet.modeling.anchors import anchor_coverage
 
     cov = anchor_coverage(
         np.asarray(boxes_px, np.float64) * model_cfg.input_scale, model_cfg.levels, model_cfg.anchors, iou_thresh=model_cfg.fg_iou_thresh,
@@ -853,7 +853,7 @@ def save_checkpoints(run: TrainingRun, state: LoopState, record: Dict[str, Any],
     ``claimed``: may ``out`` be replaced? The first save of a new run never
     replaces a file that appeared meanwhile (another run). Returns the new ``claimed``.
     """
-    from geodet.modelfile import save_model
+    from geodet.modeling.modelfile import save_model
 
     state.epoch = record["epoch"]
     score = record.get("val_map50") if run.val_ds is not None else -record["loss"]
@@ -903,8 +903,8 @@ def _warn_weak_classes(record: Dict[str, Any], history: Sequence[dict], threshol
 @torch.inference_mode()
 def validate(net, dataset, device, *, batch_size: int = 8, amp_dtype=None) -> Dict[str, Any]:
     """mAP and AP50 per class label of the model on a dataset's chips
-    (COCO definition, pycocotools; see :func:`geodet.evaluation.coco_map`)."""
-    from geodet.evaluation import coco_map
+    (COCO definition, pycocotools; see :func:`geodet.reports.evaluation.coco_map`)."""
+    from geodet.reports.evaluation import coco_map
 
     net.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)

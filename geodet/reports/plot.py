@@ -3,7 +3,7 @@
 matplotlib only, and no pyplot state is touched at import. A function given
 an ``ax`` draws on it and returns it; without one it makes a figure with
 ``matplotlib.pyplot.subplots`` (so it shows in a notebook) and returns its
-Axes. Files are written atomically through :mod:`geodet.outputs` (never replacing a file unasked)
+Axes. Files are written atomically through :mod:`geodet.io.outputs` (never replacing a file unasked)
 without pyplot.
 
 Coordinate spaces: :func:`show_scene` draws in the scene's CRS (imshow
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 #: Outline colour of ground-truth labels.
 LABEL_COLOR = "#ffd60a"
 #: Line style of ground-truth outlines: dashed and drawn above the detections (here and on web
-#: maps, :data:`geodet.webmap.TRUTH_DASH`), so both show where a label and a detection coincide.
+#: maps, :data:`geodet.reports.webmap.TRUTH_DASH`), so both show where a label and a detection coincide.
 LABEL_LINESTYLE = (0, (4, 3))
 #: Outline colour of detections (single class; see :data:`CLASS_COLORS`).
 DETECTION_COLOR = "#ff2d55"
@@ -139,7 +139,7 @@ def _snap_window(src, window) -> "Window":
 
 def _read_for_display(src, window, bands: Sequence[int], max_px: int) -> Tuple[np.ndarray, np.ndarray]:
     """``(pixels float32 [C, h, w], valid [h, w])`` of a window, decimated to ``max_px``."""
-    from geodet.raster import read_window
+    from geodet.io.raster import read_window
 
     shape = decimated_shape(int(window.height), int(window.width), max_px)
     native = shape == (int(window.height), int(window.width))
@@ -154,8 +154,8 @@ def _read_for_display(src, window, bands: Sequence[int], max_px: int) -> Tuple[n
 
 
 def _frame_in_crs(obj, crs, what: str):
-    """A GeoDataFrame (from a path or a frame, read by :func:`geodet.vector.read_frame`) reprojected to ``crs``."""
-    from geodet.vector import read_frame
+    """A GeoDataFrame (from a path or a frame, read by :func:`geodet.io.vector.read_frame`) reprojected to ``crs``."""
+    from geodet.io.vector import read_frame
 
     frame, _ = read_frame(obj, what)
     return frame.to_crs(crs) if len(frame) and frame.crs != crs else frame
@@ -255,7 +255,7 @@ def show_scene(
     """
     from matplotlib.lines import Line2D
 
-    from geodet.raster import open_dataset
+    from geodet.io.raster import open_dataset
 
     path = os.fspath(scene_path)
     with open_dataset(path) as src:
@@ -371,7 +371,7 @@ def plot_object_sizes(
 
     Args:
         boxes_or_report: ``[N, 4]`` xyxy boxes in chip pixels, or a dict from
-            :func:`geodet.anchors.coverage_report` (it holds only size
+            :func:`geodet.modeling.anchors.coverage_report` (it holds only size
             quantiles: the p5-p95 range is shaded and the median drawn, and its
             fitted anchors and coverages are used).
         anchors: ``(levels, AnchorConfig)`` (e.g. from
@@ -438,8 +438,8 @@ def plot_pr_curve(report: dict, path_or_ax=None, *, overwrite: bool = True):
     """Precision-recall curves of an evaluation report, one per class.
 
     Args:
-        report: a report of :func:`geodet.evaluation.evaluate` or
-            :func:`~geodet.evaluation.evaluate_boxes` (uses ``iou`` and each
+        report: a report of :func:`geodet.reports.evaluation.evaluate` or
+            :func:`~geodet.reports.evaluation.evaluate_boxes` (uses ``iou`` and each
             class's ``pr_curve`` and ``ap``).
         path_or_ax: a matplotlib ``Axes`` to draw on, a PNG path to write, or
             None for a new figure.
@@ -530,8 +530,8 @@ def quicklook_array(scene_path, detections, *, max_px: int = 2048, bands=None) -
 
     See :func:`quicklook` for the arguments.
     """
-    from geodet.boxes import geometries_to_pixel_boxes
-    from geodet.raster import open_dataset
+    from geodet.core.boxes import geometries_to_pixel_boxes
+    from geodet.io.raster import open_dataset
 
     path = os.fspath(scene_path)
     with open_dataset(path) as src:
@@ -604,13 +604,13 @@ def explore(detections=None, scene=None, truth=None, **kw):
     another layer and a decimated image of the scene underneath, on an OpenStreetMap basemap
     when one is reachable and on a blank background when not.
 
-    A thin entry to :func:`geodet.webmap.explore`, which documents the arguments (``basemap``,
+    A thin entry to :func:`geodet.reports.webmap.explore`, which documents the arguments (``basemap``,
     ``max_px``, ``bands``, ...). Needs folium (``pip install 'geodet[maps]'``).
 
     Returns:
         a ``folium.Map`` (a notebook shows it when it is a cell's last value).
     """
-    from geodet.webmap import explore as explore_map
+    from geodet.reports.webmap import explore as explore_map
 
     return explore_map(detections, scene, truth, **kw)
 
@@ -619,19 +619,19 @@ def explore(detections=None, scene=None, truth=None, **kw):
 
 
 def check_png_path(path: Union[str, os.PathLike], *, overwrite: bool = False) -> None:
-    """Check before long work that ``path`` can be written (see :func:`geodet.outputs.check_output`).
+    """Check before long work that ``path`` can be written (see :func:`geodet.io.outputs.check_output`).
 
     Raises:
         GeodetError: with one sentence saying why not.
     """
-    from geodet.outputs import check_output
+    from geodet.io.outputs import check_output
 
     check_output(path, overwrite=overwrite)
 
 
 def _write_atomic(path: str, write: Callable, *, overwrite: bool = True) -> None:
     """Call ``write(binary file)`` on a temporary file beside ``path``, then publish it."""
-    from geodet.outputs import staged_file
+    from geodet.io.outputs import staged_file
 
     with staged_file(path, overwrite=overwrite) as tmp, open(tmp, "wb") as fh:
         write(fh)

@@ -33,7 +33,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from geodet.errors import GeodetError
-from geodet.stitch import box_overlap_pairs, connected_groups, pack_groups
+from geodet.core.stitch import box_overlap_pairs, connected_groups, pack_groups
 
 log = logging.getLogger(__name__)
 
@@ -325,10 +325,10 @@ def evaluate(
             columns ``score`` (required) and ``class`` (optional: without it
             all detections are one class).
         truth: path or GeoDataFrame of ground-truth objects (polygons), read
-            by :func:`geodet.vector.read_frame`.
+            by :func:`geodet.io.vector.read_frame`.
         iou: IoU of a match (see :func:`evaluate_boxes`).
         class_field: truth column with class names; None uses the labels' rule,
-            :func:`geodet.vector.auto_class_field` (the first of ``class``,
+            :func:`geodet.io.vector.auto_class_field` (the first of ``class``,
             ``label``, ``category`` present), else all truth is one class and
             the evaluation is class-agnostic (prediction classes are ignored).
         imagery: optional GeoTIFF path. Truth counts only when its box centre
@@ -350,7 +350,7 @@ def evaluate(
             ``score`` or class field, truth without area, no truth on the
             imagery.
     """
-    from geodet.vector import read_frame
+    from geodet.io.vector import read_frame
 
     pred_frame, pred_name = read_frame(pred, "predictions")
     truth_frame, truth_name = read_frame(truth, "ground truth")
@@ -365,7 +365,7 @@ def evaluate(
 
     src = None
     if imagery is not None:
-        from geodet.raster import open_dataset
+        from geodet.io.raster import open_dataset
 
         src = open_dataset(os.fspath(imagery))
     try:
@@ -478,7 +478,7 @@ def _class_names(frame, field: str, name: str) -> np.ndarray:
     missing = int(values.isna().sum())
     if missing:
         raise GeodetError(f"{name} has {missing} feature(s) without a value in its class field {field!r}.")
-    from geodet.vector import class_name_strings
+    from geodet.io.vector import class_name_strings
 
     return np.asarray(class_name_strings(values).to_numpy(), dtype=object)
 
@@ -488,7 +488,7 @@ def _resolve_classes(pred_frame, truth_frame, class_field, pred_name, truth_name
     if class_field is not None and class_field not in truth_frame.columns:
         cols = ", ".join(str(c) for c in truth_frame.columns if c != truth_frame.geometry.name) or "none"
         raise GeodetError(f"{truth_name} has no class field {class_field!r} (its fields: {cols}).")
-    from geodet.vector import auto_class_field
+    from geodet.io.vector import auto_class_field
 
     field = class_field if class_field is not None else auto_class_field(truth_frame.columns)
     if "class" in pred_frame.columns:
@@ -558,7 +558,7 @@ def _on_image(src, boxes: np.ndarray, crs, *, check_mask: bool) -> Tuple[np.ndar
     """
     from pyproj import CRS, Transformer
 
-    from geodet.boxes import world_to_pixel_points
+    from geodet.core.boxes import world_to_pixel_points
 
     cx = (boxes[:, 0] + boxes[:, 2]) / 2
     cy = (boxes[:, 1] + boxes[:, 3]) / 2
@@ -586,7 +586,7 @@ def valid_pixels(src, rows: np.ndarray, cols: np.ndarray, *, block_px: int = MAS
     """
     from rasterio.windows import Window
 
-    from geodet.raster import read_errors
+    from geodet.io.raster import read_errors
 
     rows = np.asarray(rows, np.int64)
     cols = np.asarray(cols, np.int64)

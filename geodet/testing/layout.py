@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import numpy as np
 
-from geodet.testing._materials import (
+from geodet.testing.materials import (
     Rect,
     _ASPHALT,
     _BLUE_ROOFS,

@@ -6,11 +6,11 @@ Differences from ``torchvision.models.detection.retinanet_resnet50_fpn``:
   (``float32 [B, C, H, W]``, any band count) at native resolution and are only
   zero-padded to a multiple of 32 px; output boxes are in input chip pixels;
 * any ResNet depth or EfficientNet-Lite0 (ImageNet weights from a package,
-  :mod:`geodet.backbones`), any consecutive subset of pyramid levels P2..P7
+  :mod:`geodet.modeling.backbones`), any consecutive subset of pyramid levels P2..P7
   (P2..P5 from the backbone's stages at strides 4..32, P6/P7 from stride-2
   convolutions on P5);
-* anchors on the true stride ``2 ** level`` (see :mod:`geodet.anchors`);
-* training anchors assigned by ATSS (default, :mod:`geodet.assign`) or by
+* anchors on the true stride ``2 ** level`` (see :mod:`geodet.modeling.anchors`);
+* training anchors assigned by ATSS (default, :mod:`geodet.modeling.assign`) or by
   torchvision's fixed-IoU ``Matcher`` (``assigner="maxiou"``);
 * focal loss alpha / gamma, head depth and prior from :class:`ModelConfig`;
   losses are normalised by the number of foreground anchors of the batch;
@@ -38,9 +38,9 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 from torchvision.ops.misc import Conv2dNormActivation
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from geodet.anchors import PAD_MULTIPLE_PX, make_anchor_generator
-from geodet.assign import atss_matched_idxs
-from geodet.backbones import EFFICIENTNETS, adapt_stem, build_efficientnet_body, efficientnet_channels
+from geodet.modeling.anchors import PAD_MULTIPLE_PX, make_anchor_generator
+from geodet.modeling.assign import atss_matched_idxs
+from geodet.modeling.backbones import EFFICIENTNETS, adapt_stem, build_efficientnet_body, efficientnet_channels
 from geodet.config import RESNET_DEPTHS, ModelConfig
 from geodet.errors import GeodetError
 
@@ -159,7 +159,7 @@ class ResNetFPN(nn.Module):
 
     Args:
         body: module returning C-levels named ``p2``..``p5`` (a ResNet's
-            ``IntermediateLayerGetter`` or an :class:`~geodet.backbones.EfficientNetBody`).
+            ``IntermediateLayerGetter`` or an :class:`~geodet.modeling.backbones.EfficientNetBody`).
         fpn: feature pyramid over those C-levels (plus extra levels).
         levels: pyramid levels to return, lowest first.
         out_channels: channels of every returned level.
@@ -182,7 +182,7 @@ class ResNetFPN(nn.Module):
 
 def _load_backbone_weights(net: nn.Module, path: str, depth: int, in_channels: int) -> None:
     """Load a torchvision ResNet state dict from ``path`` into ``net`` (fc ignored)."""
-    from geodet.modelfile import load_plain
+    from geodet.modeling.modelfile import load_plain
 
     state = load_plain(path, "backbone weights file")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -250,7 +250,7 @@ def build_backbone(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> R
     ResNets: with ``cfg.backbone_weights`` (a local file) every BatchNorm is a
     ``FrozenBatchNorm2d`` (as torchvision does for pretrained detection
     backbones); BatchNorms of frozen stages are always frozen. EfficientNet:
-    see :func:`geodet.backbones.build_efficientnet_body`.
+    see :func:`geodet.modeling.backbones.build_efficientnet_body`.
     EfficientNet stages feed the FPN down to stride 32 whatever the head's levels.
     ``load_backbone_weights=False`` builds the same architecture without
     reading the weights (used when a geodet model file supplies all weights).
@@ -416,7 +416,7 @@ class RetinaHead(nn.Module):
 def _foreground_normaliser(num_foreground: int, device: torch.device) -> float:
     """What a batch's summed losses are divided by: its foreground anchors (at least 1).
 
-    Under DDP (:mod:`geodet.distributed`) the count is the global batch's, over
+    Under DDP (:mod:`geodet.learning.distributed`) the count is the global batch's, over
     all ranks, divided by the number of ranks, since DDP averages the ranks'
     gradients: N ranks then give the gradient of one process with the global batch.
     """
@@ -467,7 +467,7 @@ class GeodetRetinaNet(RetinaNet):
         """Losses of a batch with anchors assigned by ``config.assigner``.
 
         ``"maxiou"`` is torchvision's ``Matcher`` (``fg_iou_thresh`` /
-        ``bg_iou_thresh``); ``"atss"`` is :func:`geodet.assign.atss_matched_idxs`
+        ``bg_iou_thresh``); ``"atss"`` is :func:`geodet.modeling.assign.atss_matched_idxs`
         on the per-level anchor counts of this forward pass.
 
         Args:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 import geodet
 from geodet.config import ModelConfig, from_dict, to_dict
 from geodet.errors import GeodetError
-from geodet.outputs import staged_file
+from geodet.io.outputs import staged_file
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class ModelMeta:
         chip_size: chip side in px used in training.
         overlap: chip overlap in px used in training.
         gsd: ground sample distance of the training scenes in metres per pixel
-            (:func:`geodet.raster.gsd_metres`, whatever their CRS units).
+            (:func:`geodet.io.raster.gsd_metres`, whatever their CRS units).
         dtype: raster data type of the training scenes (e.g. "uint8"); detection
             warns when a scene's differs, since ``band_mean`` / ``band_std`` then
             rarely fit it.
@@ -120,7 +120,7 @@ def save_model(
     """Write ``model`` and its description to ``path`` atomically.
 
     The file is written to a temporary file in the same directory and then
-    published (:mod:`geodet.outputs`), so a reader never sees half a file.
+    published (:mod:`geodet.io.outputs`), so a reader never sees half a file.
 
     Args:
         path: destination file (conventionally ``*.pt``).
@@ -130,7 +130,7 @@ def save_model(
         bands: 1-based band indices, ``model_config.in_channels`` of them.
         band_mean / band_std: normalisation statistics per band.
         chip_size / overlap: chip side and overlap in px.
-        gsd: ground sample distance in metres per pixel (:func:`geodet.raster.gsd_metres`).
+        gsd: ground sample distance in metres per pixel (:func:`geodet.io.raster.gsd_metres`).
         dtype: raster data type name, e.g. ``"uint8"``.
         extra: more plain values to store (no arbitrary objects).
         overwrite: replace an existing ``path``; False publishes without clobbering, so a
@@ -305,7 +305,7 @@ def _model_with_weights(cfg, state_dict: Dict[str, Tensor]) -> nn.Module:
     the model has no other tensors (tests/test_modelfile.py checks that none
     is left on the meta device).
     """
-    from geodet.model import build_model
+    from geodet.modeling.model import build_model
 
     with torch.device("meta"):
         model = build_model(cfg, load_backbone_weights=False)

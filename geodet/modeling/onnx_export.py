@@ -1,7 +1,7 @@
 """ONNX export of a geodet model, its metadata, and the onnxruntime runner.
 
 ``export_onnx(model.pt, out.onnx)`` writes the folded inference network
-(:func:`geodet.model.prepare_for_inference`) as one ONNX graph:
+(:func:`geodet.modeling.model.prepare_for_inference`) as one ONNX graph:
 
 * input ``images``: ``float32 [B, C, S, S]``, the scene's raw pixel values
   (digital numbers) of the model's bands, in the model's band order, divided
@@ -9,7 +9,7 @@
   by 255 and normalises with the model file's ``band_mean`` / ``band_std``, so
   the QGIS Deepness plugin (which feeds ``uint8 RGB / 255``) and geodet's own
   runner feed the same thing. ``S`` is the model's chip size rounded up to
-  :data:`geodet.anchors.PAD_MULTIPLE_PX`; ``B`` is dynamic.
+  :data:`geodet.modeling.anchors.PAD_MULTIPLE_PX`; ``B`` is dynamic.
 * output ``detections``: ``float32 [B, N, 5 + K]``, one row per anchor (the
   anchors of an ``S`` px chip are baked into the graph): ``cx, cy, w, h``
   (the decoded box in chip pixels, clipped to the chip), an objectness equal
@@ -21,10 +21,10 @@
 Every value of ``metadata_props`` is JSON (Deepness ``json.loads`` each one):
 Deepness' keys (:func:`deepness_metadata`) and geodet's own ``geodet_*`` keys
 (:func:`geodet_metadata`), from which :func:`meta_from_onnx` rebuilds the
-:class:`geodet.modelfile.ModelMeta` that detection needs.
+:class:`geodet.modeling.modelfile.ModelMeta` that detection needs.
 
 :class:`OnnxNet` runs an export through onnxruntime behind the interface
-:func:`geodet.predict.predict_scene` uses for the torch network: called with
+:func:`geodet.inference.predict.predict_scene` uses for the torch network: called with
 a ``[B, C, H, W]`` batch of normalised chips it returns one
 ``{"boxes", "scores", "labels"}`` dict per chip, selected exactly as
 torchvision's RetinaNet does (score threshold, top-k per pyramid level,
@@ -75,7 +75,7 @@ def is_onnx_path(path: Optional[PathLike]) -> bool:
 
 
 def _input_size_px(chip_px: int) -> int:
-    from geodet.anchors import PAD_MULTIPLE_PX
+    from geodet.modeling.anchors import PAD_MULTIPLE_PX
 
     return int(math.ceil(chip_px / PAD_MULTIPLE_PX) * PAD_MULTIPLE_PX)
 
@@ -247,12 +247,12 @@ def read_onnx_metadata(path: PathLike) -> Dict[str, Any]:
 
 
 def meta_from_onnx(path: PathLike):
-    """The :class:`geodet.modelfile.ModelMeta` an export was made from (without its training history).
+    """The :class:`geodet.modeling.modelfile.ModelMeta` an export was made from (without its training history).
 
     Raises:
         GeodetError: see :func:`read_onnx_metadata`; missing or malformed geodet keys.
     """
-    from geodet.modelfile import ModelMeta
+    from geodet.modeling.modelfile import ModelMeta
 
     data = read_onnx_metadata(path)
     name = Path(path).name
@@ -279,7 +279,7 @@ def meta_from_onnx(path: PathLike):
 
 def export_onnx(model: PathLike, out: PathLike, *, overwrite: bool = False, opset: int = OPSET,
                 config: DetectConfig = DetectConfig()) -> Path:
-    """Export a geodet model file to ONNX with its metadata, atomically (:mod:`geodet.outputs`).
+    """Export a geodet model file to ONNX with its metadata, atomically (:mod:`geodet.io.outputs`).
 
     Args:
         model: a geodet model file (``.pt``).
@@ -299,9 +299,9 @@ def export_onnx(model: PathLike, out: PathLike, *, overwrite: bool = False, opse
     import onnx
     import torch
 
-    from geodet.model import prepare_for_inference
-    from geodet.modelfile import load_model, model_hash
-    from geodet.outputs import check_output, staged_file
+    from geodet.modeling.model import prepare_for_inference
+    from geodet.modeling.modelfile import load_model, model_hash
+    from geodet.io.outputs import check_output, staged_file
 
     if opset < 17:
         raise GeodetError(f"the ONNX opset must be at least 17, got {opset}.")
@@ -436,7 +436,7 @@ def check_onnx_file(path: PathLike, meta=None):
     """Check an ONNX file as :class:`OnnxNet` would before onnxruntime opens it: a geodet export
     (:func:`meta_from_onnx`) with no tensor in external files (:func:`_check_no_external_data`) and a
     graph whose input and output fit its metadata (:func:`_check_contract`). Returns its
-    :class:`geodet.modelfile.ModelMeta`.
+    :class:`geodet.modeling.modelfile.ModelMeta`.
 
     Raises:
         GeodetError: one sentence on what is wrong.
@@ -584,7 +584,7 @@ def load_onnx(path: PathLike, device: str = "auto") -> Tuple[OnnxNet, Any]:
 
 
 def load_onnx_detector(path: PathLike, config: DetectConfig = DetectConfig()):
-    """A :class:`geodet.detection.Detector` running a geodet ONNX export through onnxruntime.
+    """A :class:`geodet.inference.detection.Detector` running a geodet ONNX export through onnxruntime.
 
     The chip size is the export's (its anchors are baked for it); the model's
     name and hash are those of the model file the export was made from.
@@ -594,7 +594,7 @@ def load_onnx_detector(path: PathLike, config: DetectConfig = DetectConfig()):
     """
     import torch
 
-    from geodet.detection import Detector, _overlap_warning, config_for_model
+    from geodet.inference.detection import Detector, _overlap_warning, config_for_model
 
     net, meta = load_onnx(path, config.device)
     if config.chip_size is not None and int(config.chip_size) != meta.chip_size:

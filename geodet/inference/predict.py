@@ -25,12 +25,12 @@ import torch
 from rasterio.windows import Window
 
 from geodet.config import DetectConfig
-from geodet.device import autocast_dtype
+from geodet.modeling.device import autocast_dtype
 from geodet.errors import GeodetError
-from geodet.modelfile import ModelMeta
-from geodet.raster import BandStats, SceneInfo, gsd_metres, open_raster, read_chip, sample_band_stats
-from geodet.sources import gdal_env, redact
-from geodet.windows import chip_windows, window_bounds_px
+from geodet.modeling.modelfile import ModelMeta
+from geodet.io.raster import BandStats, SceneInfo, gsd_metres, open_raster, read_chip, sample_band_stats
+from geodet.io.sources import gdal_env, redact
+from geodet.core.windows import chip_windows, window_bounds_px
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def normalisation_stats(src, info: SceneInfo, bands: Sequence[int], meta: ModelM
     ``"model"``: the model file's ``band_mean`` / ``band_std``, which the model
     was trained on; a warning when the scene's pixel type differs from the
     training scenes' (a uint16 scene under uint8 statistics lands far off).
-    ``"scene"``: sampled from the scene (:func:`geodet.raster.sample_band_stats`).
+    ``"scene"``: sampled from the scene (:func:`geodet.io.raster.sample_band_stats`).
     """
     same_dtype = np.dtype(info.dtype) == np.dtype(meta.dtype)
     if normalisation == "auto":
@@ -251,9 +251,9 @@ def plan_scene(src, info: SceneInfo, config: DetectConfig, meta: ModelMeta) -> S
 
     Args:
         src: the open scene (read only for ``normalisation="scene"``).
-        info: its metadata (:func:`geodet.raster.scene_info`).
+        info: its metadata (:func:`geodet.io.raster.scene_info`).
         config: settings resolved for the model: ``bands``, ``chip_size`` and
-            ``overlap`` set (:func:`geodet.detection.config_for_model`).
+            ``overlap`` set (:func:`geodet.inference.detection.config_for_model`).
         meta: the model's description.
 
     Raises:
@@ -332,7 +332,7 @@ def predict_chips(
     (that is :func:`stitch_chips`). Detections come in chip order.
 
     Args:
-        net: a model from :func:`geodet.model.build_model` in eval mode on ``device``.
+        net: a model from :func:`geodet.modeling.model.build_model` in eval mode on ``device``.
         src: the open scene (rasterio dataset); the caller closes it.
         plan: bands, statistics and chip windows (:func:`plan_scene`).
         config: ``batch_size``, ``workers``, ``score_threshold`` and
@@ -413,7 +413,7 @@ def predict_chips(
 
 
 def stitch_chips(raw: ChipDetections, plan: ScenePlan, scene_hw: Tuple[int, int], config: DetectConfig) -> SceneDetections:
-    """Merge raw per-chip detections across the chips of a scene (:func:`geodet.stitch.merge_detections_np`).
+    """Merge raw per-chip detections across the chips of a scene (:func:`geodet.core.stitch.merge_detections_np`).
 
     Args:
         raw: detections of the scene's chips (:func:`predict_chips`, one call or
@@ -422,7 +422,7 @@ def stitch_chips(raw: ChipDetections, plan: ScenePlan, scene_hw: Tuple[int, int]
         scene_hw: ``(height, width)`` of the scene in pixels.
         config: ``nms_iou``.
     """
-    from geodet.stitch import merge_detections_np
+    from geodet.core.stitch import merge_detections_np
 
     if len(raw.scores) == 0:
         empty = np.zeros((0, 4), np.float32)
@@ -448,7 +448,7 @@ def predict_scene(
     The composition of :func:`predict_chips` over every chip and :func:`stitch_chips`.
 
     Args:
-        net: a model from :func:`geodet.model.build_model` in eval mode on ``device``.
+        net: a model from :func:`geodet.modeling.model.build_model` in eval mode on ``device``.
         src: the open scene (rasterio dataset); the caller closes it.
         plan: bands, statistics and chip windows (:func:`plan_scene`).
         config: ``batch_size``, ``workers``, ``score_threshold``, ``nms_iou``

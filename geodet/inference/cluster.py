@@ -3,7 +3,7 @@
 The only module of geodet that imports Dask (``dask.distributed``, the optional
 extra ``geodet[cluster]``). :func:`predict.predict_scene` and
 :func:`detection.detect_task` stay unaware of it: a worker runs exactly what
-the in-process path runs, one :class:`~geodet.detection.SceneTask` at a time.
+the in-process path runs, one :class:`~geodet.inference.detection.SceneTask` at a time.
 
 Where the cluster comes from (:func:`open_client`):
 
@@ -19,7 +19,7 @@ Where the cluster comes from (:func:`open_client`):
 
 How the model reaches the workers: the client reads the model file's bytes
 once and registers them as a worker plugin (:class:`ModelFilePlugin`, named
-after :func:`geodet.modelfile.model_hash`). The scheduler hands the plugin to
+after :func:`geodet.modeling.modelfile.model_hash`). The scheduler hands the plugin to
 every worker, also to workers that join or restart later (a nanny restarting
 a killed worker), and the plugin writes the file into the worker's own
 scratch folder. Shipping bytes rather than a path is what lets workers on
@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 from geodet.config import ClusterConfig, DetectConfig
-from geodet.detection import (
+from geodet.inference.detection import (
     Detector,
     SceneTask,
     config_for_model,
@@ -239,7 +239,7 @@ class ModelFilePlugin(_WorkerPluginBase):
 
     Attributes:
         model_bytes: the model file.
-        model_hash: :func:`geodet.modelfile.model_hash` of those bytes (the file's name on the worker).
+        model_hash: :func:`geodet.modeling.modelfile.model_hash` of those bytes (the file's name on the worker).
     """
 
     idempotent = True  # registering the same model again is a no-op
@@ -331,7 +331,7 @@ def workers_by_host(client) -> Dict[str, Tuple[str, ...]]:
 def _model_path(model) -> str:
     if isinstance(model, tuple):
         raise GeodetError(
-            "a Dask cluster runs a model file: save the model (geodet.modelfile.save_model) and pass its path."
+            "a Dask cluster runs a model file: save the model (geodet.modeling.modelfile.save_model) and pass its path."
         )
     return default_model_path() if model is None else str(model)
 
@@ -365,7 +365,7 @@ def dask_runner(
         GeodetError: a missing or bad model file, settings that do not fit it,
             an in-memory ``(net, meta)`` model.
     """
-    from geodet.modelfile import load_model, model_hash
+    from geodet.modeling.modelfile import load_model, model_hash
 
     _require_dask()
     path = _model_path(model)

@@ -2,7 +2,7 @@
 
 This is the inspection path for training data: every chip is a GeoTIFF with
 its own transform and CRS, and ``annotations.json`` holds the boxes in chip
-pixels. Training itself reads scenes directly (see :mod:`geodet.dataset`).
+pixels. Training itself reads scenes directly (see :mod:`geodet.learning.dataset`).
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from typing import Callable, Dict, Optional, Sequence
 import numpy as np
 import rasterio
 
-from geodet.boxes import clip_boxes_to_window
+from geodet.core.boxes import clip_boxes_to_window
 from geodet.config import ChipConfig
 from geodet.errors import GeodetError
-from geodet.outputs import check_output, staged_folder
-from geodet.raster import open_dataset, open_raster, read_raw, resolve_bands, scene_info
-from geodet.sources import file_name, redact, resolve_scenes
-from geodet.vector import check_labels_inside, labels_for_scene, read_labels
-from geodet.windows import chip_transform, chip_windows, window_bounds_px
+from geodet.io.outputs import check_output, staged_folder
+from geodet.io.raster import open_dataset, open_raster, read_raw, resolve_bands, scene_info
+from geodet.io.sources import file_name, redact, resolve_scenes
+from geodet.io.vector import check_labels_inside, labels_for_scene, read_labels
+from geodet.core.windows import chip_transform, chip_windows, window_bounds_px
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +70,17 @@ def tile(
     """Cut scenes into georeferenced chips and write COCO annotations.
 
     Args:
-        imagery: scenes, as :func:`geodet.sources.resolve_scenes` takes them (paths, globs,
+        imagery: scenes, as :func:`geodet.io.sources.resolve_scenes` takes them (paths, globs,
             ``@list.txt``, URLs, GDAL virtual paths, STAC JSON).
         labels: a vector file of objects (polygons or points).
         out_dir: output folder; gets ``chips/*.tif`` and ``annotations.json``.
-        class_field: the labels' class column (see :func:`geodet.vector.read_labels`).
+        class_field: the labels' class column (see :func:`geodet.io.vector.read_labels`).
         chip: chip size, overlap, bands, minimum visible fraction, point size.
         overwrite: replace a non-empty ``out_dir``.
         progress: called with the number of the scene's chips done after each chip.
         asset: the STAC asset key read from STAC inputs (default: the visual/RGB one).
         allow_local_hrefs: follow local hrefs of remote STAC catalogs
-            (:func:`geodet.sources.resolve_scenes`).
+            (:func:`geodet.io.sources.resolve_scenes`).
 
     Everything is written into a temporary folder beside ``out_dir`` and
     moved into place at the end, so a failure leaves nothing half-written.

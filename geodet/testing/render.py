@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 import numpy as np
 
-from geodet.testing._layout import _Layout, _Pool, _Tree
-from geodet.testing._materials import (
+from geodet.testing.layout import _Layout, _Pool, _Tree
+from geodet.testing.materials import (
     Rect,
     _ASPHALT,
     _CONCRETE,

@@ -564,7 +564,7 @@ def atss_positive_boxes(
     chip_size: Optional[int] = None,
     topk: int = ATSS_TOPK,
 ) -> np.ndarray:
-    """Whether each box gets at least one positive anchor under ATSS (:mod:`geodet.assign`).
+    """Whether each box gets at least one positive anchor under ATSS (:mod:`geodet.modeling.assign`).
 
     Each box is assigned on its own (boxes gathered from many chips into one
     chip frame overlap each other; in a real chip they rarely share anchors).
@@ -580,7 +580,7 @@ def atss_positive_boxes(
     Returns:
         ``bool [N]``.
     """
-    from geodet.assign import atss_covered
+    from geodet.modeling.assign import atss_covered
 
     boxes = _as_boxes(boxes_px)
     if len(boxes) == 0:
@@ -812,7 +812,7 @@ def anchor_report(
     Args:
         imagery: GeoTIFF paths the labels are measured against.
         labels: vector labels (any CRS).
-        class_field: the labels' class column (None: :func:`geodet.vector.auto_class_field`).
+        class_field: the labels' class column (None: :func:`geodet.io.vector.auto_class_field`).
         chip_size: training chip side in px (default :data:`geodet.config.TRAIN_CHIP`'s).
         point_size_m: side in metres of a point label's box (default TRAIN_CHIP's).
         assigner: ``"atss"`` or ``"maxiou"``; None: ``"maxiou"`` when ``fg_iou``
@@ -824,7 +824,7 @@ def anchor_report(
     """
     from geodet.config import ASSIGNERS, TRAIN_CHIP, ChipConfig, ModelConfig
     from geodet.errors import ConfigError
-    from geodet.training import boxes_in_chip_frame, load_sources
+    from geodet.learning.training import boxes_in_chip_frame, load_sources
 
     if fg_iou is not None and assigner == "atss":
         raise ConfigError("fg_iou applies to the maxiou assigner only; ATSS fits its IoU per object.")

@@ -20,9 +20,9 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
 from geodet.errors import GeodetError
-from geodet.sources import GDAL_CACHE_MB  # noqa: F401 (its home is geodet.sources; still importable here)
-from geodet.sources import gdal_env, is_virtual, redact, to_gdal_path
-from geodet.windows import chip_windows
+from geodet.io.sources import GDAL_CACHE_MB  # noqa: F401 (its home is geodet.io.sources; still importable here)
+from geodet.io.sources import gdal_env, is_virtual, redact, to_gdal_path
+from geodet.core.windows import chip_windows
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +62,10 @@ class SceneInfo:
 
 
 def open_raster(path: str):
-    """Open any raster GDAL reads, with geodet's GDAL settings (:func:`geodet.sources.gdal_env`).
+    """Open any raster GDAL reads, with geodet's GDAL settings (:func:`geodet.io.sources.gdal_env`).
 
     ``path`` is a local path, a GDAL virtual path (``/vsicurl/...``, ``/vsis3/...``) or a URL
-    (mapped by :func:`geodet.sources.to_gdal_path`). Returns an open rasterio dataset (the
+    (mapped by :func:`geodet.io.sources.to_gdal_path`). Returns an open rasterio dataset (the
     caller closes it); no georeferencing check (see :func:`open_dataset`).
 
     Raises:
@@ -203,7 +203,7 @@ def read_errors(src, window: Window):
     COG, a bad disk) opens fine and fails only here; a remote one also when the network fails.
 
     Every windowed read in geodet runs in this context, so it also holds geodet's GDAL settings
-    (:func:`geodet.sources.gdal_env`: retries of remote reads, the byte-range cache), in
+    (:func:`geodet.io.sources.gdal_env`: retries of remote reads, the byte-range cache), in
     whichever thread the read runs.
     """
     try:

@@ -227,7 +227,7 @@ def merge_detections_np(
             each detection came from.
         chip_boxes_px: ``[K, 4]`` each chip's window in scene pixels,
             ``(col_off, row_off, col_off + width, row_off + height)``
-            (:func:`geodet.windows.window_bounds_px`).
+            (:func:`geodet.core.windows.window_bounds_px`).
         scene_shape: ``(height, width)`` of the scene in pixels; chip edges on
             (or beyond) the scene border are not inner edges.
         nms_iou: IoU above which class-wise NMS drops the lower-scoring box.

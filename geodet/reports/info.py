@@ -72,7 +72,7 @@ def describe(path: Union[str, os.PathLike]) -> Dict[str, Any]:
         GeodetError: a missing, damaged or foreign file.
     """
     from geodet.config import to_dict
-    from geodet.export import is_onnx_path, read_onnx_metadata
+    from geodet.modeling.onnx_export import is_onnx_path, read_onnx_metadata
 
     file = Path(path)
     if is_onnx_path(file):
@@ -95,7 +95,7 @@ def describe(path: Union[str, os.PathLike]) -> Dict[str, Any]:
             metadata={k: v for k, v in data.items() if k != "geodet_history"},
         )
         return out
-    from geodet.modelfile import _meta_from_dict, model_hash, read_model_file
+    from geodet.modeling.modelfile import _meta_from_dict, model_hash, read_model_file
 
     meta = _meta_from_dict(read_model_file(file), file.name)
     out = {"file": str(file), "kind": "model", **_model_part(

@@ -53,10 +53,10 @@ def _python_state() -> list:
 
 
 def load_checkpoint_state(path: str) -> dict:
-    """The training state of a last checkpoint, read by :func:`geodet.modelfile.read_model_file`:
+    """The training state of a last checkpoint, read by :func:`geodet.modeling.modelfile.read_model_file`:
     ``model_config``, ``class_names``, ``state_dict`` and ``train_state`` (optimizer, scaler,
     EMA, epoch, step, elapsed_s, best, history, rng)."""
-    from geodet.modelfile import read_model_file
+    from geodet.modeling.modelfile import read_model_file
 
     try:
         raw = read_model_file(path)
