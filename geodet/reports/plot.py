@@ -16,149 +16,39 @@ through ``out_shape``, which GDAL serves from an overview when there is one.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from geodet.config import COCO_ANCHORS
+from geodet.core.boxes import geometries_to_pixel_boxes
 from geodet.errors import GeodetError
+from geodet.io.outputs import check_output, staged_file
+from geodet.io.raster import open_dataset
+from geodet.reports import webmap
+from geodet.reports.display import (  # noqa: F401  (CLASS_COLORS, LABEL_COLOR: still importable from here)
+    CLASS_COLORS,
+    LABEL_COLOR,
+    display_bands,
+    frame_in_crs,
+    read_for_display,
+    snap_window,
+    stretch_to_rgba,
+)
 
 log = logging.getLogger(__name__)
 
-#: Outline colour of ground-truth labels.
-LABEL_COLOR = "#ffd60a"
 #: Line style of ground-truth outlines: dashed and drawn above the detections (here and on web
 #: maps, :data:`geodet.reports.webmap.TRUTH_DASH`), so both show where a label and a detection coincide.
 LABEL_LINESTYLE = (0, (4, 3))
 #: Outline colour of detections (single class; see :data:`CLASS_COLORS`).
 DETECTION_COLOR = "#ff2d55"
-#: Box colours of a quicklook, one per class in sorted class order.
-CLASS_COLORS = ("#ff2d55", "#00e5ff", "#7cff00", "#ff9f0a", "#bf5af2", "#ffffff")
-#: Display stretch: these percentiles of each band map to black and white.
-STRETCH_PERCENTILES = (2.0, 98.0)
 #: Most score labels drawn by :func:`show_scene` (more would be unreadable).
 MAX_SCORE_TEXTS = 300
 
 Bounds = Tuple[float, float, float, float]
-
-
-# --------------------------------------------------------------------------- pixels
-
-
-def display_bands(count: int, bands: Optional[Sequence[int]] = None) -> Tuple[int, ...]:
-    """1-based bands shown: the given 1 or 3 bands, else bands 1-3 (RGB) or band 1 (grey).
-
-    Raises:
-        GeodetError: a band outside ``1..count``, or not 1 or 3 bands given.
-    """
-    if bands is None:
-        return (1, 2, 3) if count >= 3 else (1,)
-    bands = tuple(int(b) for b in bands)
-    if len(bands) not in (1, 3):
-        raise GeodetError(f"give 1 band (grey) or 3 bands (RGB) to display, got {len(bands)}: {bands}.")
-    bad = [b for b in bands if not 1 <= b <= count]
-    if bad:
-        raise GeodetError(f"the scene has {count} band(s) but band(s) {bad} were asked for display.")
-    return bands
-
-
-def stretch_to_rgba(
-    pixels: np.ndarray, valid: np.ndarray, percentiles: Tuple[float, float] = STRETCH_PERCENTILES
-) -> np.ndarray:
-    """Percentile-stretch pixels for display.
-
-    Args:
-        pixels: ``[C, H, W]`` values of any dtype, C = 1 (grey) or 3 (RGB).
-        valid: bool ``[H, W]``; invalid pixels become transparent.
-        percentiles: per band, these percentiles of the valid pixels map to 0 and 1.
-
-    Returns:
-        float32 ``[H, W, 4]`` RGBA in [0, 1].
-    """
-    data = np.asarray(pixels, dtype=np.float32)
-    if data.ndim != 3 or data.shape[0] not in (1, 3):
-        raise ValueError(f"pixels must be [1 or 3, H, W], got shape {data.shape}")
-    valid = np.asarray(valid, dtype=bool) & np.all(np.isfinite(data), axis=0)
-    out = np.zeros(data.shape[1:] + (4,), dtype=np.float32)
-    for i, band in enumerate(data):
-        values = band[valid]
-        lo, hi = np.percentile(values, percentiles) if values.size else (0.0, 1.0)
-        scale = 1.0 / (hi - lo) if hi > lo else 0.0  # a constant band shows black
-        stretched = np.clip((band - lo) * scale, 0.0, 1.0)
-        out[..., i] = np.where(valid, stretched, 0.0)
-    if data.shape[0] == 1:
-        out[..., 1] = out[..., 0]
-        out[..., 2] = out[..., 0]
-    out[..., 3] = valid
-    return out
-
-
-def decimated_shape(height_px: int, width_px: int, max_px: int) -> Tuple[int, int]:
-    """``(h, w)`` of a read whose longer side is at most ``max_px`` (native size if smaller)."""
-    if max_px < 1:
-        raise GeodetError(f"max_px must be at least 1, got {max_px}.")
-    factor = max(height_px, width_px) / max_px
-    if factor <= 1:
-        return int(height_px), int(width_px)
-    return max(1, int(round(height_px / factor))), max(1, int(round(width_px / factor)))
-
-
-def _snap_window(src, window) -> "Window":
-    """A whole-pixel window inside the scene from a Window or CRS bounds.
-
-    Fractional windows (e.g. from bounds between pixel edges) grow outward to
-    whole pixels, then are clipped to the scene.
-    """
-    from rasterio.windows import Window, from_bounds
-
-    if window is None:
-        return Window(0, 0, src.width, src.height)
-    given = window
-    if not isinstance(window, Window):
-        try:
-            left, bottom, right, top = (float(v) for v in window)
-        except (TypeError, ValueError):
-            raise GeodetError(
-                f"window must be a rasterio Window or bounds (left, bottom, right, top), got {window!r}."
-            ) from None
-        if not (right > left and top > bottom):
-            raise GeodetError(f"window bounds must have right > left and top > bottom, got {tuple(window)}.")
-        window = from_bounds(left, bottom, right, top, transform=src.transform)
-    eps = 1e-6
-    c0 = math.floor(window.col_off + eps)
-    r0 = math.floor(window.row_off + eps)
-    c1 = math.ceil(window.col_off + window.width - eps)
-    r1 = math.ceil(window.row_off + window.height - eps)
-    c0, r0, c1, r1 = max(c0, 0), max(r0, 0), min(c1, src.width), min(r1, src.height)
-    if c1 <= c0 or r1 <= r0:
-        raise GeodetError(f"the window {given!r} does not overlap the scene {src.name}.")
-    return Window(c0, r0, c1 - c0, r1 - r0)
-
-
-def _read_for_display(src, window, bands: Sequence[int], max_px: int) -> Tuple[np.ndarray, np.ndarray]:
-    """``(pixels float32 [C, h, w], valid [h, w])`` of a window, decimated to ``max_px``."""
-    from geodet.io.raster import read_window
-
-    shape = decimated_shape(int(window.height), int(window.width), max_px)
-    native = shape == (int(window.height), int(window.width))
-    if not native:
-        log.debug(
-            "%s: reading window %s as %s px (overviews: %s)", src.name, window, shape, src.overviews(bands[0])
-        )
-    return read_window(src, window, bands, out_shape=None if native else shape)
-
-
-# --------------------------------------------------------------------------- vectors
-
-
-def _frame_in_crs(obj, crs, what: str):
-    """A GeoDataFrame (from a path or a frame, read by :func:`geodet.io.vector.read_frame`) reprojected to ``crs``."""
-    from geodet.io.vector import read_frame
-
-    frame, _ = read_frame(obj, what)
-    return frame.to_crs(crs) if len(frame) and frame.crs != crs else frame
 
 
 def outline_vertices(geoms) -> Tuple[List[np.ndarray], np.ndarray]:
@@ -255,7 +145,6 @@ def show_scene(
     """
     from matplotlib.lines import Line2D
 
-    from geodet.io.raster import open_dataset
 
     path = os.fspath(scene_path)
     with open_dataset(path) as src:
@@ -264,9 +153,9 @@ def show_scene(
             raise GeodetError(
                 f"show_scene draws north-up scenes only; {path} has a rotated geotransform (use quicklook)."
             )
-        win = _snap_window(src, window)
+        win = snap_window(src, window)
         use_bands = display_bands(src.count, bands)
-        pixels, valid = _read_for_display(src, win, use_bands, max_px)
+        pixels, valid = read_for_display(src, win, use_bands, max_px)
         crs = src.crs
     x_at_col0, y_at_row0 = t @ (win.col_off, win.row_off)
     x_at_col1, y_at_row1 = t @ (win.col_off + win.width, win.row_off + win.height)
@@ -284,12 +173,12 @@ def show_scene(
     handles = []
     box = (left, bottom, right, top)
     if labels is not None:
-        frame = _in_box(_frame_in_crs(labels, crs, "labels"), box)
+        frame = _in_box(frame_in_crs(labels, crs, "labels"), box)
         _draw_outlines(ax, frame.geometry, label_color, linewidth=1.2, gid="labels", zorder=3,
                        linestyle=LABEL_LINESTYLE)
         handles.append(Line2D([], [], color=label_color, lw=1.5, ls=LABEL_LINESTYLE, label=f"labels ({len(frame)})"))
     if detections is not None:
-        frame = _in_box(_frame_in_crs(detections, crs, "detections"), box)
+        frame = _in_box(frame_in_crs(detections, crs, "detections"), box)
         _draw_outlines(ax, frame.geometry, detection_color, linewidth=1.2, gid="detections", zorder=2)
         handles.append(Line2D([], [], color=detection_color, lw=1.5, label=f"detections ({len(frame)})"))
         if scores and "score" in frame.columns:
@@ -384,7 +273,6 @@ def plot_object_sizes(
     Returns:
         The Axes (log-scaled x axis in px).
     """
-    from geodet.config import COCO_ANCHORS
 
     report = boxes_or_report if isinstance(boxes_or_report, dict) else None
     ax = _new_axes(ax, (7, 4))
@@ -530,19 +418,17 @@ def quicklook_array(scene_path, detections, *, max_px: int = 2048, bands=None) -
 
     See :func:`quicklook` for the arguments.
     """
-    from geodet.core.boxes import geometries_to_pixel_boxes
-    from geodet.io.raster import open_dataset
 
     path = os.fspath(scene_path)
     with open_dataset(path) as src:
-        win = _snap_window(src, None)
+        win = snap_window(src, None)
         use_bands = display_bands(src.count, bands)
-        pixels, valid = _read_for_display(src, win, use_bands, max_px)
+        pixels, valid = read_for_display(src, win, use_bands, max_px)
         crs, transform, height, width = src.crs, src.transform, src.height, src.width
     rgba = (stretch_to_rgba(pixels, valid) * 255 + 0.5).astype(np.uint8)
     if detections is None:
         return rgba
-    frame = _frame_in_crs(detections, crs, "detections")
+    frame = frame_in_crs(detections, crs, "detections")
     if "scene" in frame.columns and (frame["scene"] == Path(path).name).any():
         frame = frame[frame["scene"] == Path(path).name]
     if not len(frame):
@@ -610,9 +496,8 @@ def explore(detections=None, scene=None, truth=None, **kw):
     Returns:
         a ``folium.Map`` (a notebook shows it when it is a cell's last value).
     """
-    from geodet.reports.webmap import explore as explore_map
 
-    return explore_map(detections, scene, truth, **kw)
+    return webmap.explore(detections, scene, truth, **kw)
 
 
 # --------------------------------------------------------------------------- files
@@ -624,14 +509,12 @@ def check_png_path(path: Union[str, os.PathLike], *, overwrite: bool = False) ->
     Raises:
         GeodetError: with one sentence saying why not.
     """
-    from geodet.io.outputs import check_output
 
     check_output(path, overwrite=overwrite)
 
 
 def _write_atomic(path: str, write: Callable, *, overwrite: bool = True) -> None:
     """Call ``write(binary file)`` on a temporary file beside ``path``, then publish it."""
-    from geodet.io.outputs import staged_file
 
     with staged_file(path, overwrite=overwrite) as tmp, open(tmp, "wb") as fh:
         write(fh)

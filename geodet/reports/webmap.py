@@ -34,7 +34,17 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 
 from geodet.errors import GeodetError
-from geodet.reports.plot import CLASS_COLORS, LABEL_COLOR, _read_for_display, _snap_window, display_bands, stretch_to_rgba
+from geodet.io.raster import open_dataset
+from geodet.io.vector import auto_class_field
+from geodet.reports.display import (
+    CLASS_COLORS,
+    LABEL_COLOR,
+    display_bands,
+    frame_in_crs,
+    read_for_display,
+    snap_window,
+    stretch_to_rgba,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +155,7 @@ def scene_overlay(
     """A scene's image for a web map: decimated, stretched, warped to web mercator.
 
     The scene is read once, decimated so its longer side is at most ``max_px`` (from an
-    overview when there is one), percentile-stretched (:func:`geodet.reports.plot.stretch_to_rgba`),
+    overview when there is one), percentile-stretched (:func:`geodet.reports.display.stretch_to_rgba`),
     then warped with nearest neighbour onto :func:`web_mercator_grid`. Nodata and the corners
     outside the scene are transparent. Any CRS and any (also rotated) geotransform.
 
@@ -159,15 +169,14 @@ def scene_overlay(
     from affine import Affine
     from rasterio.warp import Resampling, reproject
 
-    from geodet.io.raster import open_dataset
 
     path = os.fspath(scene_path)
     with open_dataset(path) as src:
         if src.crs is None:
             raise GeodetError(f"{path} has no CRS, so it cannot be placed on a map.")
-        win = _snap_window(src, None)
+        win = snap_window(src, None)
         use_bands = display_bands(src.count, bands)
-        pixels, valid = _read_for_display(src, win, use_bands, max_px)
+        pixels, valid = read_for_display(src, win, use_bands, max_px)
         crs, transform, height, width = src.crs, src.transform, src.height, src.width
     rgba = (stretch_to_rgba(pixels, valid) * 255 + 0.5).astype(np.uint8)
     h, w = rgba.shape[:2]
@@ -209,7 +218,7 @@ def explore(
         scene: a georeferenced raster drawn underneath, decimated to ``max_px`` and warped to
             web mercator (:func:`scene_overlay`).
         truth: ground truth (GeoDataFrame or vector file, any CRS), outlined in
-            :data:`geodet.reports.plot.LABEL_COLOR` in a layer of its own.
+            :data:`geodet.reports.display.LABEL_COLOR` in a layer of its own.
         basemap: None: OpenStreetMap when :func:`basemap_reachable` says so within
             :data:`PROBE_TIMEOUT_S`, else a blank background with a note on the map saying why;
             False: blank; True: OpenStreetMap; a string: a folium/xyzservices tiles name or an XYZ
@@ -228,7 +237,6 @@ def explore(
     Raises:
         GeodetError: folium is missing, nothing to map, vectors without CRS, unreadable scene.
     """
-    from geodet.reports.plot import _frame_in_crs
 
     folium = require_folium()
     if detections is None and scene is None and truth is None:
@@ -244,7 +252,7 @@ def explore(
         ).add_to(m)
         extents.append((bounds[0][1], bounds[0][0], bounds[1][1], bounds[1][0]))
     if detections is not None:
-        frame = _frame_in_crs(detections, "EPSG:4326", "detections")
+        frame = frame_in_crs(detections, "EPSG:4326", "detections")
         if len(frame):
             names = _add_detections(m, frame, max_detections, kw)
             if "score" in frame.columns:
@@ -253,7 +261,7 @@ def explore(
         else:
             log.info("no detections to map")
     if truth is not None:
-        frame = _frame_in_crs(truth, "EPSG:4326", "ground truth")
+        frame = frame_in_crs(truth, "EPSG:4326", "ground truth")
         if len(frame):
             _add_truth(folium, m, frame)
             extents.append(tuple(frame.total_bounds))
@@ -317,7 +325,6 @@ def _tooltip(fields: Sequence[str]):
 def _add_truth(folium, m, frame) -> None:
     """The ground-truth layer: dashed outlines in :data:`LABEL_COLOR` in :data:`TRUTH_PANE`, above
     the detections; the class (if any) as tooltip."""
-    from geodet.io.vector import auto_class_field
 
     field = auto_class_field(frame.columns)
     columns = [field] if field else []
@@ -332,7 +339,7 @@ def _add_truth(folium, m, frame) -> None:
 
 
 def class_colors(classes: Sequence[str]) -> dict:
-    """``{class name: colour}``: :data:`geodet.reports.plot.CLASS_COLORS` in sorted class order (as in quicklooks)."""
+    """``{class name: colour}``: :data:`geodet.reports.display.CLASS_COLORS` in sorted class order (as in quicklooks)."""
     return {name: CLASS_COLORS[i % len(CLASS_COLORS)] for i, name in enumerate(sorted(set(classes)))}
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -29,9 +29,7 @@ from geodet.testing.materials import (
     _WATER_HARD,
     _toward,
 )
-
-if TYPE_CHECKING:
-    from geodet.testing.synthetic import SceneParams
+from geodet.testing.params import SceneParams
 
 logger = logging.getLogger("geodet.testing.synthetic")
 

@@ -8,7 +8,7 @@ effects (gradient, haze, blur, noise), and the conversion to the requested bands
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -26,9 +26,7 @@ from geodet.testing.materials import (
     _SOIL,
     _TREE,
 )
-
-if TYPE_CHECKING:
-    from geodet.testing.synthetic import SceneParams
+from geodet.testing.params import SceneParams
 
 # --------------------------------------------------------------------------- drawing helpers
 def _rect_alpha(rect: Rect) -> Tuple[int, int, np.ndarray]:
