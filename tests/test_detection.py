@@ -15,7 +15,7 @@ from geodet.modeling.modelfile import model_hash
 from geodet.errors import GeodetError
 from geodet.inference.predict import plan_chips
 from geodet.io.raster import open_scene
-from geodet.io.vector import read_output_metadata
+from geodet.io.formats import read_output_metadata
 from geodet_cli.main import cli
 
 

@@ -259,7 +259,7 @@ def test_detect_command_runs_an_export(tmp_path, two_class, make_scene_files):
     assert out.exists() and "detections" in result.output
     # The output names the model the export was made from, as an in-process run does.
     from geodet.modeling.modelfile import model_hash
-    from geodet.io.vector import read_output_metadata
+    from geodet.io.formats import read_output_metadata
 
     meta = read_output_metadata(out)
     assert meta["model_name"] == "two.pt" and meta["model_hash"] == model_hash(two_class[0])

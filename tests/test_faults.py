@@ -27,7 +27,8 @@ from conftest import tiny_model_overrides, wait_for
 from geodet.config import ChipConfig, TrainConfig
 from geodet.errors import GeodetError
 from geodet.io.outputs import TEMP_TAG, check_output, staged_file, sweep_stale
-from geodet.io.vector import read_labels, write_vector
+from geodet.io.vector import read_labels
+from geodet.io.formats import write_vector
 from geodet_cli.main import cli
 
 GEODET = [sys.executable, "-m", "geodet_cli.main"]

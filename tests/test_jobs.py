@@ -270,7 +270,7 @@ def test_another_models_job_gives_one_sentence_and_overwrite_starts_over(scenes,
 def test_resumed_output_keeps_the_run_metadata(scenes, tmp_path):
     from geodet.inference.detection import default_model_path, detect_to_file
     from geodet.modeling.modelfile import model_hash
-    from geodet.io.vector import read_output_metadata
+    from geodet.io.formats import read_output_metadata
 
     out = tmp_path / "out.gpkg"
     detect_to_file(scenes[:2], out)

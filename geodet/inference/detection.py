@@ -205,7 +205,7 @@ def run_metadata(detector: Detector) -> Dict[str, object]:
 
     ``geodet_version``, ``model_name`` and ``model_hash`` (None for an in-memory model), and
     ``class_names`` (``class_id`` indexes it). Detection frames carry it in
-    ``frame.attrs[geodet.io.vector.METADATA_ATTR]``; :func:`geodet.io.vector.write_vector` writes it
+    ``frame.attrs[geodet.io.formats.METADATA_ATTR]``; :func:`geodet.io.formats.write_vector` writes it
     into each format's metadata.
     """
     return _metadata(detector.model_name, detector.model_hash, detector.meta.class_names)
@@ -272,7 +272,7 @@ def _metadata(model_name: str, hash_hex: Optional[str], class_names: Sequence[st
 
 def with_metadata(frame: gpd.GeoDataFrame, metadata: Optional[Dict[str, object]]) -> gpd.GeoDataFrame:
     """``frame`` with ``metadata`` in ``frame.attrs[METADATA_ATTR]`` (None: left as it is); returns ``frame``."""
-    from geodet.io.vector import METADATA_ATTR
+    from geodet.io.formats import METADATA_ATTR
 
     if metadata is not None:
         frame.attrs[METADATA_ATTR] = copy.deepcopy(metadata)
@@ -472,7 +472,7 @@ def combine_frames(frames: Sequence[gpd.GeoDataFrame]) -> gpd.GeoDataFrame:
     rows are sorted by scene, then by descending score. The run's metadata
     (:func:`run_metadata`) is kept when every frame carries the same.
     """
-    from geodet.io.vector import METADATA_ATTR
+    from geodet.io.formats import METADATA_ATTR
 
     if not frames:
         return empty_frame("EPSG:4326")
@@ -631,7 +631,7 @@ def detect(
     if not finished:
         raise GeodetError("no scene could be read: " + "; ".join(failed.values()))
     out = combine_frames(collected)
-    from geodet.io.vector import METADATA_ATTR
+    from geodet.io.formats import METADATA_ATTR
 
     if METADATA_ATTR not in out.attrs:
         with_metadata(out, file_metadata if file_metadata is not None else model_file_metadata(model))
@@ -654,7 +654,7 @@ def check_job_output(output: Union[str, os.PathLike], *, overwrite: bool = False
         GeodetError: the folder cannot be written, ``output`` exists, or it lies inside a job folder.
     """
     from geodet.inference.jobs import JOB_SUFFIX, job_dir_for, job_owns_output
-    from geodet.io.vector import check_output_path
+    from geodet.io.formats import check_output_path
 
     for folder in Path(os.path.abspath(output)).parents:
         if folder.name.endswith(JOB_SUFFIX):
@@ -697,12 +697,12 @@ def detect_to_file(
             model or settings, or no scene could be read.
     """
     from geodet.inference.jobs import JobGone, job_dir_for, mark_partial_output, remove_job
-    from geodet.io.vector import check_output_path
+    from geodet.io.formats import check_output_path
 
     job_dir = job_dir_for(output)
     replace = check_job_output(output, overwrite=overwrite)
     if str(output).lower().endswith(".shp"):  # before any work: class names a shapefile would cut
-        from geodet.io.vector import check_shapefile_text
+        from geodet.io.formats import check_shapefile_text
 
         metadata = model_file_metadata(model)
         check_shapefile_text({"class": metadata["class_names"] if metadata else []}, str(output))
@@ -734,6 +734,6 @@ def write_detections(frame: gpd.GeoDataFrame, path: str, *, overwrite: bool = Fa
     """Write detections by extension (.geojson RFC 7946 in EPSG:4326; .gpkg,
     .shp and .parquet in the frame's CRS), atomically, with the run's metadata
     (``frame.attrs["geodet"]``) where the format has a place for it."""
-    from geodet.io.vector import write_vector
+    from geodet.io.formats import write_vector
 
     write_vector(frame, path, overwrite=overwrite)

@@ -19,7 +19,7 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
-from geodet.errors import GeodetError
+from geodet.errors import GeodetError, first_line
 from geodet.io.sources import GDAL_CACHE_MB  # noqa: F401 (its home is geodet.io.sources; still importable here)
 from geodet.io.sources import gdal_env, is_virtual, redact, to_gdal_path
 from geodet.core.windows import chip_windows
@@ -82,17 +82,12 @@ def open_raster(path: str):
             return rasterio.open(path)
     except RasterioIOError as exc:
         if remote:
-            reason = _first_line(exc).rstrip(".")
+            reason = first_line(exc).rstrip(".")
             if "not recognized as being in a supported file format" in reason:  # GDAL's words for no bytes, too
                 reason = ("GDAL found no raster in what it read: the file is of another kind, or the server sent "
                           "too little within GDAL_HTTP_CONNECTTIMEOUT / GDAL_HTTP_LOW_SPEED_TIME")
             raise GeodetError(redact(f"{path} could not be opened ({reason}).")) from None
-        raise GeodetError(f"{path} is not a readable raster ({_first_line(exc)}).") from exc
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+        raise GeodetError(f"{path} is not a readable raster ({first_line(exc)}).") from exc
 
 
 def open_dataset(path: str):
@@ -211,7 +206,7 @@ def read_errors(src, window: Window):
             yield
     except RasterioIOError as exc:
         cause = exc.__cause__ or exc.__context__
-        reason = (_first_line(cause) if cause is not None else _first_line(exc)).rstrip(".")
+        reason = (first_line(cause) if cause is not None else first_line(exc)).rstrip(".")
         where = (f"the window at column {int(window.col_off)}, row {int(window.row_off)} "
                  f"({int(window.width)} x {int(window.height)} px)")
         if is_virtual(src.name):
