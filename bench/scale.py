@@ -84,7 +84,7 @@ def chips_of(paths: List[str], model: Optional[str]) -> int:
     """Chips the model's grid cuts the scenes into (its chip size and overlap)."""
     import rasterio
 
-    from geodet.inference.detection import default_model_path
+    from geodet.inference.detector import default_model_path
     from geodet.modeling.modelfile import load_model
     from geodet.core.windows import chip_windows
 

@@ -45,7 +45,8 @@ def anchors_cmd(imagery, labels, class_field, chip_size, assigner, fg_iou, point
     with user_errors():
         import json
 
-        from geodet.modeling.anchors import anchor_report, format_coverage_report
+        from geodet.learning.anchor_fit import anchor_report
+        from geodet.modeling.anchors import format_coverage_report
 
         report = anchor_report(list(imagery), labels, class_field=class_field, chip_size=chip_size,
                                point_size_m=point_size, assigner=assigner, fg_iou=fg_iou)

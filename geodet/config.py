@@ -116,6 +116,20 @@ SCRATCH_BACKBONE = "resnet18"
 
 #: Values of ``ModelConfig.assigner``.
 ASSIGNERS = ("atss", "maxiou")
+
+
+def check_assigner(assigner: str) -> str:
+    """``assigner`` if it is one of :data:`ASSIGNERS`: the one check of an assigner's name, wherever
+    one is given (``ModelConfig``, anchor fitting, ``geodet anchors``).
+
+    Raises:
+        ConfigError: any other value.
+    """
+    if assigner not in ASSIGNERS:
+        raise ConfigError(f"assigner must be one of {', '.join(ASSIGNERS)}, got {assigner!r}")
+    return assigner
+
+
 #: Values of ``ModelConfig.head_norm``.
 HEAD_NORMS = ("none", "group")
 #: ATSS candidates per pyramid level (the paper's k).
@@ -223,8 +237,7 @@ class ModelConfig:
             raise ConfigError(f"box_loss must be 'l1' or 'giou', got {self.box_loss!r}")
         if self.head_norm not in HEAD_NORMS:
             raise ConfigError(f"head_norm must be one of {', '.join(HEAD_NORMS)}, got {self.head_norm!r}")
-        if self.assigner not in ASSIGNERS:
-            raise ConfigError(f"assigner must be one of {', '.join(ASSIGNERS)}, got {self.assigner!r}")
+        check_assigner(self.assigner)
         if int(self.atss_topk) != self.atss_topk or self.atss_topk < 1:
             raise ConfigError(f"atss_topk must be a positive integer, got {self.atss_topk!r}")
         if self.bg_iou_thresh > self.fg_iou_thresh:

@@ -7,7 +7,12 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from geodet.modeling.anchors import FixedStrideAnchorGenerator, anchor_sizes_per_level, feature_grid_size, strides_for_levels
+from geodet.modeling.anchors import (
+    FixedStrideAnchorGenerator,
+    anchor_sizes_per_level,
+    feature_grid_size,
+    strides_for_levels,
+)
 from geodet.modeling.assign import BACKGROUND, atss_candidates, atss_covered, atss_matched_idxs
 from geodet.config import AnchorConfig
 

@@ -19,7 +19,7 @@ from geodet.modeling.backbones import (
 )
 from geodet.config import AnchorConfig, ModelConfig
 from geodet.errors import GeodetError
-from geodet.modeling.modelfile import load_plain
+from geodet.modeling.safe_load import load_plain
 
 LITE0 = "efficientnet-lite0"
 

@@ -27,7 +27,9 @@ from geodet.inference.cluster import (  # noqa: E402
     worker_slot,
 )
 from geodet.config import ClusterConfig, DetectConfig  # noqa: E402
-from geodet.inference.detection import combine_frames, default_model_path, detect, plan_tasks  # noqa: E402
+from geodet.inference.detection import detect  # noqa: E402
+from geodet.inference.detector import default_model_path
+from geodet.inference.scenes import combine_frames, plan_tasks
 from geodet.errors import GeodetError  # noqa: E402
 from geodet_cli.main import cli  # noqa: E402
 

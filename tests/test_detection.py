@@ -10,7 +10,9 @@ from click.testing import CliRunner
 from geodet.core.boxes import pixel_boxes_to_polygons
 from geodet.config import DetectConfig
 import geodet
-from geodet.inference.detection import combine_frames, default_model_path, detect, empty_frame, with_metadata, write_detections
+from geodet.inference.detection import detect, write_detections
+from geodet.inference.detector import default_model_path, with_metadata
+from geodet.inference.scenes import combine_frames, empty_frame
 from geodet.modeling.modelfile import model_hash
 from geodet.errors import GeodetError
 from geodet.inference.predict import plan_chips
@@ -86,7 +88,7 @@ def test_loaded_model_is_left_trainable(make_scene_files, default_model):
 
 def test_nodata_chips_skip_the_network(make_scene_files, default_model):
     """Chips with no valid pixel never reach the model; no detection is centred on nodata."""
-    from geodet.inference.detection import config_for_model, load
+    from geodet.inference.detector import config_for_model, load
     from geodet.inference.predict import plan_scene, predict_scene
     from geodet.io.raster import open_dataset, scene_info
 
@@ -241,7 +243,7 @@ def test_wrong_band_count_is_refused(make_scene_files, default_model, tmp_path):
 def test_model_normalisation_is_the_default(make_scene_files, default_model):
     """Chips of a scene of the model's pixel type are normalised with the model file's statistics
     (``auto``, the default) unless the scene's are asked for."""
-    from geodet.inference.detection import config_for_model, load
+    from geodet.inference.detector import config_for_model, load
     from geodet.inference.predict import plan_scene
     from geodet.io.raster import open_dataset, sample_band_stats, scene_info
 

@@ -22,20 +22,15 @@ import torch
 from click.testing import CliRunner
 
 from geodet.config import AnchorConfig, DetectConfig, ModelConfig
-from geodet.inference.detection import default_model_path, detect
+from geodet.inference.detection import detect
+from geodet.inference.detector import default_model_path
 from geodet.errors import GeodetError
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from geodet.modeling.onnx_export import (  # noqa: E402
-    DEEPNESS_DETECTOR_TYPE,
-    INPUT_SCALE,
-    OnnxNet,
-    export_onnx,
-    load_onnx,
-    read_onnx_metadata,
-)
+from geodet.inference.onnx_runtime import OnnxNet, load_onnx  # noqa: E402
+from geodet.modeling.onnx_export import DEEPNESS_DETECTOR_TYPE, INPUT_SCALE, export_onnx, read_onnx_metadata
 from geodet_cli.main import cli  # noqa: E402
 
 from conftest import tiny_model_overrides  # noqa: E402
@@ -165,7 +160,7 @@ def _deepness_decode(rows: np.ndarray, conf: float, iou: float):
 
 def test_deepness_decode_gives_the_torch_detections(default_onnx, make_scene_files):
     """Raw uint8 RGB / 255, as Deepness feeds it, decoded the Deepness way = torch's detections."""
-    from geodet.inference.detection import load
+    from geodet.inference.detector import load
 
     s = make_scene_files(256, 256, seed=5)
     import rasterio
@@ -227,7 +222,7 @@ def test_detect_onnx_two_classes_padded_chip(two_class, make_scene_files):
 
 
 def test_onnx_detector_refuses_another_chip_size(two_class):
-    from geodet.inference.detection import load_detector
+    from geodet.inference.detector import load_detector
 
     with pytest.raises(GeodetError, match="80 px chips"):
         load_detector(two_class[1], DetectConfig(chip_size=128))
@@ -268,7 +263,7 @@ def test_detect_command_runs_an_export(tmp_path, two_class, make_scene_files):
 def test_execution_providers():
     import onnxruntime as ort
 
-    from geodet.modeling.onnx_export import _providers
+    from geodet.inference.onnx_runtime import _providers
 
     assert _providers("cpu") == ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" in ort.get_available_providers():

@@ -81,7 +81,7 @@ def test_write_vector_round_trips_columns_and_metadata(tmp_path, ext):
 
 @pytest.mark.parametrize("ext", [".gpkg", ".parquet", ".geojson"])
 def test_write_vector_without_metadata_and_empty_frame_with_it(tmp_path, ext):
-    from geodet.inference.detection import empty_frame
+    from geodet.inference.scenes import empty_frame
 
     write_vector(_detections(metadata=None), str(tmp_path / f"plain{ext}"))
     assert read_output_metadata(tmp_path / f"plain{ext}") is None
@@ -104,7 +104,7 @@ def test_readers_ignore_class_id(tmp_path):
 
 
 def test_write_empty_frame_keeps_schema(tmp_path):
-    from geodet.inference.detection import empty_frame
+    from geodet.inference.scenes import empty_frame
 
     for ext in (".geojson", ".gpkg", ".shp", ".parquet"):
         out = tmp_path / f"empty{ext}"

@@ -18,7 +18,10 @@ from geopandas.testing import assert_geodataframe_equal
 from conftest import wait_for
 
 from geodet.config import DetectConfig, JobConfig
-from geodet.inference.detection import SceneTask, detect, in_process_runner, load_detector
+from geodet.inference.detection import detect
+from geodet.inference.detector import load_detector
+from geodet.inference.scenes import in_process_runner
+from geodet.inference.tasks import SceneTask
 from geodet.errors import GeodetError
 from geodet.inference.jobs import (
     BlockStore,
@@ -179,7 +182,7 @@ def test_a_runner_reports_in_any_order_and_twice_and_each_scene_counts_once(scen
 def test_in_memory_model_cannot_keep_a_job(scenes, tmp_path):
     from geodet.modeling.modelfile import load_model
 
-    from geodet.inference.detection import default_model_path
+    from geodet.inference.detector import default_model_path
 
     with pytest.raises(GeodetError, match="needs a model file"):
         detect(scenes[0], model=load_model(default_model_path()), job_dir=tmp_path / "job")
@@ -268,7 +271,8 @@ def test_another_models_job_gives_one_sentence_and_overwrite_starts_over(scenes,
 
 
 def test_resumed_output_keeps_the_run_metadata(scenes, tmp_path):
-    from geodet.inference.detection import default_model_path, detect_to_file
+    from geodet.inference.detection import detect_to_file
+    from geodet.inference.detector import default_model_path
     from geodet.modeling.modelfile import model_hash
     from geodet.io.formats import read_output_metadata
 

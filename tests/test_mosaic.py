@@ -15,7 +15,9 @@ from rasterio.io import MemoryFile
 from torchvision.ops import box_iou
 
 from geodet.config import DetectConfig
-from geodet.inference.detection import default_model_path, detect, detect_task, load_detector, plan_tasks
+from geodet.inference.detection import detect
+from geodet.inference.detector import default_model_path, load_detector
+from geodet.inference.scenes import detect_task, plan_tasks
 from geodet.core.mosaic import (
     Footprint,
     group_footprints,

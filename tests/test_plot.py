@@ -18,8 +18,8 @@ from shapely.geometry import box
 from geodet.config import COCO_ANCHORS, AnchorConfig
 from geodet.errors import GeodetError
 from geodet.reports.display import display_bands
+from geodet.reports.display import CLASS_COLORS
 from geodet.reports.plot import (
-    CLASS_COLORS,
     DETECTION_COLOR,
     anchor_sizes_px,
     check_png_path,

@@ -21,7 +21,7 @@ import rasterio
 import rasterio.shutil
 from click.testing import CliRunner
 
-from geodet.inference.detection import scene_name
+from geodet.inference.scenes import scene_name
 from geodet.errors import GeodetError
 from geodet.io.raster import open_dataset, read_raw
 from geodet.io.sources import (

@@ -31,7 +31,8 @@ from test_plot import CRS, PX, X0, Y0, pixel_box_world, write_scene
 folium = pytest.importorskip("folium", reason="needs the maps extra (folium)")
 
 from geodet.reports import webmap  # noqa: E402  (needs folium)
-from geodet.reports.plot import LABEL_COLOR, explore  # noqa: E402
+from geodet.reports.display import LABEL_COLOR  # noqa: E402
+from geodet.reports.plot import explore
 from geodet.reports.webmap import (  # noqa: E402
     FILL_OPACITY,
     MAX_ZOOM,

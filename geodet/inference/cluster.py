@@ -3,7 +3,7 @@
 The only module of geodet that imports Dask (``dask.distributed``, the optional
 extra ``geodet[cluster]``). :func:`predict.predict_scene` and
 :func:`detection.detect_task` stay unaware of it: a worker runs exactly what
-the in-process path runs, one :class:`~geodet.inference.detection.SceneTask` at a time.
+the in-process path runs, one :class:`~geodet.inference.tasks.SceneTask` at a time.
 
 Where the cluster comes from (:func:`open_client`):
 
@@ -48,6 +48,7 @@ bug, raised with its traceback.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -55,28 +56,16 @@ import time
 import uuid
 import zlib
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 from geodet.config import ClusterConfig, DetectConfig
-from geodet.inference.detection import (
-    Detector,
-    SceneTask,
-    config_for_model,
-    default_model_path,
-    detect_task,
-    load_detector,
-    scene_name,
-)
 from geodet.errors import GeodetError
+from geodet.inference.detector import Detector, config_for_model, default_model_path, load_detector
+from geodet.inference.scenes import detect_task, scene_name
+from geodet.inference.tasks import OnDone, OnFailed, Runner, SceneTask
+from geodet.modeling.modelfile import load_model, model_hash
 
 log = logging.getLogger(__name__)
-
-#: ``on_done(task, frame, seconds)``: a scene's detections (GeoDataFrame in its CRS) and the seconds its work took.
-OnDone = Callable[[SceneTask, object, float], None]
-#: ``on_failed(task, reason)``: a scene that could not be detected, with a one-sentence reason.
-OnFailed = Callable[[SceneTask, str], None]
-#: Runs every task, calling ``on_done`` / ``on_failed`` in the caller's process as each scene ends.
-Runner = Callable[[Sequence[SceneTask], OnDone, OnFailed], None]
 
 _LOCAL_SPEC = re.compile(r"^local:(\d+)$")
 _SCHEDULER_SCHEMES = ("tcp", "tls")
@@ -293,8 +282,6 @@ def _worker_detector(
 
 
 def _with_device(config: DetectConfig, device: str) -> DetectConfig:
-    import dataclasses
-
     return dataclasses.replace(config, device=device)
 
 
@@ -365,8 +352,6 @@ def dask_runner(
         GeodetError: a missing or bad model file, settings that do not fit it,
             an in-memory ``(net, meta)`` model.
     """
-    from geodet.modeling.modelfile import load_model, model_hash
-
     _require_dask()
     path = _model_path(model)
     _, meta = load_model(path, device="cpu")

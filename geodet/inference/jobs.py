@@ -27,7 +27,7 @@ warning says so. A folder made
 by another model or with other detection settings is refused with one
 sentence (start over with ``--overwrite``). Pure bookkeeping: nothing here
 runs a model or imports Dask, so the in-process runner and the cluster runner
-share it (:data:`geodet.inference.detection.Runner`).
+share it (:data:`geodet.inference.tasks.Runner`).
 """
 
 from __future__ import annotations
@@ -39,22 +39,22 @@ import logging
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
+import geopandas as gpd
 import numpy as np
 
+from geodet import __version__
 from geodet.config import DetectConfig, JobConfig
 from geodet.errors import GeodetError
+from geodet.inference.predict import ChipDetections
+from geodet.inference.tasks import SceneTask
 from geodet.io.outputs import TEMP_TAG, PathLike, _remove, check_writable, staged_file, sweep_stale, temp_path
+from geodet.io.raster import open_raster
 from geodet.io.sources import http_validators, is_virtual, redact
-
-if TYPE_CHECKING:  # pragma: no cover
-    import geopandas as gpd
-
-    from geodet.inference.detection import SceneTask
-    from geodet.inference.predict import ChipDetections
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,6 @@ def scene_identity(path: str) -> Dict[str, object]:
         return dict(http_validators(ref[len("/vsicurl/"):]))
     from rasterio.windows import Window
 
-    from geodet.io.raster import open_raster
 
     try:
         with open_raster(ref) as src:
@@ -175,8 +174,6 @@ def settings_hash(settings: Dict[str, object]) -> str:
 
 
 def _version() -> str:
-    from geodet import __version__
-
     return __version__
 
 
@@ -247,8 +244,6 @@ class BlockStore:
 
     def load(self, index: int, n_chips: int) -> Optional["ChipDetections"]:
         """Block ``index`` of a scene of ``n_chips`` chips, or None when not finished."""
-        from geodet.inference.predict import ChipDetections
-
         path = self._path(index)
         if not path.exists():
             return None
@@ -285,7 +280,7 @@ class Job:
     """An open job folder (:func:`open_job`): what is done, and where each result goes.
 
     ``record_done`` and ``record_failed`` have the runner contract's
-    ``OnDone`` / ``OnFailed`` signatures (:data:`geodet.inference.detection.Runner`).
+    ``OnDone`` / ``OnFailed`` signatures (:data:`geodet.inference.tasks.Runner`).
     """
 
     def __init__(self, folder: Path, *, model_hash: str, settings: Dict[str, object], config: JobConfig = JobConfig()):
@@ -359,8 +354,6 @@ class Job:
     def split(self, tasks: Sequence["SceneTask"]) -> Tuple[List["SceneTask"], List["SceneTask"]]:
         """``(pending, done)``: the tasks still to run (new, failed before, changed since, or with a
         damaged part), and those finished. Each scene's identity is found here, before any runs."""
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(max_workers=16, thread_name_prefix="geodet-identity") as pool:
             for task, identity in zip(tasks, pool.map(lambda t: scene_identity(t.path), tasks)):
                 self._identities[task_key(task)] = identity
@@ -380,8 +373,6 @@ class Job:
 
     def frame(self, task: "SceneTask") -> "gpd.GeoDataFrame":
         """The finished task's detections, read back from its part."""
-        import geopandas as gpd
-
         with _in_job(self.folder):
             try:
                 return gpd.read_parquet(self.part_path(task))

@@ -25,12 +25,13 @@ import torch
 from rasterio.windows import Window
 
 from geodet.config import DetectConfig
-from geodet.modeling.device import autocast_dtype
+from geodet.core.stitch import merge_detections_np
+from geodet.core.windows import chip_windows, window_bounds_px
 from geodet.errors import GeodetError
-from geodet.modeling.modelfile import ModelMeta
 from geodet.io.raster import BandStats, SceneInfo, gsd_metres, open_raster, read_chip, sample_band_stats
 from geodet.io.sources import gdal_env, redact
-from geodet.core.windows import chip_windows, window_bounds_px
+from geodet.modeling.device import autocast_dtype
+from geodet.modeling.modelfile import ModelMeta
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ def plan_scene(src, info: SceneInfo, config: DetectConfig, meta: ModelMeta) -> S
         src: the open scene (read only for ``normalisation="scene"``).
         info: its metadata (:func:`geodet.io.raster.scene_info`).
         config: settings resolved for the model: ``bands``, ``chip_size`` and
-            ``overlap`` set (:func:`geodet.inference.detection.config_for_model`).
+            ``overlap`` set (:func:`geodet.inference.detector.config_for_model`).
         meta: the model's description.
 
     Raises:
@@ -422,8 +423,6 @@ def stitch_chips(raw: ChipDetections, plan: ScenePlan, scene_hw: Tuple[int, int]
         scene_hw: ``(height, width)`` of the scene in pixels.
         config: ``nms_iou``.
     """
-    from geodet.core.stitch import merge_detections_np
-
     if len(raw.scores) == 0:
         empty = np.zeros((0, 4), np.float32)
         return SceneDetections(empty, np.zeros(0, np.float32), np.zeros(0, np.int64), raw.chips, raw.skipped)

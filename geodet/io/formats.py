@@ -10,8 +10,10 @@ reads it back. To add or change an output format, this is the one module.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -34,7 +36,7 @@ OUTPUT_DRIVERS = {
 _SHAPEFILE_SIDECARS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
 
 #: Key of ``frame.attrs`` whose dict (JSON values: what made the output, e.g.
-#: :func:`geodet.inference.detection.run_metadata`) :func:`write_vector` writes into the file's metadata:
+#: :func:`geodet.inference.detector.run_metadata`) :func:`write_vector` writes into the file's metadata:
 #: GeoPackage layer metadata (``gpkg_metadata``) and layer description, a GeoParquet
 #: key-value entry beside ``geo``, a GeoJSON top-level member; shapefiles have no place for it.
 METADATA_ATTR = "geodet"
@@ -129,8 +131,6 @@ def _write_errors(target: Path):
     except GeodetError:
         raise
     except writer_errors as exc:
-        import shutil
-
         folder = Path(os.path.abspath(target)).parent
         try:
             free = f"; {shutil.disk_usage(folder).free / 2**20:.0f} MB are free there"
@@ -145,8 +145,6 @@ def _write_errors(target: Path):
 
 def _metadata_text(metadata: dict) -> dict:
     """String key/value pairs for GDAL metadata: strings as they are, other values as JSON; None left out."""
-    import json
-
     return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items() if v is not None}
 
 
@@ -174,8 +172,6 @@ def _gpkg_options(metadata: Optional[dict]) -> dict:
 
 def _geojson_options(metadata: Optional[dict]) -> dict:
     """pyogrio arguments that add ``{"geodet": metadata}`` as a top-level (foreign) member, RFC 7946 section 6.1."""
-    import json
-
     import pyogrio
 
     if not metadata:
@@ -189,8 +185,6 @@ def _geojson_options(metadata: Optional[dict]) -> dict:
 
 def _write_geoparquet(frame: gpd.GeoDataFrame, path: Path, metadata: Optional[dict]) -> None:
     """GeoParquet with ``metadata`` as JSON under the key ``geodet`` of the Parquet key-value metadata."""
-    import json
-
     import pyarrow.parquet as pq
 
     if not metadata:
@@ -211,8 +205,6 @@ def read_output_metadata(path) -> Optional[dict]:
     GeoPackage items are GDAL strings: lists and objects (e.g. ``class_names``) are decoded from
     JSON again, the others stay text.
     """
-    import json
-
     import pyogrio
 
     path = os.fspath(path)

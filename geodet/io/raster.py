@@ -19,10 +19,10 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
+from geodet.core.windows import chip_windows
 from geodet.errors import GeodetError, first_line
 from geodet.io.sources import GDAL_CACHE_MB  # noqa: F401 (its home is geodet.io.sources; still importable here)
 from geodet.io.sources import gdal_env, is_virtual, redact, to_gdal_path
-from geodet.core.windows import chip_windows
 
 log = logging.getLogger(__name__)
 

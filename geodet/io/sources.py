@@ -19,10 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import http.client
+import ipaddress
 import json
 import logging
 import os
 import re
+import socket
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import unquote, urljoin, urlsplit
@@ -260,8 +266,6 @@ MAX_JSON_BYTES = 256 * 2**20
 
 
 def _http_opener():
-    import urllib.request
-
     class HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
         """Follow redirects to http(s) only (urllib also follows ftp://)."""
 
@@ -284,12 +288,6 @@ def http_get(url: str, *, headers: Optional[Mapping[str, str]] = None, max_bytes
         GeodetError: the server cannot be reached, answers an HTTP error, is too slow, or the
             body is larger than ``max_bytes``; one sentence naming the URL (redacted).
     """
-    import http.client
-    import socket
-    import time
-    import urllib.error
-    import urllib.request
-
     bounds = http_bounds(environ)
     start = time.monotonic()
     request = urllib.request.Request(url, headers={"User-Agent": "geodet", **dict(headers or {})})
@@ -393,9 +391,6 @@ def http_validators(url: str, environ: Optional[Mapping[str, str]] = None) -> Di
     """What identifies the content of the http(s) file ``url``: its ``etag``, ``last_modified`` and
     ``size``, those the server sends (a GET of its first byte, which a URL signed for GET also
     allows, within :func:`http_bounds`); an empty dict when the server cannot be asked."""
-    import http.client
-    import urllib.request
-
     request = urllib.request.Request(url, headers={"User-Agent": "geodet", "Range": "bytes=0-0"})
     try:
         with _http_opener().open(request, timeout=http_bounds(environ)["connect"]) as response:
@@ -428,8 +423,6 @@ def _kind(scheme: str) -> Tuple[str, ...]:
 def _is_internal_host(host: Optional[str]) -> bool:
     """True for a loopback, link-local (cloud metadata, 169.254.169.254), private or unspecified
     address, or a name of this machine (``localhost``) or of a cloud metadata service."""
-    import ipaddress
-
     if not host:
         return False
     host = host.lower().rstrip(".")

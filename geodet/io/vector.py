@@ -15,6 +15,7 @@ from typing import Optional, Sequence, Tuple
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import shapely
 
 from geodet.core.boxes import box_area, geometries_to_pixel_boxes
@@ -177,8 +178,6 @@ def class_name_strings(values) -> "pd.Series":
     A column of integers with some nulls reaches pandas as float64; its values are written back
     as the integers they were, so the class of ``1`` is ``"1"`` in labels, models and outputs.
     """
-    import pandas as pd
-
     values = pd.Series(values)
     present = values.notna()
     if pd.api.types.is_float_dtype(values) and np.all(np.mod(values[present].to_numpy(), 1) == 0):

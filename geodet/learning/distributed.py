@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 from geodet.errors import GeodetError
+from geodet.modeling.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +159,6 @@ def setup(place: Distributed, device_name: str, local_world_size: Optional[int] 
     share of the CPU threads per rank."""
     if not place.active or torch.distributed.is_initialized():
         return
-    from geodet.modeling.device import resolve_device
-
     cuda = resolve_device(device_name).type == "cuda"
     if not cuda:
         share = max(1, (os.cpu_count() or 1) // (local_world_size or place.world_size))

@@ -13,6 +13,7 @@ import torch
 
 from geodet.config import ModelConfig, from_dict
 from geodet.errors import GeodetError
+from geodet.modeling.modelfile import read_model_file
 
 
 def seed_everything(seed: int) -> None:
@@ -56,8 +57,6 @@ def load_checkpoint_state(path: str) -> dict:
     """The training state of a last checkpoint, read by :func:`geodet.modeling.modelfile.read_model_file`:
     ``model_config``, ``class_names``, ``state_dict`` and ``train_state`` (optimizer, scaler,
     EMA, epoch, step, elapsed_s, best, history, rng)."""
-    from geodet.modeling.modelfile import read_model_file
-
     try:
         raw = read_model_file(path)
     except GeodetError as exc:

@@ -11,6 +11,7 @@ position, epoch, RNG).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -20,23 +21,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-import dataclasses
-
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from geodet.config import (
     ASSIGNERS,
     COCO_ANCHORS,
     COCO_LEVELS,
     OBJECT_OVERLAP_QUANTILE,
+    PRETRAINED_BACKBONE,
+    PRETRAINED_BANDS,
+    SCRATCH_BACKBONE,
     TRAIN_CHIP,
+    VALIDATION_INTERVAL,
     AnchorConfig,
     ChipConfig,
     ModelConfig,
     TrainConfig,
     from_dict,
 )
+from geodet.errors import ConfigError, GeodetError
+from geodet.io.outputs import check_output
+from geodet.io.raster import gsd_metres, open_dataset, pool_band_stats, resolve_bands, sample_band_stats, scene_info
+from geodet.io.sources import resolve_scenes
+from geodet.io.vector import check_labels_inside, labels_for_scene, read_labels
+from geodet.learning import distributed as ddp
 from geodet.learning.dataset import (
     ChipDataset,
     RepeatFactorSampler,
@@ -47,13 +57,14 @@ from geodet.learning.dataset import (
     spatial_blocks,
     split_blocks,
 )
-from geodet.modeling.device import resolve_device, training_autocast_dtype
 from geodet.learning.distributed import SINGLE, Distributed
-from geodet.errors import ConfigError, GeodetError
 from geodet.learning.train_state import get_rng_state, load_checkpoint_state, seed_everything, set_rng_state
-from geodet.io.sources import resolve_scenes
-from geodet.io.raster import gsd_metres, open_dataset, pool_band_stats, resolve_bands, sample_band_stats, scene_info
-from geodet.io.vector import check_labels_inside, labels_for_scene, read_labels
+from geodet.modeling.anchors import anchor_coverage, choose_input_scale, fit_anchors, fit_assignment
+from geodet.modeling.backbones import EFFICIENTNETS, IMAGENET, weights_record
+from geodet.modeling.device import resolve_device, training_autocast_dtype
+from geodet.modeling.model import build_model
+from geodet.modeling.modelfile import save_model
+from geodet.reports.evaluation import coco_map
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +189,6 @@ def resolve_anchors(
        (:func:`geodet.modeling.anchors.fit_assignment`) unless ``overrides`` sets
        ``fg_iou_thresh``; ``bg_iou_thresh`` in ``overrides`` is kept.
     """
-    from geodet.modeling.anchors import fit_anchors, fit_assignment
-
     # Anchors live in the network's (resampled) pixels.
     input_scale = float(overrides.get("input_scale", ModelConfig.input_scale))
     boxes_px = np.asarray(boxes_px, np.float64) * input_scale
@@ -406,8 +415,6 @@ def train(
     Returns:
         :class:`TrainResult` with the model path and per-epoch history.
     """
-    from geodet.learning import distributed as ddp
-
     place = distributed or ddp.from_env() or SINGLE
     last_path = _check_outputs(out, resume=resume, overwrite=overwrite)
     imagery = resolve_scenes(imagery, asset=asset, allow_local_hrefs=allow_local_hrefs)
@@ -452,8 +459,6 @@ def _train_loop(imagery, labels, out, last_path, place: Distributed, *, class_fi
 
 def _check_outputs(out: str, *, resume: bool, overwrite: bool) -> str:
     """Refuse to start a run that would clobber ``out`` or resume from nothing; the last checkpoint's path."""
-    from geodet.io.outputs import check_output
-
     last_path = last_checkpoint_path(out)
     if resume and not os.path.exists(last_path):
         raise GeodetError(f"cannot resume: {last_path} does not exist.")
@@ -478,8 +483,6 @@ def prepare_run(
     """Set a run up: seed, sources, model config (anchors), datasets and
     sampler, model, optimizer, loader; restored from the last checkpoint
     ``resume_from`` when given. Returns the run and the loop's starting state."""
-    from geodet.modeling.model import build_model
-
     device = distributed.device(resolve_device(config.device))
     per_rank_batch = distributed.per_rank_batch(config.batch_size)
     seed_everything(config.seed)
@@ -576,8 +579,6 @@ def _param_groups(net, config: TrainConfig) -> List[Dict[str, Any]]:
 
 def _backbone_init(model_cfg: ModelConfig) -> Dict[str, Any]:
     """What the model file records about the weights the backbone started from."""
-    from geodet.modeling.backbones import EFFICIENTNETS, IMAGENET, weights_record
-
     if model_cfg.backbone in EFFICIENTNETS and model_cfg.backbone_weights == IMAGENET:
         return weights_record(model_cfg.backbone)
     if model_cfg.backbone_weights:
@@ -593,9 +594,6 @@ def choose_backbone(model: Optional[dict], num_bands: int) -> dict:
     :data:`~geodet.config.SCRATCH_BACKBONE` from random weights. An EfficientNet named
     without weights starts from ImageNet; ``backbone_weights: none`` starts from random weights.
     """
-    from geodet.modeling.backbones import EFFICIENTNETS, IMAGENET
-    from geodet.config import PRETRAINED_BACKBONE, PRETRAINED_BANDS, SCRATCH_BACKBONE
-
     overrides = dict(model or {})
     weights = overrides.get("backbone_weights")
     if overrides.get("backbone") in (None, "auto"):
@@ -613,8 +611,6 @@ def _auto_input_scale(model: Optional[dict], anchors: AnchorsArg, sources: Seque
     """The ``model:`` overrides with ``input_scale`` set: as given, else chosen for the objects
     when anchors are fitted (``anchors="auto"``; :func:`geodet.modeling.anchors.choose_input_scale`),
     else 1 (anchors given in pixels keep the native scale)."""
-    from geodet.modeling.anchors import choose_input_scale
-
     overrides = dict(model or {})
     if "input_scale" in overrides:
         return overrides
@@ -648,8 +644,6 @@ def _new_model_config(model: Optional[dict], anchors: AnchorsArg, sources: Seque
 
 
 def _log_anchor_coverage(model_cfg: ModelConfig, boxes_px: np.ndarray, chip_px: int) -> None:
-    from geodet.modeling.anchors import anchor_coverage
-
     cov = anchor_coverage(
         np.asarray(boxes_px, np.float64) * model_cfg.input_scale, model_cfg.levels, model_cfg.anchors, iou_thresh=model_cfg.fg_iou_thresh,
         chip_size=int(round(chip_px * model_cfg.input_scale)),
@@ -839,8 +833,6 @@ def validation_due(history: Sequence[dict], progress: float, *, last: bool) -> b
     """Is this epoch validated? The last epoch and the first one, then whenever the budget has
     moved on by :data:`~geodet.config.VALIDATION_INTERVAL` since the last validation. Short
     epochs of a time budget would otherwise spend more time validating than training."""
-    from geodet.config import VALIDATION_INTERVAL
-
     validated = [h.get("progress", 0.0) for h in history if "val_map50" in h]
     return last or progress >= 1.0 or not validated or progress - validated[-1] >= VALIDATION_INTERVAL - 1e-9
 
@@ -853,8 +845,6 @@ def save_checkpoints(run: TrainingRun, state: LoopState, record: Dict[str, Any],
     ``claimed``: may ``out`` be replaced? The first save of a new run never
     replaces a file that appeared meanwhile (another run). Returns the new ``claimed``.
     """
-    from geodet.modeling.modelfile import save_model
-
     state.epoch = record["epoch"]
     score = record.get("val_map50") if run.val_ds is not None else -record["loss"]
     if score is not None and score > state.best:
@@ -904,8 +894,6 @@ def _warn_weak_classes(record: Dict[str, Any], history: Sequence[dict], threshol
 def validate(net, dataset, device, *, batch_size: int = 8, amp_dtype=None) -> Dict[str, Any]:
     """mAP and AP50 per class label of the model on a dataset's chips
     (COCO definition, pycocotools; see :func:`geodet.reports.evaluation.coco_map`)."""
-    from geodet.reports.evaluation import coco_map
-
     net.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     preds, truths = [], []
@@ -932,6 +920,4 @@ def _ema_model(net, decay: Optional[float]):
 def _progress_bar(enabled: bool, total: int, desc: str):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)

@@ -32,16 +32,21 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 
 from geodet.config import (
-    ASSIGNERS,
     ATSS_TOPK,
     COCO_ANCHORS,
     COCO_LEVELS,
+    LARGE_OBJECT_PX,
+    LARGE_OBJECT_SCALE,
     OCTAVE_SCALES,
+    SMALL_OBJECT_PX,
+    SMALL_OBJECT_SCALE,
     AnchorConfig,
     ModelConfig,
+    check_assigner,
     to_dict,
 )
 from geodet.errors import GeodetError
+from geodet.modeling.assign import atss_covered
 
 log = logging.getLogger(__name__)
 
@@ -307,8 +312,6 @@ def choose_input_scale(boxes_px: np.ndarray, class_ids: Optional[np.ndarray] = N
         boxes_px: [N, 4] xyxy pixels.
         class_ids: [N] class of each box (None: one class).
     """
-    from geodet.config import LARGE_OBJECT_PX, LARGE_OBJECT_SCALE, SMALL_OBJECT_PX, SMALL_OBJECT_SCALE
-
     if not len(_as_boxes(boxes_px)):
         return 1.0
     boxes, ids = _valid_boxes(boxes_px, class_ids)
@@ -535,8 +538,7 @@ def fit_assignment(
     Returns:
         ``(levels, AnchorConfig, fg_iou_thresh, bg_iou_thresh)``.
     """
-    if assigner not in ASSIGNERS:
-        raise ValueError(f"assigner must be one of {', '.join(ASSIGNERS)}, got {assigner!r}")
+    check_assigner(assigner)
     if assigner == "atss":
         fg_candidates = tuple(fg_candidates)[:1]
     boxes, ids = _valid_boxes(boxes_px, class_ids)
@@ -580,8 +582,6 @@ def atss_positive_boxes(
     Returns:
         ``bool [N]``.
     """
-    from geodet.modeling.assign import atss_covered
-
     boxes = _as_boxes(boxes_px)
     if len(boxes) == 0:
         return np.zeros(0, dtype=bool)
@@ -669,8 +669,7 @@ def coverage_report(
         ``poorly_covered``), ``min_class_coverage`` and ``poorly_covered``
         (names of the flagged classes).
     """
-    if assigner not in ASSIGNERS:
-        raise ValueError(f"assigner must be one of {', '.join(ASSIGNERS)}, got {assigner!r}")
+    check_assigner(assigner)
     boxes, ids = _valid_boxes(boxes_px, class_ids)
     sizes = box_sizes_px(boxes)
     ratios = box_aspect_ratios(boxes)
@@ -793,55 +792,3 @@ def format_coverage_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def anchor_report(
-    imagery: Sequence[str],
-    labels: str,
-    *,
-    class_field: Optional[str] = None,
-    chip_size: Optional[int] = None,
-    point_size_m: Optional[float] = None,
-    assigner: Optional[str] = None,
-    fg_iou: Optional[float] = None,
-) -> dict:
-    """Measure labelled objects against scenes and fit anchors to them, as training would.
-
-    Reads the scenes and labels (I/O, like training's sources), places the
-    boxes in chip coordinates, fits anchors per class and reports
-    :func:`coverage_report` of them.
-
-    Args:
-        imagery: GeoTIFF paths the labels are measured against.
-        labels: vector labels (any CRS).
-        class_field: the labels' class column (None: :func:`geodet.io.vector.auto_class_field`).
-        chip_size: training chip side in px (default :data:`geodet.config.TRAIN_CHIP`'s).
-        point_size_m: side in metres of a point label's box (default TRAIN_CHIP's).
-        assigner: ``"atss"`` or ``"maxiou"``; None: ``"maxiou"`` when ``fg_iou``
-            is given, else ``ModelConfig.assigner``.
-        fg_iou: MaxIoU matching IoU; None fits it as training does.
-
-    Returns:
-        the :func:`coverage_report` dict (format it with :func:`format_coverage_report`).
-    """
-    from geodet.config import ASSIGNERS, TRAIN_CHIP, ChipConfig, ModelConfig
-    from geodet.errors import ConfigError
-    from geodet.learning.training import boxes_in_chip_frame, load_sources
-
-    if fg_iou is not None and assigner == "atss":
-        raise ConfigError("fg_iou applies to the maxiou assigner only; ATSS fits its IoU per object.")
-    assigner = assigner or ("maxiou" if fg_iou is not None else ModelConfig.assigner)
-    if assigner not in ASSIGNERS:
-        raise ConfigError(f"assigner must be one of {', '.join(ASSIGNERS)}, got {assigner!r}")
-    chip_size = TRAIN_CHIP.size if chip_size is None else chip_size
-    point_size_m = TRAIN_CHIP.point_size_m if point_size_m is None else point_size_m
-    chip = ChipConfig(size=chip_size, overlap=0, point_size_m=point_size_m)
-    _, label_set, sources = load_sources(list(imagery), labels, class_field, chip)
-    boxes = boxes_in_chip_frame(sources, chip_size)
-    class_ids = np.concatenate([s.class_ids for s in sources]) if sources else np.zeros(0, np.int64)
-    if fg_iou is None:
-        *fitted, fg_iou, _ = fit_assignment(boxes, class_ids=class_ids, assigner=assigner, chip_size=chip_size)
-    else:
-        fitted = fit_anchors(boxes, class_ids=class_ids, fg_iou=fg_iou, chip_size=chip_size)
-    return coverage_report(
-        boxes, fitted, fg_iou=fg_iou, chip_size=chip_size, class_ids=class_ids,
-        class_names=label_set.class_names, assigner=assigner,
-    )

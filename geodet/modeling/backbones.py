@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from geodet.config import ModelConfig
 from geodet.errors import GeodetError
-from geodet.modeling.modelfile import load_plain
+from geodet.modeling.safe_load import load_plain
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.models import resnet18, resnet34, resnet50, resnet101
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.detection import RetinaNet
@@ -36,13 +37,13 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d, generalized_box_iou_loss, sigmoid_focal_loss
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 from torchvision.ops.misc import Conv2dNormActivation
-from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from geodet.config import RESNET_DEPTHS, ModelConfig
+from geodet.errors import GeodetError
 from geodet.modeling.anchors import PAD_MULTIPLE_PX, make_anchor_generator
 from geodet.modeling.assign import atss_matched_idxs
 from geodet.modeling.backbones import EFFICIENTNETS, adapt_stem, build_efficientnet_body, efficientnet_channels
-from geodet.config import RESNET_DEPTHS, ModelConfig
-from geodet.errors import GeodetError
+from geodet.modeling.safe_load import load_plain
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +183,6 @@ class ResNetFPN(nn.Module):
 
 def _load_backbone_weights(net: nn.Module, path: str, depth: int, in_channels: int) -> None:
     """Load a torchvision ResNet state dict from ``path`` into ``net`` (fc ignored)."""
-    from geodet.modeling.modelfile import load_plain
-
     state = load_plain(path, "backbone weights file")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]

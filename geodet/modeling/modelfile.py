@@ -24,14 +24,14 @@ import geodet
 from geodet.config import ModelConfig, from_dict, to_dict
 from geodet.errors import GeodetError
 from geodet.io.outputs import staged_file
+from geodet.modeling.model import build_model
+from geodet.modeling.safe_load import load_plain
 
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "geodet-model"
 FORMAT_VERSION = 1
 
-#: What torch's weights-only unpickler says (any case) when a file names a Python global (code, a class).
-_UNSAFE_MARKER = "global"
 
 _REQUIRED_KEYS = (
     "config",
@@ -178,32 +178,6 @@ def save_model(
     return target
 
 
-def load_plain(path: Union[str, os.PathLike], what: str) -> Any:
-    """``torch.load(path, weights_only=True)``, every failure one sentence naming the file.
-
-    Args:
-        path: a file written by ``torch.save``.
-        what: what the file should be, for messages (``"model file"``, ``"backbone weights file"``).
-
-    Raises:
-        GeodetError: missing file; a file whose pickle names Python code or objects (never
-            loaded: the weights-only unpickler stops at the first one); a corrupt, truncated or
-            foreign file.
-    """
-    file = Path(path)
-    if not file.is_file():
-        raise GeodetError(f"the {what} {file} does not exist.")
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - every failure is reported as one sentence
-        if _UNSAFE_MARKER in str(exc).lower():
-            raise GeodetError(
-                f"{file} holds Python code or objects that geodet will not load: a geodet {what} holds "
-                "only weights and plain values, so this one was not written by geodet or was altered."
-            ) from None
-        raise GeodetError(f"{file} is not a readable {what}: it is corrupt, truncated or of another kind.") from None
-
-
 #: Hex digits of a model file's SHA-256 kept as its short hash.
 HASH_HEX_DIGITS = 16
 
@@ -243,7 +217,7 @@ def read_model_file(path: Union[str, os.PathLike]) -> dict:
     return data
 
 
-def _meta_from_dict(data: dict, name: str) -> ModelMeta:
+def meta_from_dict(data: dict, name: str) -> ModelMeta:
     try:
         cfg = from_dict(ModelConfig, dict(data["config"]))
         return ModelMeta(
@@ -283,7 +257,7 @@ def load_model(path: Union[str, os.PathLike], device: Union[str, torch.device] =
     """
     name = Path(path).name
     data = read_model_file(path)
-    meta = _meta_from_dict(data, name)
+    meta = meta_from_dict(data, name)
     state_dict = data["state_dict"]
     if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
         raise GeodetError(f"{name} is a damaged geodet model file: its weights are not a dict of tensors")
@@ -305,8 +279,6 @@ def _model_with_weights(cfg, state_dict: Dict[str, Tensor]) -> nn.Module:
     the model has no other tensors (tests/test_modelfile.py checks that none
     is left on the meta device).
     """
-    from geodet.modeling.model import build_model
-
     with torch.device("meta"):
         model = build_model(cfg, load_backbone_weights=False)
     model.load_state_dict(state_dict, strict=True, assign=True)

@@ -31,9 +31,14 @@ import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
+import pandas as pd
+from pyproj import CRS, Transformer
 
-from geodet.errors import GeodetError
+from geodet.core.boxes import world_to_pixel_points
 from geodet.core.stitch import box_overlap_pairs, connected_groups, pack_groups
+from geodet.errors import GeodetError
+from geodet.io.raster import open_dataset, read_errors
+from geodet.io.vector import auto_class_field, class_name_strings, read_frame
 
 log = logging.getLogger(__name__)
 
@@ -350,8 +355,6 @@ def evaluate(
             ``score`` or class field, truth without area, no truth on the
             imagery.
     """
-    from geodet.io.vector import read_frame
-
     pred_frame, pred_name = read_frame(pred, "predictions")
     truth_frame, truth_name = read_frame(truth, "ground truth")
     if len(truth_frame) == 0:
@@ -365,8 +368,6 @@ def evaluate(
 
     src = None
     if imagery is not None:
-        from geodet.io.raster import open_dataset
-
         src = open_dataset(os.fspath(imagery))
     try:
         crs = _projected_crs(truth_frame, src)
@@ -464,8 +465,6 @@ def format_report(report: Dict[str, Any]) -> str:
 
 
 def _numeric_scores(column, name: str) -> np.ndarray:
-    import pandas as pd
-
     values = pd.to_numeric(column, errors="coerce").to_numpy(np.float64)
     bad = ~np.isfinite(values)
     if bad.any():
@@ -478,8 +477,6 @@ def _class_names(frame, field: str, name: str) -> np.ndarray:
     missing = int(values.isna().sum())
     if missing:
         raise GeodetError(f"{name} has {missing} feature(s) without a value in its class field {field!r}.")
-    from geodet.io.vector import class_name_strings
-
     return np.asarray(class_name_strings(values).to_numpy(), dtype=object)
 
 
@@ -488,8 +485,6 @@ def _resolve_classes(pred_frame, truth_frame, class_field, pred_name, truth_name
     if class_field is not None and class_field not in truth_frame.columns:
         cols = ", ".join(str(c) for c in truth_frame.columns if c != truth_frame.geometry.name) or "none"
         raise GeodetError(f"{truth_name} has no class field {class_field!r} (its fields: {cols}).")
-    from geodet.io.vector import auto_class_field
-
     field = class_field if class_field is not None else auto_class_field(truth_frame.columns)
     if "class" in pred_frame.columns:
         pred_classes = _class_names(pred_frame, "class", pred_name)
@@ -519,8 +514,6 @@ def _resolve_classes(pred_frame, truth_frame, class_field, pred_name, truth_name
 
 def _projected_crs(truth_frame, src):
     """The CRS boxes are compared in: imagery's if projected, else UTM for geographic truth, else truth's."""
-    from pyproj import CRS
-
     if src is not None:
         img_crs = CRS.from_user_input(src.crs.to_wkt())
         if img_crs.is_projected:
@@ -556,10 +549,6 @@ def _on_image(src, boxes: np.ndarray, crs, *, check_mask: bool) -> Tuple[np.ndar
     Returns:
         ``(inside [N], valid [N])`` bool arrays.
     """
-    from pyproj import CRS, Transformer
-
-    from geodet.core.boxes import world_to_pixel_points
-
     cx = (boxes[:, 0] + boxes[:, 2]) / 2
     cy = (boxes[:, 1] + boxes[:, 3]) / 2
     img_crs = CRS.from_user_input(src.crs.to_wkt())
@@ -586,7 +575,6 @@ def valid_pixels(src, rows: np.ndarray, cols: np.ndarray, *, block_px: int = MAS
     """
     from rasterio.windows import Window
 
-    from geodet.io.raster import read_errors
 
     rows = np.asarray(rows, np.int64)
     cols = np.asarray(cols, np.int64)

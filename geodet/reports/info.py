@@ -9,7 +9,10 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+from geodet.config import to_dict
 from geodet.errors import GeodetError
+from geodet.modeling.modelfile import meta_from_dict, model_hash, read_model_file
+from geodet.modeling.onnx_export import is_onnx_path, read_onnx_metadata
 
 
 def _training_summary(history: Sequence[dict]) -> Dict[str, Any]:
@@ -71,9 +74,6 @@ def describe(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     Raises:
         GeodetError: a missing, damaged or foreign file.
     """
-    from geodet.config import to_dict
-    from geodet.modeling.onnx_export import is_onnx_path, read_onnx_metadata
-
     file = Path(path)
     if is_onnx_path(file):
         data = read_onnx_metadata(file)
@@ -95,9 +95,7 @@ def describe(path: Union[str, os.PathLike]) -> Dict[str, Any]:
             metadata={k: v for k, v in data.items() if k != "geodet_history"},
         )
         return out
-    from geodet.modeling.modelfile import _meta_from_dict, model_hash, read_model_file
-
-    meta = _meta_from_dict(read_model_file(file), file.name)
+    meta = meta_from_dict(read_model_file(file), file.name)
     out = {"file": str(file), "kind": "model", **_model_part(
         to_dict(meta.model_config), meta.class_names, meta.bands, meta.band_mean, meta.band_std,
         meta.chip_size, meta.overlap, meta.gsd, meta.dtype)}

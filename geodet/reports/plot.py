@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import shapely
 
 from geodet.config import COCO_ANCHORS
 from geodet.core.boxes import geometries_to_pixel_boxes
@@ -58,8 +59,6 @@ def outline_vertices(geoms) -> Tuple[List[np.ndarray], np.ndarray]:
         ``(rings, points)``: one float64 ``[K, 2]`` (x, y) array per polygon
         exterior or line part, and float64 ``[P, 2]`` of the point geometries.
     """
-    import shapely
-
     parts = shapely.get_parts(np.asarray(list(geoms), dtype=object))
     kinds = shapely.get_type_id(parts)
     rings: List[np.ndarray] = []

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
+from affine import Affine
 
 from geodet.errors import GeodetError
 from geodet.io.raster import open_dataset
@@ -123,7 +124,6 @@ def web_mercator_grid(transform, width: int, height: int, crs, *, densify: int =
         ``(dst_transform, dst_width, dst_height)`` in EPSG:3857 metres; the grid's top-left corner
         is the footprint's, and it reaches at most one pixel past the footprint right and down.
     """
-    from affine import Affine
     from rasterio.warp import transform as warp_points
 
     t = np.linspace(0.0, 1.0, densify)
@@ -166,7 +166,6 @@ def scene_overlay(
     Raises:
         GeodetError: unreadable scene, a scene without CRS, bad bands.
     """
-    from affine import Affine
     from rasterio.warp import Resampling, reproject
 
 

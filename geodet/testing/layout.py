@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 import numpy as np
+from shapely.geometry import LineString
 
 from geodet.testing.materials import (
-    Rect,
     _ASPHALT,
     _BLUE_ROOFS,
     _CAR_CUMULATIVE,
@@ -27,6 +27,7 @@ from geodet.testing.materials import (
     _TARPS,
     _WATER_EASY,
     _WATER_HARD,
+    Rect,
     _toward,
 )
 from geodet.testing.params import SceneParams
@@ -175,8 +176,6 @@ class _Planner:
         if min(self.H, self.W) < 384:
             return
         import rasterio.features
-        from shapely.geometry import LineString
-
         H, W = self.H, self.W
         p0 = np.array([-20.0, self.rng.uniform(0.15, 0.45) * H])
         p2 = np.array([self.rng.uniform(0.55, 0.95) * W, H + 20.0])

@@ -14,7 +14,6 @@ import numpy as np
 
 from geodet.testing.layout import _Layout, _Pool, _Tree
 from geodet.testing.materials import (
-    Rect,
     _ASPHALT,
     _CONCRETE,
     _DRY,
@@ -25,8 +24,10 @@ from geodet.testing.materials import (
     _SHADOW,
     _SOIL,
     _TREE,
+    Rect,
 )
 from geodet.testing.params import SceneParams
+
 
 # --------------------------------------------------------------------------- drawing helpers
 def _rect_alpha(rect: Rect) -> Tuple[int, int, np.ndarray]:

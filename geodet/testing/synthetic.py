@@ -48,7 +48,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Tuple
 
+import geopandas as gpd
 import numpy as np
+import shapely
+from affine import Affine
+from shapely.geometry import Polygon
+from shapely.geometry import box as shapely_box
 
 from geodet.core.boxes import pixel_geometries_to_world
 from geodet.errors import GeodetError
@@ -183,8 +188,6 @@ def draw_params(seed: int, setting: str = "hard") -> SceneParams:
 
 # --------------------------------------------------------------------------- public API
 def _ellipse_polygon(rect: Rect, n: int = 32):
-    from shapely.geometry import Polygon
-
     x0, y0, x1, y1 = rect
     cx, cy, a, b = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
     t = 2 * np.pi * np.arange(n) / n
@@ -293,7 +296,6 @@ def make_scene(
     if nodata is not None:
         image[:, ~valid] = nodata
 
-    from shapely.geometry import box as shapely_box
 
     polygons = [_ellipse_polygon(p.rect) if p.oval else shapely_box(*p.rect) for p in layout.pools]
     polygons += [shapely_box(*c[0]) for c in layout.cars]
@@ -326,8 +328,6 @@ def scene_transform(
     North-up (``rotation_deg = 0``) gives ``Affine(px, 0, x0, 0, -px, y0)``; a
     rotation turns the grid counter-clockwise about the origin.
     """
-    from affine import Affine
-
     x0, y0 = origin
     return Affine.translation(x0, y0) * Affine.rotation(rotation_deg) * Affine.scale(pixel_size, -pixel_size)
 
@@ -366,8 +366,6 @@ def write_scene(
         the ``affine.Affine`` pixel-corner -> CRS transform written.
     """
     import rasterio
-    from affine import Affine
-
     if tiled and (blocksize <= 0 or blocksize % 16):
         raise GeodetError(f"blocksize must be a positive multiple of 16, got {blocksize}.")
     count, height, width = scene.image.shape
@@ -428,9 +426,6 @@ def label_frame(
     Returns:
         a ``geopandas.GeoDataFrame`` with one row per object, in scene order.
     """
-    import geopandas as gpd
-    import shapely
-
     if kind not in ("polygon", "point"):
         raise GeodetError(f"kind must be 'polygon' or 'point', got {kind!r}.")
     if crs is None and to_crs is not None:
