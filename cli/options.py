@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import click
+import yaml
+from tqdm.auto import tqdm
 
 from geodet.config import ChipConfig, DetectConfig
 
@@ -126,8 +129,6 @@ def load_config_file(ctx, param, value):
     """
     if not value:
         return value
-    import os
-
     if not os.path.exists(value):
         raise click.BadParameter(f"{value} does not exist.", ctx=ctx, param=param)
     try:
@@ -137,8 +138,6 @@ def load_config_file(ctx, param, value):
             with open(value, "rb") as fh:
                 data = tomllib.load(fh)
         else:
-            import yaml
-
             with open(value) as fh:
                 data = yaml.safe_load(fh) or {}
     except Exception as exc:
@@ -195,8 +194,6 @@ class ProgressBar:
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled:
             return
-        from tqdm.auto import tqdm
-
         if self.bar is None or self.bar.total != total or done < self.bar.n:
             self.close()
             self.bar = tqdm(total=total, desc=self.desc, unit="chip", leave=False, dynamic_ncols=True)

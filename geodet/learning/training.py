@@ -64,7 +64,7 @@ from geodet.modeling.backbones import EFFICIENTNETS, IMAGENET, weights_record
 from geodet.modeling.device import resolve_device, training_autocast_dtype
 from geodet.modeling.model import build_model
 from geodet.modeling.modelfile import save_model
-from geodet.reports.evaluation import coco_map
+from geodet.core.metrics import coco_map
 
 log = logging.getLogger(__name__)
 
@@ -893,7 +893,7 @@ def _warn_weak_classes(record: Dict[str, Any], history: Sequence[dict], threshol
 @torch.inference_mode()
 def validate(net, dataset, device, *, batch_size: int = 8, amp_dtype=None) -> Dict[str, Any]:
     """mAP and AP50 per class label of the model on a dataset's chips
-    (COCO definition, pycocotools; see :func:`geodet.reports.evaluation.coco_map`)."""
+    (COCO definition, pycocotools; see :func:`geodet.core.metrics.coco_map`)."""
     net.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     preds, truths = [], []

@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-import geodet
+from geodet import __version__
 from geodet.config import ModelConfig, from_dict, to_dict
 from geodet.errors import GeodetError
 from geodet.io.outputs import staged_file
@@ -79,7 +79,7 @@ class ModelMeta:
     overlap: int
     gsd: float
     dtype: str
-    geodet_version: str = geodet.__version__
+    geodet_version: str = __version__
     format_version: int = FORMAT_VERSION
     extra: Dict[str, Any] = field(default_factory=dict)
 
@@ -154,7 +154,7 @@ def save_model(
     payload = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "geodet_version": geodet.__version__,
+        "geodet_version": __version__,
         "config": to_dict(model_config),
         "class_names": [str(c) for c in class_names],
         "bands": [int(b) for b in bands],
@@ -208,7 +208,7 @@ def read_model_file(path: Union[str, os.PathLike]) -> dict:
     version = data.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise GeodetError(
-            f"{file.name} has model file format version {version!r}; this geodet {geodet.__version__} "
+            f"{file.name} has model file format version {version!r}; this geodet {__version__} "
             f"reads up to version {FORMAT_VERSION}, so upgrade geodet"
         )
     missing = [k for k in _REQUIRED_KEYS if k not in data]
@@ -235,7 +235,7 @@ def meta_from_dict(data: dict, name: str) -> ModelMeta:
             extra=dict(data.get("extra") or {}),
         )
     except (TypeError, ValueError) as exc:
-        raise GeodetError(f"{name} has a model config this geodet {geodet.__version__} cannot read: {exc}") from exc
+        raise GeodetError(f"{name} has a model config this geodet {__version__} cannot read: {exc}") from exc
 
 
 def load_model(path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu") -> Tuple[nn.Module, ModelMeta]:

@@ -41,7 +41,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
-import geodet
+from geodet import __version__
 from geodet.config import DetectConfig, ModelConfig, from_dict, to_dict
 from geodet.errors import GeodetError
 from geodet.io.outputs import check_output, staged_file
@@ -177,7 +177,7 @@ def geodet_metadata(meta, *, model_name: str, model_hash: str, per_level: Sequen
     return {
         "geodet_format": ONNX_FORMAT_NAME,
         "geodet_format_version": ONNX_FORMAT_VERSION,
-        "geodet_version": geodet.__version__,
+        "geodet_version": __version__,
         "geodet_model_name": model_name,
         "geodet_model_hash": model_hash,
         "geodet_model_geodet_version": meta.geodet_version,
@@ -241,7 +241,7 @@ def read_onnx_metadata(path: PathLike) -> Dict[str, Any]:
     if out["geodet_format_version"] > ONNX_FORMAT_VERSION:
         raise GeodetError(
             f"{file.name} has geodet export format version {out['geodet_format_version']}; this geodet "
-            f"{geodet.__version__} reads up to version {ONNX_FORMAT_VERSION}, so upgrade geodet."
+            f"{__version__} reads up to version {ONNX_FORMAT_VERSION}, so upgrade geodet."
         )
     return out
 
@@ -322,7 +322,7 @@ def export_onnx(model: PathLike, out: PathLike, *, overwrite: bool = False, opse
         for key, value in props.items():
             entry = graph.metadata_props.add()
             entry.key, entry.value = key, json.dumps(value)
-        graph.doc_string = f"geodet {geodet.__version__} export of {Path(model).name}"
+        graph.doc_string = f"geodet {__version__} export of {Path(model).name}"
         onnx.save(graph, str(tmp))
     log.info("exported %s to %s", model, target)
     return target

@@ -326,7 +326,7 @@ def plot_pr_curve(report: dict, path_or_ax=None, *, overwrite: bool = True):
 
     Args:
         report: a report of :func:`geodet.reports.evaluation.evaluate` or
-            :func:`~geodet.reports.evaluation.evaluate_boxes` (uses ``iou`` and each
+            :func:`~geodet.core.metrics.evaluate_boxes` (uses ``iou`` and each
             class's ``pr_curve`` and ``ap``).
         path_or_ax: a matplotlib ``Axes`` to draw on, a PNG path to write, or
             None for a new figure.
