@@ -171,8 +171,11 @@ class ModelConfig:
             RetinaNet) or ``"giou"`` on the decoded boxes.
         prior_prob: prior probability used to initialise the classification bias.
         topk_candidates: candidates kept per level before NMS.
-        score_thresh: minimum score of a detection.
-        nms_iou: IoU of the per-chip class-wise NMS.
+        chip_score_threshold: minimum class score of a candidate box inside one chip, before the
+            per-chip NMS (a low bar: :attr:`DetectConfig.score_threshold` decides what is output).
+            Stored in model files as ``score_thresh`` (:data:`MODEL_FILE_KEYS`).
+        chip_nms_iou: IoU of the per-chip class-wise NMS (:attr:`DetectConfig.nms_iou` is the
+            cross-chip one). Stored in model files as ``nms_iou``.
         detections_per_chip: maximum detections returned per chip.
         frozen_stages: number of backbone stages frozen (0 = train all,
             1 = stem, 2 = stem + layer1, ... 5 = all).
@@ -203,8 +206,8 @@ class ModelConfig:
     box_loss: str = "l1"
     prior_prob: float = 0.01
     topk_candidates: int = 1000
-    score_thresh: float = 0.05
-    nms_iou: float = 0.5
+    chip_score_threshold: float = 0.05
+    chip_nms_iou: float = 0.5
     detections_per_chip: int = 300
     frozen_stages: int = 0
     backbone_weights: Optional[str] = None
@@ -391,8 +394,10 @@ class DetectConfig:
         overlap: chip overlap in pixels (None = the model's training overlap).
         chip_size: chip side in pixels (None = the model's training chip size).
         bands: 1-based scene bands fed to the model (None = the model's bands).
-        score_threshold: minimum score kept in the output.
-        nms_iou: IoU of the cross-chip class-wise NMS.
+        score_threshold: minimum score kept in the output (after the model's per-chip
+            :attr:`ModelConfig.chip_score_threshold`).
+        nms_iou: IoU of the cross-chip class-wise NMS that merges the chips' detections in scene
+            pixels (:attr:`ModelConfig.chip_nms_iou` is the per-chip one); ``--nms-iou``.
         device: "auto", "cpu" or "cuda".
         workers: reader threads prefetching chips.
         precision: arithmetic of the forward pass: "auto" (bf16 autocast on
@@ -480,8 +485,16 @@ class JobConfig:
         if int(self.block_chips) < 1:
             raise ConfigError(f"block_chips must be at least 1, got {self.block_chips!r}")
 
+#: :class:`ModelConfig` field -> the key that model files and ONNX exports' metadata store it under.
+#: Files keep geodet 0.1's names, so that this release and the previous one read each other's model
+#: files: :func:`to_dict` writes these keys and :func:`from_dict` reads either name.
+MODEL_FILE_KEYS = {"chip_score_threshold": "score_thresh", "chip_nms_iou": "nms_iou"}
+
+
 def to_dict(cfg: Any) -> dict:
-    """A JSON-safe ``dict`` of a (possibly nested) config dataclass."""
+    """A JSON-safe ``dict`` of a (possibly nested) config dataclass, keyed as files store it
+    (:data:`MODEL_FILE_KEYS`)."""
+    keys = MODEL_FILE_KEYS if isinstance(cfg, ModelConfig) else {}
     out = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
@@ -489,7 +502,7 @@ def to_dict(cfg: Any) -> dict:
             value = to_dict(value)
         elif isinstance(value, tuple):
             value = list(value)
-        out[f.name] = value
+        out[keys.get(f.name, f.name)] = value
     return out
 
 
@@ -499,9 +512,15 @@ def from_dict(cls: Type[T], data: dict) -> T:
     Raises:
         ConfigError: on a key that ``cls`` does not have.
     """
-    if cls is ModelConfig and "backbone_depth" in data:  # older model files name a ResNet by its depth
+    if cls is ModelConfig:
         data = dict(data)
-        data.setdefault("backbone", f"resnet{data.pop('backbone_depth')}")
+        if "backbone_depth" in data:  # older model files name a ResNet by its depth
+            data.setdefault("backbone", f"resnet{data.pop('backbone_depth')}")
+        for name, key in MODEL_FILE_KEYS.items():
+            if key in data:
+                if name in data and data[name] != data[key]:
+                    raise ConfigError(f"{name} and {key} name one setting; give one of them.")
+                data[name] = data.pop(key)
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(names)
     if unknown:

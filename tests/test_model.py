@@ -117,8 +117,8 @@ def test_eval_boxes_are_in_input_pixels(height, width):
     cfg = tiny_config(
         levels=(3, 4, 5),
         anchors=AnchorConfig(sizes=(16.0, 32.0, 64.0), scales=(1.0,), ratios=(1.0,)),
-        score_thresh=0.0,
-        nms_iou=1.0,
+        chip_score_threshold=0.0,
+        chip_nms_iou=1.0,
         topk_candidates=10_000,
         detections_per_chip=10_000,
     )
@@ -143,7 +143,7 @@ def test_eval_boxes_are_in_input_pixels(height, width):
 
 
 def test_list_of_differently_sized_chips():
-    model = build_model(tiny_config(score_thresh=0.0, detections_per_chip=50)).eval()
+    model = build_model(tiny_config(chip_score_threshold=0.0, detections_per_chip=50)).eval()
     with torch.no_grad():
         outs = model([torch.randn(3, 64, 64), torch.randn(3, 40, 72)])
     assert outs[1]["boxes"][:, 2].max() <= 72 and outs[1]["boxes"][:, 3].max() <= 40
@@ -235,7 +235,7 @@ def test_bias_prior_and_focal_settings():
 
 
 def test_cpu_autocast_keeps_boxes_and_losses_float32():
-    model = build_model(tiny_config(score_thresh=0.0, detections_per_chip=10))
+    model = build_model(tiny_config(chip_score_threshold=0.0, detections_per_chip=10))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model.train()
         losses = model(torch.randn(2, 3, 64, 64), two_targets())
@@ -331,7 +331,7 @@ def test_folding_batch_norms_keeps_the_outputs(backbone):
     folded float32 network is instead held to the unfolded float32 network's own error against the
     float64 answer: at most 4x it, plus 64 float32 ulps of the output scale.
     """
-    model = build_model(tiny_config(backbone=backbone, score_thresh=0.0, detections_per_chip=50))
+    model = build_model(tiny_config(backbone=backbone, chip_score_threshold=0.0, detections_per_chip=50))
     # give the frozen batch norms non-trivial statistics, as trained weights have
     for m in model.modules():
         if isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)):

@@ -235,8 +235,8 @@ def rows_to_xyxy(rows):
 def select_detections(rows, per_level: Sequence[int], cfg: ModelConfig) -> Dict[str, Any]:
     """One chip's detections from its output rows, as torchvision's RetinaNet selects them.
 
-    Per pyramid level: class scores above ``cfg.score_thresh``, the best
-    ``cfg.topk_candidates``; then class-wise NMS at ``cfg.nms_iou`` and the
+    Per pyramid level: class scores above ``cfg.chip_score_threshold``, the best
+    ``cfg.topk_candidates``; then class-wise NMS at ``cfg.chip_nms_iou`` and the
     best ``cfg.detections_per_chip``.
 
     Args:
@@ -253,7 +253,7 @@ def select_detections(rows, per_level: Sequence[int], cfg: ModelConfig) -> Dict[
         start += count
         num_classes = level.shape[1] - BOX_COLUMNS
         scores = level[:, BOX_COLUMNS:].flatten()
-        keep = scores > cfg.score_thresh
+        keep = scores > cfg.chip_score_threshold
         idx = torch.where(keep)[0]
         scores = scores[keep]
         scores, order = scores.topk(min(cfg.topk_candidates, int(idx.numel())))
@@ -263,7 +263,7 @@ def select_detections(rows, per_level: Sequence[int], cfg: ModelConfig) -> Dict[
         scores_all.append(scores)
         labels_all.append(idx % num_classes)
     boxes, scores, labels = torch.cat(boxes_all), torch.cat(scores_all), torch.cat(labels_all)
-    keep = batched_nms(boxes, scores, labels, cfg.nms_iou)[: cfg.detections_per_chip]
+    keep = batched_nms(boxes, scores, labels, cfg.chip_nms_iou)[: cfg.detections_per_chip]
     return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
 
 
