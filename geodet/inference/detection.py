@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import geopandas as gpd
 
@@ -116,79 +116,119 @@ def detect(
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    config = _with_shorthands(config, bands=bands, chip_size=chip_size)
+    tasks = plan_tasks(resolve_scenes(scenes, asset=asset, allow_local_hrefs=allow_local_hrefs), mosaic=config.mosaic)
+    # A job's parts come back from GeoParquet without ``attrs``: the model file's metadata, read
+    # here (its one sentence for a missing or bad file), gives the result its metadata.
+    file_metadata = model_file_metadata(model) if job_dir is not None else None
+    job, detector, pending = None, None, list(tasks)
+    if job_dir is not None:
+        job, detector = _open_detection_job(job_dir, model, config, job_config,
+                                            load_here=runner is None and client is None)
+        pending = _pending_tasks(job, tasks)
+    outcomes = SceneOutcomes(job, on_error)
+    if pending:
+        if runner is None:
+            runner = _default_runner(model, config, client=client, detector=detector, progress=progress, job=job)
+        runner(pending, outcomes.done, outcomes.failed)
+    out = combine_frames(outcomes.frames_of(tasks))
+    if METADATA_ATTR not in out.attrs:
+        with_metadata(out, file_metadata if file_metadata is not None else model_file_metadata(model))
+    out.attrs["failed_scenes"] = outcomes.failed_scenes
+    out.attrs["scenes_done_before"] = len(tasks) - len(pending)
+    out.attrs["scenes_changed"] = list(job.changed) if job is not None else []
+    return out
+
+
+def _with_shorthands(config: DetectConfig, *, bands: Optional[Sequence[int]], chip_size: Optional[int]) -> DetectConfig:
+    """``config`` with :func:`detect`'s ``bands`` and ``chip_size`` shorthands applied (None: left as is)."""
     if bands is not None:
         config = dataclasses.replace(config, bands=tuple(bands))
     if chip_size is not None:
         config = dataclasses.replace(config, chip_size=chip_size)
-    tasks = plan_tasks(resolve_scenes(scenes, asset=asset, allow_local_hrefs=allow_local_hrefs), mosaic=config.mosaic)
-    job = None
-    pending = list(tasks)
-    # A job's parts come back from GeoParquet without ``attrs``: the model file's metadata, read
-    # here (its one sentence for a missing or bad file), gives the result its metadata.
-    file_metadata = model_file_metadata(model) if job_dir is not None else None
-    detector = None
-    if job_dir is not None:
-        # The model is checked whole before the job folder is made, so that a refused model leaves
-        # no folder that would refuse the corrected command.
-        if runner is None and client is None:
-            detector = load_detector(model, config)
-        else:
-            check_model_file(model)
-        job = open_job(job_dir, model_hash=model_file_hash(model),
-                       settings=detection_settings(config), config=job_config)
-        pending, done_before = job.split(tasks)
-        if done_before:
-            log.info("%d of %d scene(s) were finished by an earlier run", len(done_before), len(tasks))
-    frames: Dict[str, gpd.GeoDataFrame] = {}
-    failed: Dict[str, str] = {}
+    return config
 
-    def on_done(task: SceneTask, frame: gpd.GeoDataFrame, seconds: float) -> None:
-        failed.pop(task.path, None)
-        if job is not None:
-            job.record_done(task, frame, seconds)
-        else:
-            frames[task.path] = frame
 
-    def on_failed(task: SceneTask, reason: str) -> None:
+def _open_detection_job(job_dir, model, config: DetectConfig, job_config: JobConfig, *, load_here: bool):
+    """``(job, detector)``: the job folder of a run, opened after its model was checked whole.
+
+    The model is checked (or, with ``load_here``, loaded: the detector is returned for the in-process
+    runner, else None) before the folder is made, so that a refused model leaves no folder that would
+    refuse the corrected command.
+    """
+    detector = load_detector(model, config) if load_here else None
+    if not load_here:
+        check_model_file(model)
+    job = open_job(job_dir, model_hash=model_file_hash(model), settings=detection_settings(config), config=job_config)
+    return job, detector
+
+
+def _pending_tasks(job, tasks: Sequence[SceneTask]) -> List[SceneTask]:
+    """The tasks that ``job`` does not hold as done."""
+    pending, done_before = job.split(tasks)
+    if done_before:
+        log.info("%d of %d scene(s) were finished by an earlier run", len(done_before), len(tasks))
+    return pending
+
+
+def _default_runner(model, config: DetectConfig, *, client, detector, progress, job) -> Runner:
+    """The runner of a run that names none: a Dask cluster's (``client``) or this process's."""
+    if client is not None:
+        return dask_runner(client, model, config)
+    return in_process_runner(detector or load_detector(model, config), progress=progress, job=job)
+
+
+class SceneOutcomes:
+    """What becomes of each scene of a run: the ``on_done`` / ``on_failed`` a runner reports to.
+
+    Finished frames go to the job folder (``job``) or are kept here; failures are kept
+    (``failed_scenes``: path -> one-sentence reason), logged up to :data:`FAILURES_LOGGED`,
+    and raised at once when ``on_error`` is ``"raise"``.
+    """
+
+    def __init__(self, job, on_error: str):
+        self.job, self.on_error = job, on_error
+        self.frames: Dict[str, gpd.GeoDataFrame] = {}
+        self.failed_scenes: Dict[str, str] = {}
+
+    def done(self, task: SceneTask, frame: gpd.GeoDataFrame, seconds: float) -> None:
+        self.failed_scenes.pop(task.path, None)
+        if self.job is not None:
+            self.job.record_done(task, frame, seconds)
+        else:
+            self.frames[task.path] = frame
+
+    def failed(self, task: SceneTask, reason: str) -> None:
         reason = redact(reason)
-        if job is not None:
-            job.record_failed(task, reason)
-        failed[task.path] = reason
-        if on_error == "raise":
+        if self.job is not None:
+            self.job.record_failed(task, reason)
+        self.failed_scenes[task.path] = reason
+        if self.on_error == "raise":
             raise GeodetError(reason)
-        if len(failed) <= FAILURES_LOGGED:
+        if len(self.failed_scenes) <= FAILURES_LOGGED:
             log.warning("skipped %s: %s", redact(task.path), reason)
-        if len(failed) == FAILURES_LOGGED:
+        if len(self.failed_scenes) == FAILURES_LOGGED:
             log.warning("more than %d scenes failed; the others are not logged one by one (frame.attrs"
                         "['failed_scenes'] lists them all)", FAILURES_LOGGED)
 
-    if pending:
-        if runner is None and client is not None:
-            runner = dask_runner(client, model, config)
-        if runner is None:
-            runner = in_process_runner(detector or load_detector(model, config), progress=progress, job=job)
-        runner(pending, on_done, on_failed)
-    if job is not None:
-        if not job.folder.is_dir():
+    def frames_of(self, tasks: Sequence[SceneTask]) -> List[gpd.GeoDataFrame]:
+        """The finished tasks' frames, in task order; a task with no report counts as failed.
+
+        Raises:
+            JobGone: another run of the same job removed its folder meanwhile.
+            GeodetError: no scene finished.
+        """
+        job = self.job
+        if job is not None and not job.folder.is_dir():
             raise JobGone(f"{job.folder} was removed by another run of the same job meanwhile.")
-        finished = [task for task in tasks if job.is_done(task)]
-        collected = [job.frame(task) for task in finished]
-    else:
-        finished = [task for task in tasks if task.path in frames]
-        collected = [frames[task.path] for task in finished]
-    done_paths = {task.path for task in finished}
-    for task in tasks:
-        if task.path not in done_paths and task.path not in failed:
-            failed[task.path] = "the runner reported no result for this scene."
-    if not finished:
-        raise GeodetError("no scene could be read: " + "; ".join(failed.values()))
-    out = combine_frames(collected)
-    if METADATA_ATTR not in out.attrs:
-        with_metadata(out, file_metadata if file_metadata is not None else model_file_metadata(model))
-    out.attrs["failed_scenes"] = failed
-    out.attrs["scenes_done_before"] = len(tasks) - len(pending)
-    out.attrs["scenes_changed"] = list(job.changed) if job is not None else []
-    return out
+        finished = [task for task in tasks if (job.is_done(task) if job is not None else task.path in self.frames)]
+        done_paths = {task.path for task in finished}
+        for task in tasks:
+            if task.path not in done_paths and task.path not in self.failed_scenes:
+                self.failed_scenes[task.path] = "the runner reported no result for this scene."
+        if not finished:
+            raise GeodetError("no scene could be read: " + "; ".join(self.failed_scenes.values()))
+        return [job.frame(task) if job is not None else self.frames[task.path] for task in finished]
 
 
 def check_job_output(output: Union[str, os.PathLike], *, overwrite: bool = False) -> bool:
