@@ -150,7 +150,7 @@ def test_blocks_resumed_in_process_equal_the_whole_scene(make_scene_files, tmp_p
         detect(s.path, config=cfg, job_dir=job_dir, job_config=blocks, progress=crash_in_block_3)
     kept = sorted(p.name for p in (job_dir / "blocks").rglob("*.npz"))
     assert kept == ["000000.npz", "000001.npz"]
-    with caplog.at_level("INFO", logger="geodet.inference.detection"):
+    with caplog.at_level("INFO", logger="geodet.inference.scenes"):
         resumed = detect(s.path, config=cfg, job_dir=job_dir, job_config=blocks)
     assert "2 of 3 chip blocks taken from an earlier run" in caplog.text
     assert_geodataframe_equal(resumed, whole)
@@ -229,7 +229,7 @@ def test_kill_9_mid_scene_resumes_from_its_blocks(make_scene_files, tmp_path, ca
     assert len(kept) >= 2 and not out.exists()
     from geodet.inference.detection import detect_to_file
 
-    with caplog.at_level("INFO", logger="geodet.inference.detection"):
+    with caplog.at_level("INFO", logger="geodet.inference.scenes"):
         frame = detect_to_file([s.path], out, config=DetectConfig(batch_size=1), job_config=JobConfig(block_chips=2))
     assert f"{len(kept)} of 5 chip blocks taken from an earlier run" in caplog.text
     assert_geodataframe_equal(read(out), read(ref))

@@ -256,13 +256,13 @@ def test_an_unreadable_neighbour_leaves_nodata_in_the_halo(tmp_path, make_scene_
     data = cog.read_bytes()
     with open(tiles[1], "wb") as f:
         f.write(data[: len(data) * 2 // 5])
-    with caplog.at_level("WARNING", logger="geodet.inference.detection"):
+    with caplog.at_level("WARNING", logger="geodet.inference.scenes"):
         frame = detect_task(tasks[0], detector)
     assert "detecting it alone" in caplog.text
     assert set(frame.scene) <= {"tile_0_0.tif"}
     os.remove(tiles[1])  # a neighbour that is gone is left out of the VRT
     caplog.clear()
-    with caplog.at_level("WARNING", logger="geodet.inference.detection"):
+    with caplog.at_level("WARNING", logger="geodet.inference.scenes"):
         assert detect_task(tasks[0], detector).crs == frame.crs
     assert "cannot be opened" in caplog.text and "detecting it alone" not in caplog.text
 
