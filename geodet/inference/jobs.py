@@ -52,7 +52,7 @@ from geodet.config import DetectConfig, JobConfig
 from geodet.errors import GeodetError
 from geodet.inference.predict import ChipDetections
 from geodet.inference.tasks import SceneTask
-from geodet.io.outputs import TEMP_TAG, PathLike, _remove, check_writable, staged_file, sweep_stale, temp_path
+from geodet.io.outputs import TEMP_TAG, PathLike, remove_path, check_writable, staged_file, sweep_stale, temp_path
 from geodet.io.raster import open_raster
 from geodet.io.sources import http_validators, is_virtual, redact
 
@@ -273,7 +273,7 @@ class BlockStore:
                          n_chips=n_chips, block_chips=self.block_chips, identity=self.identity)
 
     def clear(self) -> None:
-        _remove(self.folder)
+        remove_path(self.folder)
 
 
 class Job:
@@ -450,13 +450,13 @@ def remove_job(folder: PathLike) -> None:
     foreign = sorted(p.name for p in folder.iterdir() if p.name not in JOB_ENTRIES and TEMP_TAG not in p.name)
     if foreign:
         for name in JOB_ENTRIES:
-            _remove(folder / name)
+            remove_path(folder / name)
         log.warning("kept %s, which holds files geodet did not write (%s%s); geodet's own files in it were removed",
                     folder, ", ".join(foreign[:5]), ", ..." if len(foreign) > 5 else "")
         return
     aside = temp_path(folder)
     os.rename(folder, aside)
-    _remove(aside)
+    remove_path(aside)
 
 
 def _differences(old: Dict[str, object], new: Dict[str, object]) -> str:

@@ -135,13 +135,14 @@ def sweep_stale(folder: PathLike) -> int:
         owner = entry.name.rsplit(TEMP_TAG, 1)[1].rsplit("-", 2)
         if len(owner) != 3 or owner[0] != host or not owner[1].isdigit() or _pid_alive(int(owner[1])):
             continue
-        _remove(Path(entry.path))
+        remove_path(Path(entry.path))
         removed += 1
         log.info("removed %s, left by an interrupted geodet run", entry.path)
     return removed
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
+    """Remove a file, a link or a whole folder; one already gone is fine."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -207,7 +208,7 @@ def publish_folder(tmp: PathLike, target: PathLike, *, overwrite: bool = False) 
         raise
     finally:
         if aside is not None:
-            _remove(aside)
+            remove_path(aside)
 
 
 @contextlib.contextmanager
@@ -221,7 +222,7 @@ def staged_file(path: PathLike, *, overwrite: bool = False) -> Iterator[Path]:
         yield tmp
         publish_file(tmp, target, overwrite=overwrite)
     finally:
-        _remove(tmp)
+        remove_path(tmp)
 
 
 @contextlib.contextmanager
@@ -232,7 +233,7 @@ def scratch_folder(path: PathLike) -> Iterator[Path]:
     try:
         yield tmp
     finally:
-        _remove(tmp)
+        remove_path(tmp)
 
 
 @contextlib.contextmanager

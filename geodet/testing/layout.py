@@ -1,9 +1,9 @@
 """Layout of a synthetic scene: where roads, lots, houses, pools, cars and trees go.
 
-Part of :mod:`geodet.testing.synthetic`. :class:`_Planner` places every object on an
+Part of :mod:`geodet.testing.synthetic`. :class:`Planner` places every object on an
 occupancy grid, in scene pixels, drawing all randomness from the scene's one generator
 (the order of the draws is part of the scene: reordering them changes every scene);
-:func:`_render` in ``_render`` then draws the :class:`_Layout` it returns.
+:func:`geodet.testing.render.render_scene` then draws the :class:`Layout` it returns.
 """
 
 from __future__ import annotations
@@ -17,18 +17,18 @@ import numpy as np
 from shapely.geometry import LineString
 
 from geodet.testing.materials import (
-    _ASPHALT,
-    _BLUE_ROOFS,
-    _CAR_CUMULATIVE,
-    _CARS,
-    _GRASS,
-    _RIM,
-    _ROOFS,
-    _TARPS,
-    _WATER_EASY,
-    _WATER_HARD,
+    ASPHALT,
+    BLUE_ROOFS,
+    CAR_CUMULATIVE,
+    CARS,
+    GRASS,
+    RIM,
+    ROOFS,
+    TARPS,
+    WATER_EASY,
+    WATER_HARD,
     Rect,
-    _toward,
+    toward,
 )
 from geodet.testing.params import SceneParams
 
@@ -38,7 +38,7 @@ logger = logging.getLogger("geodet.testing.synthetic")
 _OCC_ROAD, _OCC_CURVE, _OCC_HOUSE, _OCC_POOL, _OCC_CAR, _OCC_TREE, _OCC_DRIVE, _OCC_MISC = (1 << i for i in range(8))
 
 @dataclass
-class _Pool:
+class Pool:
     rect: Rect
     oval: bool
     water: np.ndarray
@@ -57,14 +57,14 @@ class _House:
 
 
 @dataclass
-class _Tree:
+class Tree:
     cx: float
     cy: float
     lobes: np.ndarray  # [K, 3] (dx, dy, radius)
 
 
 @dataclass
-class _Layout:
+class Layout:
     """Geometry of everything in the scene, in scene pixels."""
 
     roads: List[Rect] = field(default_factory=list)
@@ -76,13 +76,13 @@ class _Layout:
     stall_lines: List[Rect] = field(default_factory=list)
     driveways: List[Rect] = field(default_factory=list)
     houses: List[_House] = field(default_factory=list)
-    pools: List[_Pool] = field(default_factory=list)
+    pools: List[Pool] = field(default_factory=list)
     tarps: List[Tuple[Rect, np.ndarray]] = field(default_factory=list)
     cars: List[Tuple[Rect, np.ndarray, bool]] = field(default_factory=list)  # rect, colour, long axis along x
-    trees: List[_Tree] = field(default_factory=list)
+    trees: List[Tree] = field(default_factory=list)
 
 
-class _Planner:
+class Planner:
     """Places objects on an occupancy grid; all randomness from one generator."""
 
     def __init__(self, rng, height, width, params: SceneParams):
@@ -94,7 +94,7 @@ class _Planner:
         self.density = float(params.density)
         self.scale = max(1.0, self.size_hi / 30.0)  # lots grow with large objects
         self.occ = np.zeros((height, width), np.uint8)
-        self.out = _Layout()
+        self.out = Layout()
 
     # -- occupancy
     def _window(self, rect: Rect, margin: float):
@@ -140,7 +140,7 @@ class _Planner:
             pos += period_mean + self.rng.uniform(-jitter, jitter)
         return [round(p) for p in starts]
 
-    def plan(self) -> _Layout:
+    def plan(self) -> Layout:
         s = self.scale
         road_w = round(20 * s)
         lot_d = 94 * s
@@ -314,7 +314,7 @@ class _Planner:
             ok = all(self.free(p, _OCC_ROAD | _OCC_CURVE | _OCC_POOL | _OCC_CAR, 3) for p in parts)
             if ok:
                 blue = rng.random() < 0.07
-                palette = _BLUE_ROOFS if blue else _ROOFS
+                palette = BLUE_ROOFS if blue else ROOFS
                 colour = (palette[rng.integers(len(palette))] * rng.uniform(0.92, 1.08)).astype(np.float32)
                 self.out.houses.append(_House(parts, colour, shadow, blue))
                 for p in parts:
@@ -364,25 +364,25 @@ class _Planner:
             return
         oval = rng.random() < 0.35
         if self.hard:
-            water = _WATER_HARD[rng.choice(len(_WATER_HARD), p=[0.25, 0.2, 0.2, 0.2, 0.15])]
-            rim_colour = _RIM * rng.uniform(0.72, 0.92)
+            water = WATER_HARD[rng.choice(len(WATER_HARD), p=[0.25, 0.2, 0.2, 0.2, 0.15])]
+            rim_colour = RIM * rng.uniform(0.72, 0.92)
             rim = rng.uniform(0.6, 1.2)
         else:
-            water = _WATER_EASY[rng.integers(len(_WATER_EASY))]
-            rim_colour = _RIM * rng.uniform(0.95, 1.05)
+            water = WATER_EASY[rng.integers(len(WATER_EASY))]
+            rim_colour = RIM * rng.uniform(0.95, 1.05)
             rim = rng.uniform(0.9, 1.6) + 0.02 * min(w, h)
         water = (water * rng.uniform(0.9, 1.1, 4)).astype(np.float32)
         if self.params.contrast != 1.0:
-            water = _toward(water, _GRASS, self.params.contrast)
-            rim_colour = _toward(rim_colour, _GRASS, self.params.contrast)
+            water = toward(water, GRASS, self.params.contrast)
+            rim_colour = toward(rim_colour, GRASS, self.params.contrast)
         angle = rng.uniform(0, 2 * math.pi)
-        pool = _Pool(rect, oval, water, rim_colour.astype(np.float32), rim, (math.cos(angle), math.sin(angle)))
+        pool = Pool(rect, oval, water, rim_colour.astype(np.float32), rim, (math.cos(angle), math.sin(angle)))
         self.out.pools.append(pool)
         self.mark(rect, _OCC_POOL)
         if self.hard and rng.random() < self.params.occluded_share:
             self._occluding_tree(pool)
 
-    def _occluding_tree(self, pool: _Pool) -> None:
+    def _occluding_tree(self, pool: Pool) -> None:
         """A tree crown over part of ``pool`` (roughly 15-50 % of its area)."""
         rng = self.rng
         x0, y0, x1, y1 = pool.rect
@@ -411,7 +411,7 @@ class _Planner:
                 return
             rect = world(rng.uniform(2, lw - 2 - w), rng.uniform(setback * 0.5, ld - 2 - h), w, h)
             if self.free(rect, 0xFF, 2.0, inside=1.0):
-                colour = (_TARPS[rng.integers(len(_TARPS))] * rng.uniform(0.9, 1.1)).astype(np.float32)
+                colour = (TARPS[rng.integers(len(TARPS))] * rng.uniform(0.9, 1.1)).astype(np.float32)
                 self.out.tarps.append((rect, colour))
                 self.mark(rect, _OCC_MISC)
                 return
@@ -429,7 +429,7 @@ class _Planner:
         rect = (cx - ext, cy - ext, cx + ext, cy + ext)
         if not force and not self.free(rect, avoid, margin):
             return
-        self.out.trees.append(_Tree(cx, cy, lobes))
+        self.out.trees.append(Tree(cx, cy, lobes))
         self.mark(rect, _OCC_TREE)
 
     # -- cars
@@ -448,10 +448,10 @@ class _Planner:
             avoid |= _OCC_TREE | _OCC_HOUSE
         if not self.free(rect, avoid, 0.0, inside=1.0):
             return False
-        colour = _CARS[np.searchsorted(_CAR_CUMULATIVE, self.rng.random() * _CAR_CUMULATIVE[-1], side="right")]
+        colour = CARS[np.searchsorted(CAR_CUMULATIVE, self.rng.random() * CAR_CUMULATIVE[-1], side="right")]
         colour = (colour * self.rng.uniform(0.92, 1.06)).astype(np.float32)
         if self.params.contrast != 1.0:
-            colour = _toward(colour, _ASPHALT, self.params.contrast)
+            colour = toward(colour, ASPHALT, self.params.contrast)
         self.out.cars.append((rect, colour, along_x))
         self.mark(rect, _OCC_CAR)
         return True
@@ -509,7 +509,7 @@ class _Planner:
                         in_run = rng.random() > 0.12
 
 
-def _thin_classes(layout: _Layout, rng: np.random.Generator, rare: str, share: float) -> None:
+def thin_classes(layout: Layout, rng: np.random.Generator, rare: str, share: float) -> None:
     """Drop random pools or cars so that ``rare`` makes up ``share`` of all objects.
 
     The rare class is thinned when it is too common, the other class when the

@@ -12,18 +12,18 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from geodet.testing.layout import _Layout, _Pool, _Tree
+from geodet.testing.layout import Layout, Pool, Tree
 from geodet.testing.materials import (
-    _ASPHALT,
-    _CONCRETE,
-    _DRY,
-    _GRASS,
-    _HAZE,
-    _PAINT,
-    _PARKING,
-    _SHADOW,
-    _SOIL,
-    _TREE,
+    ASPHALT,
+    CONCRETE,
+    DRY,
+    GRASS,
+    HAZE,
+    PAINT,
+    PARKING,
+    SHADOW,
+    SOIL,
+    TREE,
     Rect,
 )
 from geodet.testing.params import SceneParams
@@ -163,7 +163,7 @@ def _centres(r0: int, c0: int, h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
     return yy, xx
 
 
-def _render(layout: _Layout, rng: np.random.Generator, H: int, W: int, channels: int) -> np.ndarray:
+def render_scene(layout: Layout, rng: np.random.Generator, H: int, W: int, channels: int) -> np.ndarray:
     """Draw ``layout`` into ``float32 [channels, H, W]`` (R, G, B[, NIR] in [0, 1])."""
     C = channels
     # ground: grass / dry grass / soil mixed by low-frequency noise, with fine texture
@@ -177,8 +177,8 @@ def _render(layout: _Layout, rng: np.random.Generator, H: int, W: int, channels:
     bright = 0.86 + 0.28 * fine
     img = np.empty((C, H, W), np.float32)
     for i in range(C):
-        band = _GRASS[i] + (_DRY[i] - _GRASS[i]) * dry
-        band += (_SOIL[i] - band) * soil
+        band = GRASS[i] + (DRY[i] - GRASS[i]) * dry
+        band += (SOIL[i] - band) * soil
         band *= bright
         img[i] = band
     del low, mid, fine, dry, soil, bright
@@ -199,20 +199,20 @@ def _render(layout: _Layout, rng: np.random.Generator, H: int, W: int, channels:
             _paint(img, r0, c0, alpha, colour)
 
     for rect in layout.parking:
-        fill(rect, _PARKING, 0.04)
+        fill(rect, PARKING, 0.04)
     for rect in layout.stall_lines:
-        fill(rect, _PAINT * 0.9)
+        fill(rect, PAINT * 0.9)
     for rect in layout.roads:
-        fill(rect, _ASPHALT, 0.04)
+        fill(rect, ASPHALT, 0.04)
     if layout.curve_mask is not None:
         m = layout.curve_mask
-        img[:, m] = _ASPHALT[:C, None] * (1 + 0.04 * tex[m])[None]
+        img[:, m] = ASPHALT[:C, None] * (1 + 0.04 * tex[m])[None]
     for rect in layout.dashes:
-        fill(rect, _PAINT)
+        fill(rect, PAINT)
     for rect in layout.sidewalks:
-        fill(rect, _CONCRETE, 0.03)
+        fill(rect, CONCRETE, 0.03)
     for rect in layout.driveways:
-        fill(rect, _CONCRETE * 0.96, 0.03)
+        fill(rect, CONCRETE * 0.96, 0.03)
 
     for pool in layout.pools:
         _draw_pool(img, pool, tex)
@@ -223,7 +223,7 @@ def _render(layout: _Layout, rng: np.random.Generator, H: int, W: int, channels:
         for x0, y0, x1, y1 in house.parts:
             sx, sy = house.shadow
             r0, c0, alpha = _rect_alpha((x0 + sx, y0 + sy, x1 + sx, y1 + sy))
-            _darken(img, r0, c0, alpha, _SHADOW)
+            _darken(img, r0, c0, alpha, SHADOW)
     for house in layout.houses:
         for part in house.parts:
             _draw_roof(img, part, house.colour, tex)
@@ -231,7 +231,7 @@ def _render(layout: _Layout, rng: np.random.Generator, H: int, W: int, channels:
     for rect, colour, along_x in layout.cars:
         x0, y0, x1, y1 = rect
         r0, c0, alpha = _rect_alpha((x0 + 0.8, y0 + 1.0, x1 + 0.8, y1 + 1.0))
-        _darken(img, r0, c0, alpha, _SHADOW)
+        _darken(img, r0, c0, alpha, SHADOW)
     for rect, colour, along_x in layout.cars:
         _draw_car(img, rect, colour, along_x, tex)
 
@@ -242,7 +242,7 @@ def _render(layout: _Layout, rng: np.random.Generator, H: int, W: int, channels:
     return img
 
 
-def _draw_pool(img: np.ndarray, pool: _Pool, tex: np.ndarray) -> None:
+def _draw_pool(img: np.ndarray, pool: Pool, tex: np.ndarray) -> None:
     """Light coping (the full footprint) around water inset by ``pool.rim``."""
     x0, y0, x1, y1 = pool.rect
     r0, c0 = math.floor(y0), math.floor(x0)
@@ -295,7 +295,7 @@ def _draw_car(img: np.ndarray, rect: Rect, colour: np.ndarray, along_x: bool, te
     _paint(img, r0, c0, alpha, col)
 
 
-def _draw_tree(img: np.ndarray, tree: _Tree, tex: np.ndarray, shadow: bool) -> None:
+def _draw_tree(img: np.ndarray, tree: Tree, tex: np.ndarray, shadow: bool) -> None:
     """A crown of overlapping lobes lit from the north-west, or its cast shadow."""
     ext = float(np.max(np.hypot(tree.lobes[:, 0], tree.lobes[:, 1]) + tree.lobes[:, 2])) + 1
     ox, oy = (ext * 0.45, ext * 0.55) if shadow else (0.0, 0.0)
@@ -309,15 +309,15 @@ def _draw_tree(img: np.ndarray, tree: _Tree, tex: np.ndarray, shadow: bool) -> N
     t = _texture(tex, r0, c0, n, m)
     alpha = np.clip(0.5 - sd - 0.5 * t, 0, 1)
     if shadow:
-        _darken(img, r0, c0, alpha, _SHADOW)
+        _darken(img, r0, c0, alpha, SHADOW)
         return
     radius = float(tree.lobes[0, 2])
     light = 1.0 - 0.28 * ((xx - cx) + (yy - cy)) / (1.4 * radius)
     shade = np.clip(light, 0.6, 1.35) * (1 + 0.18 * t)
-    _paint(img, r0, c0, alpha, _TREE[:, None, None] * shade[None])
+    _paint(img, r0, c0, alpha, TREE[:, None, None] * shade[None])
 
 
-def _hard_effects(img: np.ndarray, rng: np.random.Generator, params: SceneParams) -> np.ndarray:
+def hard_effects(img: np.ndarray, rng: np.random.Generator, params: SceneParams) -> np.ndarray:
     """Illumination gradient, haze, sensor blur and noise on ``[C, H, W]`` (in place)."""
     C, H, W = img.shape
     ang = rng.uniform(0, 2 * math.pi)
@@ -328,13 +328,13 @@ def _hard_effects(img: np.ndarray, rng: np.random.Generator, params: SceneParams
     gain *= 1 - haze
     for i in range(C):
         img[i] *= gain
-        img[i] += _HAZE[i] * haze
+        img[i] += HAZE[i] * haze
     img = _gaussian_blur(img, rng.uniform(*params.blur_sigma_px))
-    _add_noise(img, rng, params.noise_sigma)
+    add_noise(img, rng, params.noise_sigma)
     return img
 
 
-def _add_noise(img: np.ndarray, rng: np.random.Generator, sigma: float) -> None:
+def add_noise(img: np.ndarray, rng: np.random.Generator, sigma: float) -> None:
     """Add gaussian noise band by band in place (band k's noise does not depend on C)."""
     buf = np.empty(img.shape[1:], np.float32)
     for band in img:
@@ -344,7 +344,7 @@ def _add_noise(img: np.ndarray, rng: np.random.Generator, sigma: float) -> None:
 
 
 # --------------------------------------------------------------------------- bands and dtypes
-def _to_bands(rgbn: np.ndarray, bands: int) -> Tuple[np.ndarray, Tuple[str, ...]]:
+def to_bands(rgbn: np.ndarray, bands: int) -> Tuple[np.ndarray, Tuple[str, ...]]:
     """Map the rendered ``[3 or 4, H, W]`` R, G, B(, NIR) to ``bands`` output bands."""
     if bands == 1:
         return (rgbn[:3].sum(axis=0) / 3)[None], ("pan",)
@@ -375,7 +375,7 @@ def _to_bands(rgbn: np.ndarray, bands: int) -> Tuple[np.ndarray, Tuple[str, ...]
     return np.stack(out).astype(np.float32), tuple(names)
 
 
-def _to_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
+def to_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
     """Display values in [0, 1] to the stored scale.
 
     uint8: 1-255 (0 is kept free for nodata); uint16: 12-bit counts 40-4040;
@@ -389,7 +389,7 @@ def _to_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
     return v.astype(np.float32)
 
 
-def _nodata_valid(H: int, W: int) -> np.ndarray:
+def nodata_valid(H: int, W: int) -> np.ndarray:
     """Valid mask of a slanted image-strip edge: about the right 35 % is nodata."""
     rows = (np.arange(H) + 0.5)[:, None] / H
     cols = (np.arange(W) + 0.5)[None, :]

@@ -4,7 +4,7 @@ Lives in :mod:`geodet.testing` (see its docstring for why it ships in the
 package): tests, benchmarks, the sample data and the default model's script
 draw their scenes here; the detection and training path never imports it.
 This module is the public API and the scene parameters; the work is done in
-three private parts: ``_layout`` (where everything goes), ``_render`` (drawing
+three private parts: ``_layout`` (where everything goes), ``render_scene`` (drawing
 it) and ``_materials`` (the colours both use).
 
 A scene is a small suburb seen from above at about 0.4 m per pixel: textured
@@ -57,10 +57,10 @@ from shapely.geometry import box as shapely_box
 
 from geodet.core.boxes import pixel_geometries_to_world
 from geodet.errors import GeodetError
-from geodet.testing.layout import _Planner, _thin_classes
+from geodet.testing.layout import Planner, thin_classes
 from geodet.testing.materials import Rect
-from geodet.testing.params import CLASSES, DEFAULT_NOISE, DEFAULT_OBJECT_SIZE_PX, SceneParams
-from geodet.testing.render import _add_noise, _hard_effects, _nodata_valid, _render, _to_bands, _to_dtype
+from geodet.testing.params import CLASSES, DEFAULT_NOISE, DEFAULT_OBJECT_SIZE_PX, SceneParams  # noqa: F401 (public here too)
+from geodet.testing.render import add_noise, hard_effects, nodata_valid, render_scene, to_bands, to_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -262,12 +262,12 @@ def make_scene(
     H, W, hard = int(height), int(width), params.hard
 
     rng = np.random.default_rng(seed)
-    layout = _Planner(rng, H, W, params).plan()
+    layout = Planner(rng, H, W, params).plan()
 
     valid = np.ones((H, W), bool)
     nodata = None
     if nodata_region:
-        valid = _nodata_valid(H, W)
+        valid = nodata_valid(H, W)
         nodata = (FLOAT_NODATA if dtype == "float32" else 0) if nodata_value is None else nodata_value
         invalid_sum = np.pad(np.cumsum(np.cumsum(~valid, 0), 1), ((1, 0), (1, 0)))
 
@@ -283,16 +283,16 @@ def make_scene(
             house.blue = house.blue and all(clear(part) for part in house.parts)
 
     if params.rare_class is not None:
-        _thin_classes(layout, rng, params.rare_class, params.rare_share)
+        thin_classes(layout, rng, params.rare_class, params.rare_share)
 
     channels = 3 if int(bands) in (1, 3) else 4  # NIR is rendered only when used
-    img = _render(layout, rng, H, W, channels)
+    img = render_scene(layout, rng, H, W, channels)
     if hard:
-        img = _hard_effects(img, rng, params)
+        img = hard_effects(img, rng, params)
     else:
-        _add_noise(img, rng, params.noise_sigma)
-    values, band_names = _to_bands(img, int(bands))
-    image = _to_dtype(values, dtype)
+        add_noise(img, rng, params.noise_sigma)
+    values, band_names = to_bands(img, int(bands))
+    image = to_dtype(values, dtype)
     if nodata is not None:
         image[:, ~valid] = nodata
 
