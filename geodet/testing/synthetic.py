@@ -59,7 +59,12 @@ from geodet.core.boxes import pixel_geometries_to_world
 from geodet.errors import GeodetError
 from geodet.testing.layout import Planner, thin_classes
 from geodet.testing.materials import Rect
-from geodet.testing.params import CLASSES, DEFAULT_NOISE, DEFAULT_OBJECT_SIZE_PX, SceneParams  # noqa: F401 (public here too)
+from geodet.testing.params import (  # noqa: F401 (the defaults stay importable from here)
+    CLASSES,
+    DEFAULT_NOISE,
+    DEFAULT_OBJECT_SIZE_PX,
+    SceneParams,
+)
 from geodet.testing.render import add_noise, hard_effects, nodata_valid, render_scene, to_bands, to_dtype
 
 logger = logging.getLogger(__name__)
