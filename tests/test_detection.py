@@ -11,8 +11,7 @@ from geodet.core.boxes import pixel_boxes_to_polygons
 from geodet.config import DetectConfig
 import geodet
 from geodet.inference.detection import detect, write_detections
-from geodet.inference.detector import default_model_path, with_metadata
-from geodet.inference.scenes import combine_frames, empty_frame
+from geodet.inference.detector import default_model_path
 from geodet.modeling.modelfile import model_hash
 from geodet.errors import GeodetError
 from geodet.inference.predict import plan_chips
@@ -161,22 +160,6 @@ def test_output_formats(make_scene_files, default_model, tmp_path, ext, epsg):
         assert -180 <= lon <= 180 and -90 <= lat <= 90
     res = CliRunner().invoke(cli, ["detect", s.path, "-o", str(out), "-m", default_model])
     assert res.exit_code != 0 and "already exists" in res.output
-
-
-def test_combine_frames_keeps_a_shared_run_metadata_only():
-    meta = {"geodet_version": "0", "model_name": "m.pt", "model_hash": "0123456789abcdef", "class_names": ["a"]}
-
-    def frame(crs, n, scene, metadata=meta):
-        polys = [shapely.box(i, 0, i + 1, 1) for i in range(n)]
-        data = {"class": ["a"] * n, "class_id": [0] * n, "score": [0.5] * n, "scene": [scene] * n}
-        return with_metadata(gpd.GeoDataFrame(data, geometry=polys, crs=crs), metadata)
-
-    both = combine_frames([frame("EPSG:32611", 2, "a.tif"), frame("EPSG:32612", 1, "b.tif")])
-    assert both.attrs["geodet"] == meta and len(both) == 3 and both.crs.to_epsg() == 4326
-    none_found = combine_frames([with_metadata(empty_frame("EPSG:32611"), meta)])
-    assert none_found.attrs["geodet"] == meta and list(none_found.columns[:4]) == ["class", "class_id", "score", "scene"]
-    other = dict(meta, model_hash="fedcba9876543210")
-    assert "geodet" not in combine_frames([frame("EPSG:32611", 1, "a.tif"), frame("EPSG:32611", 1, "b.tif", other)]).attrs
 
 
 def test_rotated_scene(make_scene_files, default_model):
