@@ -11,7 +11,7 @@ from geodet.errors import GeodetError
 from geodet.reports.info import describe, format_info
 from geodet_cli.main import cli
 
-from test_export import _two_class_model
+from onnx_cases import _two_class_model
 
 
 def run(*args):
