@@ -15,20 +15,14 @@ from __future__ import annotations
 
 
 import numpy as np
-import pytest
 import torch
 from click.testing import CliRunner
 
 from geodet.config import AnchorConfig, ModelConfig
-from geodet.inference.detector import default_model_path
 
-onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
+from geodet_cli.main import cli
 
-from geodet.modeling.onnx_export import export_onnx
-from geodet_cli.main import cli  # noqa: E402
-
-from conftest import tiny_model_overrides  # noqa: E402
+from conftest import tiny_model_overrides
 
 SCORE_TOL = 1e-4
 
@@ -38,13 +32,6 @@ BOX_TOL_PX = 1e-2
 
 def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture(scope="module")
-def default_onnx(tmp_path_factory):
-    out = tmp_path_factory.mktemp("onnx") / "default.onnx"
-    export_onnx(default_model_path(), out)
-    return str(out)
 
 
 def _two_class_model(path, chip_size=80):
@@ -65,15 +52,6 @@ def _two_class_model(path, chip_size=80):
                band_mean=[100.0, 110.0, 90.0], band_std=[40.0, 35.0, 45.0], chip_size=chip_size, overlap=16,
                gsd=0.3, dtype="uint8", extra={"history": history})
     return str(path)
-
-
-@pytest.fixture(scope="module")
-def two_class(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("two")
-    pt = _two_class_model(folder / "two.pt")
-    onnx_path = folder / "two.onnx"
-    export_onnx(pt, onnx_path)
-    return pt, str(onnx_path)
 
 
 def _match(a, b):

@@ -23,16 +23,7 @@ from geodet.modeling.onnx_export import DEEPNESS_DETECTOR_TYPE, INPUT_SCALE, exp
 
 from conftest import tiny_model_overrides  # noqa: E402
 
-from onnx_cases import (  # noqa: E402,F401  (fixtures)
-    BOX_TOL_PX,
-    _above,
-    _frame_dets,
-    _match,
-    _one_sentence,
-    default_onnx,
-    run,
-    two_class,
-)
+from onnx_cases import BOX_TOL_PX, _above, _frame_dets, _match, _one_sentence, run  # noqa: E402
 
 
 def test_metadata_has_deepness_and_geodet_keys(default_onnx):

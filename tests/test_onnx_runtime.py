@@ -22,15 +22,7 @@ pytest.importorskip("onnxruntime")
 from geodet.inference.onnx_runtime import OnnxNet, load_onnx  # noqa: E402
 from geodet.modeling.onnx_export import INPUT_SCALE
 
-from onnx_cases import (  # noqa: E402,F401  (fixtures)
-    _above,
-    _frame_dets,
-    _match,
-    _one_sentence,
-    default_onnx,
-    run,
-    two_class,
-)
+from onnx_cases import _above, _frame_dets, _match, _one_sentence, run  # noqa: E402
 
 
 def test_detect_onnx_equals_torch(make_scene_files, default_onnx):
