@@ -13,20 +13,16 @@ only above threshold + SCORE_TOL.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from click.testing import CliRunner
 
 from geodet.config import AnchorConfig, ModelConfig
-
 from geodet_cli.main import cli
 
 from conftest import tiny_model_overrides
 
 SCORE_TOL = 1e-4
-
-
 BOX_TOL_PX = 1e-2
 
 
