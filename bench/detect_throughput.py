@@ -6,7 +6,7 @@ the same chips of the same scene, one variant after another, each in a fresh
 subprocess so that its peak RSS is its own:
 
     a  geodet end to end: ``geodet.detect`` with a model file, then
-       ``geodet.detection.write_detections`` to GeoJSON.
+       ``geodet.inference.detection.write_detections`` to GeoJSON.
     b  naive loop: rasterio windowed reads, one chip at a time through
        ``torchvision.models.detection.retinanet_resnet50_fpn`` (its default
        transform resizes a 512 px chip to 800 px and normalises with ImageNet

@@ -3,7 +3,7 @@
 
 One seeded random model of geodet's default ModelConfig (ResNet-18, FPN 64
 channels, P3-P7), saved as a model file with 512 px chips (64 px overlap) and
-exported with ``geodet.export.export_onnx``; one uniform-noise uint8 scene.
+exported with ``geodet.modeling.onnx_export.export_onnx``; one uniform-noise uint8 scene.
 ``geodet.detect`` runs the scene with the model file (``--precision float32``
 and the default ``auto``, which is bfloat16 autocast on CPUs that compute it
 natively) and with the ONNX file, each ``--repeat`` times in turn, in this one
@@ -33,8 +33,8 @@ def _make_model(workdir: Path, chip_px: int, overlap_px: int, seed: int) -> str:
     import torch
 
     from geodet.config import ModelConfig
-    from geodet.model import build_model
-    from geodet.modelfile import save_model
+    from geodet.modeling.model import build_model
+    from geodet.modeling.modelfile import save_model
 
     torch.manual_seed(seed)
     cfg = ModelConfig()
@@ -59,8 +59,8 @@ def main(argv=None) -> dict:
     import torch
 
     from geodet.config import DetectConfig
-    from geodet.detection import detect
-    from geodet.export import export_onnx
+    from geodet.inference.detection import detect
+    from geodet.modeling.onnx_export import export_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -18,7 +18,7 @@ a subprocess timed by wall clock (process start, model load and, for
                  run, then the same command again (it resumes from the job
                  folder); reported: seconds of work lost = time until the kill +
                  rerun time - uninterrupted time. Needs the job folder
-                 (``geodet.jobs``); skipped with a message without it.
+                 (``geodet.inference.jobs``); skipped with a message without it.
 
 "Exactly once" is checked against the serial run: the same scenes, the same
 number of detections per scene.
@@ -84,9 +84,9 @@ def chips_of(paths: List[str], model: Optional[str]) -> int:
     """Chips the model's grid cuts the scenes into (its chip size and overlap)."""
     import rasterio
 
-    from geodet.detection import default_model_path
-    from geodet.modelfile import load_model
-    from geodet.windows import chip_windows
+    from geodet.inference.detector import default_model_path
+    from geodet.modeling.modelfile import load_model
+    from geodet.core.windows import chip_windows
 
     _, meta = load_model(model or default_model_path())
     total = 0
@@ -173,7 +173,7 @@ class SchedulerAndWorkers:
     def warm(self) -> None:
         """Import geodet and torch on every worker, as a long-running cluster would have."""
         with self.client() as c:
-            c.run(lambda: __import__("geodet.detection") and __import__("torch") and None)
+            c.run(lambda: __import__("geodet.inference.detection") and __import__("torch") and None)
 
     def worker_pids(self) -> List[int]:
         with self.client() as c:
@@ -271,8 +271,8 @@ def main(argv=None) -> int:
                        f"worker pid {victims[0]} SIGKILLed at {kill_at:.1f} s" if killed else "job ended before the kill")
 
     if "client-kill" in modes:
-        if importlib.util.find_spec("geodet.jobs") is None:
-            print("client-kill  skipped: this checkout has no job folder (geodet.jobs), so a rerun cannot resume")
+        if importlib.util.find_spec("geodet.inference.jobs") is None:
+            print("client-kill  skipped: this checkout has no job folder (geodet.inference.jobs), so a rerun cannot resume")
         else:
             out = workdir / "client_kill.parquet"
             for leftover in workdir.glob("client_kill*"):  # a fresh job: no output or job folder of an earlier run

@@ -89,7 +89,7 @@ def geodet_to_torchvision(state: Dict) -> Dict:
 
 
 def _save(path: Path, net, cfg, info, args) -> str:
-    from geodet.modelfile import save_model
+    from geodet.modeling.modelfile import save_model
 
     save_model(
         path,
@@ -110,7 +110,7 @@ def _save(path: Path, net, cfg, info, args) -> str:
 def _build(cfg, args):
     import torch
 
-    from geodet.model import build_model
+    from geodet.modeling.model import build_model
 
     torch.manual_seed(args.seed)
     net = build_model(cfg).eval()
@@ -127,7 +127,7 @@ def make_models(workdir: Path, scene: Path, args) -> Dict[str, str]:
     import torchvision
 
     from geodet.config import AnchorConfig, ModelConfig
-    from geodet.raster import open_scene
+    from geodet.io.raster import open_scene
 
     info = open_scene(str(scene))
     paths = {}
@@ -154,7 +154,7 @@ def make_models(workdir: Path, scene: Path, args) -> Dict[str, str]:
 def make_memory_model(workdir: Path, scene: Path, args) -> str:
     """A small ResNet-18 geodet model file for the memory-scaling runs."""
     from geodet.config import AnchorConfig, ModelConfig
-    from geodet.raster import open_scene
+    from geodet.io.raster import open_scene
 
     cfg = ModelConfig(
         backbone="resnet18", fpn_channels=32, head_convs=1, levels=(3, 4, 5), anchors=AnchorConfig(sizes=(16.0, 32.0, 64.0))

@@ -18,7 +18,7 @@ from measure import Clock, RssTrace, peak_rss_mb, rss_mb
 def _scene_windows(scene: str, chip: int, overlap: int):
     import rasterio
 
-    from geodet.windows import chip_windows
+    from geodet.core.windows import chip_windows
 
     with rasterio.open(scene) as src:
         return chip_windows(src.height, src.width, chip, overlap), src.height, src.width
@@ -27,11 +27,11 @@ def _scene_windows(scene: str, chip: int, overlap: int):
 def variant_a(args) -> dict:
     """geodet.detect with the model file, then write_detections to GeoJSON."""
     import geodet
-    import geodet.model  # noqa: F401 - imported before the clock starts, as (b) and (c) import torchvision
-    import geodet.predict  # noqa: F401
-    import geodet.stitch  # noqa: F401
+    import geodet.modeling.model  # noqa: F401 - imported before the clock starts, as (b) and (c) import torchvision
+    import geodet.inference.predict  # noqa: F401
+    import geodet.core.stitch  # noqa: F401
     from geodet.config import DetectConfig
-    from geodet.detection import write_detections
+    from geodet.inference.detection import write_detections
 
     windows, h, w = _scene_windows(args.scene, args.chip_size, args.overlap)
     if args.default_detect_config:  # (f), (g): geodet's defaults (batch size, reader threads, model's overlap)
@@ -157,9 +157,9 @@ def variant_d(args) -> dict:
     import rasterio
     import torch
 
-    from geodet.model import prepare_for_inference
-    from geodet.modelfile import load_model
-    from geodet.raster import read_chip, sample_band_stats
+    from geodet.modeling.model import prepare_for_inference
+    from geodet.modeling.modelfile import load_model
+    from geodet.io.raster import read_chip, sample_band_stats
 
     windows, h, w = _scene_windows(args.scene, args.chip_size, args.overlap)
     device = torch.device(args.device)
@@ -176,7 +176,7 @@ def variant_d(args) -> dict:
         batch = torch.from_numpy(np.stack([chips[i] for i in idx])).to(device)
         batch = batch.contiguous(memory_format=torch.channels_last)
         batches.append(batch)
-    from geodet.predict import autocast_dtype
+    from geodet.inference.predict import autocast_dtype
 
     amp_dtype = autocast_dtype(device, args.precision)  # as geodet.detect runs it
     use_amp = amp_dtype is not None

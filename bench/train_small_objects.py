@@ -16,12 +16,12 @@ from pathlib import Path
 
 from scenes import write_pair
 
-from geodet.anchors import anchor_coverage
+from geodet.modeling.anchors import anchor_coverage
 from geodet.config import ChipConfig, DetectConfig, TrainConfig
-from geodet.detection import detect
-from geodet.evaluation import evaluate
-from geodet.modelfile import load_model
-from geodet.training import boxes_in_chip_frame, load_sources, train
+from geodet.inference.detection import detect
+from geodet.reports.evaluation import evaluate
+from geodet.modeling.modelfile import load_model
+from geodet.learning.training import boxes_in_chip_frame, load_sources, train
 
 
 def main() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import click
 
 from geodet.config import ASSIGNERS, TRAIN_CHIP
@@ -43,9 +46,8 @@ def anchors_cmd(imagery, labels, class_field, chip_size, assigner, fg_iou, point
         raise click.BadParameter("--fg-iou applies to --assigner maxiou only; ATSS fits its IoU per object.",
                                  param_hint="--fg-iou")
     with user_errors():
-        import json
-
-        from geodet.anchors import anchor_report, format_coverage_report
+        from geodet.learning.anchor_fit import anchor_report
+        from geodet.modeling.anchors import format_coverage_report
 
         report = anchor_report(list(imagery), labels, class_field=class_field, chip_size=chip_size,
                                point_size_m=point_size, assigner=assigner, fg_iou=fg_iou)
@@ -56,8 +58,6 @@ def anchors_cmd(imagery, labels, class_field, chip_size, assigner, fg_iou, point
 
 
 def _jsonable(value):
-    import dataclasses
-
     if dataclasses.is_dataclass(value):
         return dataclasses.asdict(value)
     if hasattr(value, "tolist"):

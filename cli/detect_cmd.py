@@ -102,13 +102,13 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
       geodet detect 'tiles/*.tif' -m pools.pt -o pools.parquet --scheduler tcp://10.0.0.5:8786
     """
     with user_errors():
-        from geodet.detection import check_job_output, detect_to_file
-        from geodet.jobs import job_dir_for
-        from geodet.sources import resolve_scenes
+        from geodet.inference.detection import check_job_output, detect_to_file
+        from geodet.inference.jobs import job_dir_for
+        from geodet.io.sources import resolve_scenes
 
         check_job_output(out, overwrite=overwrite)
         if quicklook:
-            from geodet.plot import check_png_path
+            from geodet.reports.plot import check_png_path
 
             check_png_path(quicklook, overwrite=overwrite)
         paths = resolve_scenes(list(scenes), asset=asset, allow_local_hrefs=allow_local_hrefs)
@@ -117,7 +117,7 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
                            precision=precision, normalisation=normalisation, mosaic=mosaic)
         client_context = contextlib.nullcontext()
         if cluster or scheduler:  # Dask is imported only when asked for
-            from geodet.cluster import open_client
+            from geodet.inference.cluster import open_client
 
             client_context = open_client(cluster, scheduler)
         bar = ProgressBar("detect", enabled=not quiet and not (cluster or scheduler))
@@ -130,7 +130,7 @@ def detect_cmd(scenes, out, model, batch_size, overlap, chip_size, score_thresho
             bar.close()
         failed = frame.attrs.get("failed_scenes", {})
         if quicklook:
-            from geodet.plot import quicklook as make_quicklook
+            from geodet.reports.plot import quicklook as make_quicklook
 
             make_quicklook(next(p for p in paths if p not in failed), frame, quicklook, overwrite=overwrite)
     counts = frame["class"].value_counts().to_dict() if len(frame) else {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from geodet_cli.options import LazyHelpOption, auto_class_fields_text, overwrite_option
@@ -36,14 +38,12 @@ def evaluate_cmd(predictions, ground_truth, iou, class_field, imagery, as_json, 
       geodet evaluate detections.gpkg pools.geojson --imagery suburb.tif --plot pr.png
       geodet evaluate cars.geojson truth.gpkg --class-field type --iou 0.3 --json > report.json
     """
-    import json
-
     from geodet.errors import GeodetError
-    from geodet.evaluation import evaluate, format_report
+    from geodet.reports.evaluation import evaluate, format_report
 
     try:
         if plot_path is not None:
-            from geodet.plot import check_png_path, plot_pr_curve
+            from geodet.reports.plot import check_png_path, plot_pr_curve
 
             check_png_path(plot_path, overwrite=overwrite)
         report = evaluate(predictions, ground_truth, iou=iou, class_field=class_field, imagery=imagery)

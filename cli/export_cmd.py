@@ -32,7 +32,7 @@ def export_cmd(model, out, score_threshold, nms_iou, overwrite):
       geodet detect scene.tif -m pools.onnx -o pools.gpkg
     """
     with user_errors():
-        from geodet.export import export_onnx
+        from geodet.modeling.onnx_export import export_onnx
 
         cfg = DetectConfig(score_threshold=score_threshold, nms_iou=nms_iou)
         path = export_onnx(model, out, overwrite=overwrite, config=cfg)

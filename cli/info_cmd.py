@@ -18,7 +18,7 @@ def info_cmd(file, as_json):
     geodet version and model hash.
     """
     with user_errors():
-        from geodet.info import describe, format_info
+        from geodet.reports.info import describe, format_info
 
         info = describe(file)
     click.echo(json.dumps(info, indent=2) if as_json else format_info(info))

@@ -52,7 +52,7 @@ def cli(verbose: int) -> None:
     """geodet: find small, dense objects in aerial and satellite imagery."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s")
-    from geodet.sources import RedactingFilter
+    from geodet.io.sources import RedactingFilter
 
     for handler in logging.getLogger().handlers:  # every line printed, whichever library logged it
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import click
+import yaml
+from tqdm.auto import tqdm
 
 from geodet.config import ChipConfig, DetectConfig
 
@@ -14,7 +17,7 @@ def parse_bands_option(ctx, param, value):
     if value is None:
         return None
     from geodet.errors import GeodetError
-    from geodet.raster import parse_bands
+    from geodet.io.raster import parse_bands
 
     try:
         return parse_bands(value)
@@ -37,7 +40,7 @@ bands_option = click.option(
 
 def auto_class_fields_text() -> str:
     """``"class, label, category"``: the columns tried, in order, when no class field is named."""
-    from geodet.vector import AUTO_CLASS_FIELDS
+    from geodet.io.vector import AUTO_CLASS_FIELDS
 
     return ", ".join(AUTO_CLASS_FIELDS)
 
@@ -90,7 +93,7 @@ def user_errors():
     Any other exception, a plain ValueError included, is a bug and keeps its traceback.
     """
     from geodet.errors import GeodetError
-    from geodet.sources import redact
+    from geodet.io.sources import redact
 
     try:
         yield
@@ -108,7 +111,7 @@ def exit_on_failed_scenes(failed: dict, n_scenes: int, where: str = "") -> None:
     if not failed:
         return
     click.echo(f"{len(failed)} of {n_scenes} scene(s) failed and were left out:", err=True)
-    from geodet.sources import redact
+    from geodet.io.sources import redact
 
     for path, reason in list(failed.items())[:FAILED_SCENES_LISTED]:
         click.echo(f"  {redact(path)}: {redact(reason)}", err=True)
@@ -126,8 +129,6 @@ def load_config_file(ctx, param, value):
     """
     if not value:
         return value
-    import os
-
     if not os.path.exists(value):
         raise click.BadParameter(f"{value} does not exist.", ctx=ctx, param=param)
     try:
@@ -137,8 +138,6 @@ def load_config_file(ctx, param, value):
             with open(value, "rb") as fh:
                 data = tomllib.load(fh)
         else:
-            import yaml
-
             with open(value) as fh:
                 data = yaml.safe_load(fh) or {}
     except Exception as exc:
@@ -195,8 +194,6 @@ class ProgressBar:
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled:
             return
-        from tqdm.auto import tqdm
-
         if self.bar is None or self.bar.total != total or done < self.bar.n:
             self.close()
             self.bar = tqdm(total=total, desc=self.desc, unit="chip", leave=False, dynamic_ncols=True)

@@ -51,7 +51,7 @@ def tile_cmd(imagery, labels, class_field, chip_size, overlap, bands, min_visibl
           --chip-size 256 --overlap 32 --bands 1,2,3 -o tiles
     """
     with user_errors():
-        from geodet.tiling import tile
+        from geodet.learning.tiling import tile
 
         chip = ChipConfig(size=chip_size, overlap=overlap, bands=bands, min_visible=min_visible,
                           point_size_m=point_size)

@@ -32,7 +32,7 @@ class ShowEpoch:
         self.epoch_limit = epoch_limit
 
     def __call__(self, record):
-        from geodet.training import format_epoch
+        from geodet.learning.training import format_epoch
 
         click.echo(format_epoch(record, self.epoch_limit), err=True)
 
@@ -127,7 +127,7 @@ def train_cmd(imagery, asset, allow_local_hrefs, labels, class_field, out, epoch
     with user_errors():
         from geodet.config import ChipConfig
         from geodet.errors import ConfigError
-        from geodet.training import explicit_anchors, train
+        from geodet.learning.training import explicit_anchors, train
 
         model = dict((ctx.default_map or {}).get("_model_overrides", {}))
         if backbone != "auto" or "backbone" not in model:
@@ -153,7 +153,7 @@ def train_cmd(imagery, asset, allow_local_hrefs, labels, class_field, out, epoch
                       on_epoch=None if quiet else ShowEpoch(cfg.epoch_limit), asset=asset,
                       allow_local_hrefs=allow_local_hrefs)
         if devices > 1:
-            from geodet.distributed import launch
+            from geodet.learning.distributed import launch
 
             result = launch(devices, train, imagery=list(imagery), labels=labels, out=out, **kwargs)
         else:

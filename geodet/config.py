@@ -56,7 +56,7 @@ class ChipConfig:
 #: anchors``; detection and tiling default to :class:`ChipConfig` itself (or the model's).
 TRAIN_CHIP = ChipConfig(size=256)
 #: Training raises the default chip overlap to this quantile of the objects' longer side (at most
-#: half the chip; :func:`geodet.training.chip_for_objects`), so that detection, which uses the
+#: half the chip; :func:`geodet.learning.training.chip_for_objects`), so that detection, which uses the
 #: model's overlap, finds every object but outliers whole in some chip. On real tree crowns
 #: (16-108 px) an overlap of 112 px instead of 64 raised held-out AP50 by 0.02.
 OBJECT_OVERLAP_QUANTILE = 0.99
@@ -86,7 +86,7 @@ class AnchorConfig:
 COCO_ANCHORS = AnchorConfig()
 #: Objects whose median short side (of their class) is under this many pixels are trained and
 #: detected on chips resampled by :data:`SMALL_OBJECT_SCALE` inside the network
-#: (``ModelConfig.input_scale``, chosen by :func:`geodet.anchors.choose_input_scale`). Measured on
+#: (``ModelConfig.input_scale``, chosen by :func:`geodet.modeling.anchors.choose_input_scale`). Measured on
 #: an unseen hard draw (cars 5 x 10 px): car AP50 0.067 at native resolution against 0.353 at 2x,
 #: pool AP50 0.988 against 0.998, at about the same training compute (bench/README.md).
 SMALL_OBJECT_PX = 8.0
@@ -107,7 +107,7 @@ RESNET_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 10
 BACKBONES = tuple(RESNET_DEPTHS) + ("efficientnet-lite0",)
 
 #: The backbone a run starts from when neither ``backbone`` nor ``backbone_weights`` is set
-#: (:func:`geodet.training.choose_backbone`): EfficientNet-Lite0 with ImageNet weights for imagery
+#: (:func:`geodet.learning.training.choose_backbone`): EfficientNet-Lite0 with ImageNet weights for imagery
 #: of :data:`PRETRAINED_BANDS` bands, a ResNet-18 from random weights otherwise
 #: (bench/README.md, "Pretrained features").
 PRETRAINED_BACKBONE = "efficientnet-lite0"
@@ -116,6 +116,20 @@ SCRATCH_BACKBONE = "resnet18"
 
 #: Values of ``ModelConfig.assigner``.
 ASSIGNERS = ("atss", "maxiou")
+
+
+def check_assigner(assigner: str) -> str:
+    """``assigner`` if it is one of :data:`ASSIGNERS`: the one check of an assigner's name, wherever
+    one is given (``ModelConfig``, anchor fitting, ``geodet anchors``).
+
+    Raises:
+        ConfigError: any other value.
+    """
+    if assigner not in ASSIGNERS:
+        raise ConfigError(f"assigner must be one of {', '.join(ASSIGNERS)}, got {assigner!r}")
+    return assigner
+
+
 #: Values of ``ModelConfig.head_norm``.
 HEAD_NORMS = ("none", "group")
 #: ATSS candidates per pyramid level (the paper's k).
@@ -131,7 +145,7 @@ class ModelConfig:
         in_channels: number of input bands.
         backbone: the network under the pyramid, one of :data:`BACKBONES`:
             a torchvision ResNet or timm's EfficientNet-Lite0 (TensorFlow padding;
-            ImageNet weights from a package, see :mod:`geodet.backbones`).
+            ImageNet weights from a package, see :mod:`geodet.modeling.backbones`).
         levels: pyramid levels used (2..7); P2-P5 come from the backbone's
             stages at strides 4-32, P6/P7 from extra stride-2 convolutions.
         fpn_channels: channels of every pyramid level and of the heads.
@@ -157,8 +171,11 @@ class ModelConfig:
             RetinaNet) or ``"giou"`` on the decoded boxes.
         prior_prob: prior probability used to initialise the classification bias.
         topk_candidates: candidates kept per level before NMS.
-        score_thresh: minimum score of a detection.
-        nms_iou: IoU of the per-chip class-wise NMS.
+        chip_score_threshold: minimum class score of a candidate box inside one chip, before the
+            per-chip NMS (a low bar: :attr:`DetectConfig.score_threshold` decides what is output).
+            Stored in model files as ``score_thresh`` (:data:`MODEL_FILE_KEYS`).
+        chip_nms_iou: IoU of the per-chip class-wise NMS (:attr:`DetectConfig.nms_iou` is the
+            cross-chip one). Stored in model files as ``nms_iou``.
         detections_per_chip: maximum detections returned per chip.
         frozen_stages: number of backbone stages frozen (0 = train all,
             1 = stem, 2 = stem + layer1, ... 5 = all).
@@ -189,8 +206,8 @@ class ModelConfig:
     box_loss: str = "l1"
     prior_prob: float = 0.01
     topk_candidates: int = 1000
-    score_thresh: float = 0.05
-    nms_iou: float = 0.5
+    chip_score_threshold: float = 0.05
+    chip_nms_iou: float = 0.5
     detections_per_chip: int = 300
     frozen_stages: int = 0
     backbone_weights: Optional[str] = None
@@ -223,8 +240,7 @@ class ModelConfig:
             raise ConfigError(f"box_loss must be 'l1' or 'giou', got {self.box_loss!r}")
         if self.head_norm not in HEAD_NORMS:
             raise ConfigError(f"head_norm must be one of {', '.join(HEAD_NORMS)}, got {self.head_norm!r}")
-        if self.assigner not in ASSIGNERS:
-            raise ConfigError(f"assigner must be one of {', '.join(ASSIGNERS)}, got {self.assigner!r}")
+        check_assigner(self.assigner)
         if int(self.atss_topk) != self.atss_topk or self.atss_topk < 1:
             raise ConfigError(f"atss_topk must be a positive integer, got {self.atss_topk!r}")
         if self.bg_iou_thresh > self.fg_iou_thresh:
@@ -378,8 +394,10 @@ class DetectConfig:
         overlap: chip overlap in pixels (None = the model's training overlap).
         chip_size: chip side in pixels (None = the model's training chip size).
         bands: 1-based scene bands fed to the model (None = the model's bands).
-        score_threshold: minimum score kept in the output.
-        nms_iou: IoU of the cross-chip class-wise NMS.
+        score_threshold: minimum score kept in the output (after the model's per-chip
+            :attr:`ModelConfig.chip_score_threshold`).
+        nms_iou: IoU of the cross-chip class-wise NMS that merges the chips' detections in scene
+            pixels (:attr:`ModelConfig.chip_nms_iou` is the per-chip one); ``--nms-iou``.
         device: "auto", "cpu" or "cuda".
         workers: reader threads prefetching chips.
         precision: arithmetic of the forward pass: "auto" (bf16 autocast on
@@ -396,7 +414,7 @@ class DetectConfig:
             or season).
         mosaic: detect scenes of one mosaic (same grid, touching or
             overlapping) across their shared edges, so that an object on a
-            scene edge is reported once and whole (:mod:`geodet.mosaic`);
+            scene edge is reported once and whole (:mod:`geodet.core.mosaic`);
             False detects each scene alone.
     """
 
@@ -425,7 +443,7 @@ class DetectConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """How detection fans out over a Dask cluster (:mod:`geodet.cluster`).
+    """How detection fans out over a Dask cluster (:mod:`geodet.inference.cluster`).
 
     Attributes:
         retries: times a scene's task runs again after an exception other
@@ -453,7 +471,7 @@ class ClusterConfig:
 
 @dataclass(frozen=True)
 class JobConfig:
-    """Settings of a resumable detection job (:mod:`geodet.jobs`); none changes the detections.
+    """Settings of a resumable detection job (:mod:`geodet.inference.jobs`); none changes the detections.
 
     Attributes:
         block_chips: a scene with more chips than this is predicted in blocks of
@@ -467,8 +485,16 @@ class JobConfig:
         if int(self.block_chips) < 1:
             raise ConfigError(f"block_chips must be at least 1, got {self.block_chips!r}")
 
+#: :class:`ModelConfig` field -> the key that model files and ONNX exports' metadata store it under.
+#: Files keep geodet 0.1's names, so that this release and the previous one read each other's model
+#: files: :func:`to_dict` writes these keys and :func:`from_dict` reads either name.
+MODEL_FILE_KEYS = {"chip_score_threshold": "score_thresh", "chip_nms_iou": "nms_iou"}
+
+
 def to_dict(cfg: Any) -> dict:
-    """A JSON-safe ``dict`` of a (possibly nested) config dataclass."""
+    """A JSON-safe ``dict`` of a (possibly nested) config dataclass, keyed as files store it
+    (:data:`MODEL_FILE_KEYS`)."""
+    keys = MODEL_FILE_KEYS if isinstance(cfg, ModelConfig) else {}
     out = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
@@ -476,7 +502,7 @@ def to_dict(cfg: Any) -> dict:
             value = to_dict(value)
         elif isinstance(value, tuple):
             value = list(value)
-        out[f.name] = value
+        out[keys.get(f.name, f.name)] = value
     return out
 
 
@@ -486,9 +512,15 @@ def from_dict(cls: Type[T], data: dict) -> T:
     Raises:
         ConfigError: on a key that ``cls`` does not have.
     """
-    if cls is ModelConfig and "backbone_depth" in data:  # older model files name a ResNet by its depth
+    if cls is ModelConfig:
         data = dict(data)
-        data.setdefault("backbone", f"resnet{data.pop('backbone_depth')}")
+        if "backbone_depth" in data:  # older model files name a ResNet by its depth
+            data.setdefault("backbone", f"resnet{data.pop('backbone_depth')}")
+        for name, key in MODEL_FILE_KEYS.items():
+            if key in data:
+                if name in data and data[name] != data[key]:
+                    raise ConfigError(f"{name} and {key} name one setting; give one of them.")
+                data[name] = data.pop(key)
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(names)
     if unknown:

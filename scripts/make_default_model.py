@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from geodet.testing import synthetic  # noqa: E402
 from geodet.config import ChipConfig, TrainConfig  # noqa: E402
-from geodet.training import train  # noqa: E402
+from geodet.learning.training import train  # noqa: E402
 
 
 def main() -> None:

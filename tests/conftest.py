@@ -70,3 +70,34 @@ def wait_for(predicate, proc, timeout_s: float = 120.0) -> None:
         assert proc.poll() is None, "the command finished before it could be interrupted"
         assert time.monotonic() - t0 < timeout_s
         time.sleep(0.01)
+
+
+# --------------------------------------------------------------------------- ONNX exports (tests/test_onnx_*.py, test_info.py)
+
+
+@pytest.fixture(scope="module")
+def default_onnx(tmp_path_factory):
+    """The bundled model exported to ONNX (skips without the onnx extra)."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from geodet.inference.detector import default_model_path
+    from geodet.modeling.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "default.onnx"
+    export_onnx(default_model_path(), out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def two_class(tmp_path_factory):
+    """``(model.pt, its ONNX export)`` of a tiny 2-class model (tests/onnx_cases.py; skips without onnx)."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from geodet.modeling.onnx_export import export_onnx
+    from onnx_cases import _two_class_model
+
+    folder = tmp_path_factory.mktemp("two")
+    pt = _two_class_model(folder / "two.pt")
+    onnx_path = folder / "two.onnx"
+    export_onnx(pt, onnx_path)
+    return pt, str(onnx_path)

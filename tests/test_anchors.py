@@ -1,4 +1,4 @@
-"""Tests of geodet.anchors: grid placement, exact coverage, anchor fitting."""
+"""Tests of geodet.modeling.anchors: grid placement, exact coverage, anchor fitting."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_iou
 
-from geodet.anchors import (
+from geodet.modeling.anchors import (
     anchor_count,
     atss_positive_boxes,
     box_aspect_ratios,
@@ -29,7 +29,7 @@ from geodet.anchors import (
     make_anchor_generator,
     strides_for_levels,
 )
-from geodet.assign import atss_covered
+from geodet.modeling.assign import atss_covered
 from geodet.config import COCO_ANCHORS, COCO_LEVELS, AnchorConfig, ModelConfig
 from geodet.errors import GeodetError
 
@@ -364,22 +364,3 @@ def test_anchors_command_reports_every_class(make_scene_files):
     assert result.exit_code == 0 and json.loads(result.output)["assigner"] == "maxiou"
     result = CliRunner().invoke(cli, args + ["--assigner", "atss", "--fg-iou", "0.4"])
     assert result.exit_code != 0 and "maxiou only" in result.output and "Traceback" not in result.output
-
-
-def test_anchor_report_is_what_the_command_prints(make_scene_files):
-    import json
-
-    from click.testing import CliRunner
-
-    from geodet.anchors import anchor_report
-    from geodet.errors import ConfigError
-    from geodet_cli.main import cli
-
-    scene = make_scene_files(128, 128, seed=3, difficulty="hard")
-    report = anchor_report([scene.path], scene.labels, chip_size=64)
-    result = CliRunner().invoke(cli, ["anchors", "--imagery", scene.path, "--labels", scene.labels,
-                                      "--chip-size", "64", "--json"])
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["count"] == report["count"] > 0
-    with pytest.raises(ConfigError, match="maxiou"):
-        anchor_report([scene.path], scene.labels, assigner="atss", fg_iou=0.4)

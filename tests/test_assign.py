@@ -1,4 +1,4 @@
-"""Tests of geodet.assign: ATSS anchor assignment on hand-made and random cases."""
+"""Tests of geodet.modeling.assign: ATSS anchor assignment on hand-made and random cases."""
 
 from __future__ import annotations
 
@@ -7,8 +7,13 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from geodet.anchors import FixedStrideAnchorGenerator, anchor_sizes_per_level, feature_grid_size, strides_for_levels
-from geodet.assign import BACKGROUND, atss_candidates, atss_covered, atss_matched_idxs
+from geodet.modeling.anchors import (
+    FixedStrideAnchorGenerator,
+    anchor_sizes_per_level,
+    feature_grid_size,
+    strides_for_levels,
+)
+from geodet.modeling.assign import BACKGROUND, atss_candidates, atss_covered, atss_matched_idxs
 from geodet.config import AnchorConfig
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from geodet.backbones import (
+from geodet.modeling.backbones import (
     EFFICIENTNETS,
     IMAGENET,
     PackagedWeights,
@@ -19,7 +19,7 @@ from geodet.backbones import (
 )
 from geodet.config import AnchorConfig, ModelConfig
 from geodet.errors import GeodetError
-from geodet.modelfile import load_plain
+from geodet.modeling.safe_load import load_plain
 
 LITE0 = "efficientnet-lite0"
 

@@ -5,7 +5,7 @@ import pytest
 import shapely
 from affine import Affine
 
-from geodet.boxes import (
+from geodet.core.boxes import (
     clip_boxes_to_window,
     geometries_to_pixel_boxes,
     pixel_boxes_to_corners_world,

@@ -122,7 +122,7 @@ def test_user_errors_keeps_bugs_visible():
 
 def test_cli_defaults_read_the_config_dataclasses():
     from geodet.config import TRAIN_CHIP, ChipConfig, DetectConfig, TrainConfig
-    from geodet.vector import AUTO_CLASS_FIELDS
+    from geodet.io.vector import AUTO_CLASS_FIELDS
 
     def defaults(command):
         ctx = cli.make_context("geodet", [command, "--help"], resilient_parsing=True)
@@ -146,6 +146,6 @@ def test_train_api_and_cli_share_the_chip_default():
     import inspect
 
     from geodet.config import TRAIN_CHIP
-    from geodet.training import train
+    from geodet.learning.training import train
 
     assert inspect.signature(train).parameters["chip"].default == TRAIN_CHIP

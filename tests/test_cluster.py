@@ -1,4 +1,4 @@
-"""geodet.cluster: scenes as Dask tasks on real local clusters (worker processes, a scheduler subprocess)."""
+"""geodet.inference.cluster: scenes as Dask tasks on real local clusters (worker processes, a scheduler subprocess)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 pytest.importorskip("distributed")
 
-from geodet.cluster import (  # noqa: E402
+from geodet.inference.cluster import (  # noqa: E402
     dask_runner,
     open_client,
     parse_cluster_spec,
@@ -27,7 +27,9 @@ from geodet.cluster import (  # noqa: E402
     worker_slot,
 )
 from geodet.config import ClusterConfig, DetectConfig  # noqa: E402
-from geodet.detection import combine_frames, default_model_path, detect, plan_tasks  # noqa: E402
+from geodet.inference.detection import detect  # noqa: E402
+from geodet.inference.detector import default_model_path
+from geodet.inference.scenes import combine_frames, plan_tasks
 from geodet.errors import GeodetError  # noqa: E402
 from geodet_cli.main import cli  # noqa: E402
 
@@ -133,13 +135,13 @@ def test_cluster_equals_in_process(client, scenes):
 
 
 def _loaded_detectors() -> int:
-    import geodet.cluster
+    import geodet.inference.cluster
 
-    return len(geodet.cluster._DETECTOR)
+    return len(geodet.inference.cluster._DETECTOR)
 
 
 def test_in_memory_model_is_refused(client, scenes):
-    from geodet.modelfile import load_model
+    from geodet.modeling.modelfile import load_model
 
     with pytest.raises(GeodetError, match="model file"):
         detect(scenes[0][:1], model=load_model(default_model_path()), client=client)

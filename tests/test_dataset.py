@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from geodet.config import AugmentConfig
-from geodet.dataset import (
+from geodet.learning.dataset import (
     ChipDataset,
     RepeatFactorSampler,
     SceneSource,
@@ -19,7 +19,7 @@ from geodet.dataset import (
     spatial_blocks,
     split_blocks,
 )
-from geodet.raster import BandStats
+from geodet.io.raster import BandStats
 
 GEOMETRY_ONLY = AugmentConfig(colour_p=0.0, blur_p=0.0, noise_p=0.0)
 
@@ -204,9 +204,9 @@ def test_epoch_draw_rounds_stochastically_and_reproducibly():
 
 
 def test_dataset_items(make_scene_files):
-    from geodet.raster import open_dataset, sample_band_stats
-    from geodet.vector import labels_for_scene, read_labels
-    from geodet.raster import open_scene
+    from geodet.io.raster import open_dataset, sample_band_stats
+    from geodet.io.vector import labels_for_scene, read_labels
+    from geodet.io.raster import open_scene
 
     s = make_scene_files(256, 256)
     info = open_scene(s.path)
@@ -226,8 +226,8 @@ def test_dataset_items(make_scene_files):
 
 
 def test_repeated_copies_get_their_own_augmentation(make_scene_files):
-    from geodet.raster import open_dataset, open_scene, sample_band_stats
-    from geodet.vector import labels_for_scene, read_labels
+    from geodet.io.raster import open_dataset, open_scene, sample_band_stats
+    from geodet.io.vector import labels_for_scene, read_labels
 
     s = make_scene_files(256, 256)
     lab = labels_for_scene(read_labels(s.labels), open_scene(s.path))

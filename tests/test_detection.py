@@ -7,15 +7,16 @@ import rasterio
 import shapely
 from click.testing import CliRunner
 
-from geodet.boxes import pixel_boxes_to_polygons
+from geodet.core.boxes import pixel_boxes_to_polygons
 from geodet.config import DetectConfig
 import geodet
-from geodet.detection import combine_frames, default_model_path, detect, empty_frame, with_metadata, write_detections
-from geodet.modelfile import model_hash
+from geodet.inference.detection import detect, write_detections
+from geodet.inference.detector import default_model_path
+from geodet.modeling.modelfile import model_hash
 from geodet.errors import GeodetError
-from geodet.predict import plan_chips
-from geodet.raster import open_scene
-from geodet.vector import read_output_metadata
+from geodet.inference.predict import plan_chips
+from geodet.io.raster import open_scene
+from geodet.io.formats import read_output_metadata
 from geodet_cli.main import cli
 
 
@@ -69,7 +70,7 @@ def test_loaded_model_is_left_trainable(make_scene_files, default_model):
     from torch import nn
     from torchvision.ops import FrozenBatchNorm2d
 
-    from geodet.modelfile import load_model
+    from geodet.modeling.modelfile import load_model
 
     def count_norms(net):
         return sum(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in net.modules())
@@ -86,9 +87,9 @@ def test_loaded_model_is_left_trainable(make_scene_files, default_model):
 
 def test_nodata_chips_skip_the_network(make_scene_files, default_model):
     """Chips with no valid pixel never reach the model; no detection is centred on nodata."""
-    from geodet.detection import config_for_model, load
-    from geodet.predict import plan_scene, predict_scene
-    from geodet.raster import open_dataset, scene_info
+    from geodet.inference.detector import config_for_model, load
+    from geodet.inference.predict import plan_scene, predict_scene
+    from geodet.io.raster import open_dataset, scene_info
 
     s = make_scene_files(256, 1024, seed=4, nodata_region=True)  # about the right 35% is nodata
     net, meta, device = load(default_model, "cpu")
@@ -109,7 +110,7 @@ def test_nodata_chips_skip_the_network(make_scene_files, default_model):
 def test_precision_choice():
     import torch
 
-    from geodet.device import autocast_dtype, cpu_has_native_bf16
+    from geodet.modeling.device import autocast_dtype, cpu_has_native_bf16
 
     cpu = torch.device("cpu")
     assert autocast_dtype(cpu, "float32") is None
@@ -159,22 +160,6 @@ def test_output_formats(make_scene_files, default_model, tmp_path, ext, epsg):
         assert -180 <= lon <= 180 and -90 <= lat <= 90
     res = CliRunner().invoke(cli, ["detect", s.path, "-o", str(out), "-m", default_model])
     assert res.exit_code != 0 and "already exists" in res.output
-
-
-def test_combine_frames_keeps_a_shared_run_metadata_only():
-    meta = {"geodet_version": "0", "model_name": "m.pt", "model_hash": "0123456789abcdef", "class_names": ["a"]}
-
-    def frame(crs, n, scene, metadata=meta):
-        polys = [shapely.box(i, 0, i + 1, 1) for i in range(n)]
-        data = {"class": ["a"] * n, "class_id": [0] * n, "score": [0.5] * n, "scene": [scene] * n}
-        return with_metadata(gpd.GeoDataFrame(data, geometry=polys, crs=crs), metadata)
-
-    both = combine_frames([frame("EPSG:32611", 2, "a.tif"), frame("EPSG:32612", 1, "b.tif")])
-    assert both.attrs["geodet"] == meta and len(both) == 3 and both.crs.to_epsg() == 4326
-    none_found = combine_frames([with_metadata(empty_frame("EPSG:32611"), meta)])
-    assert none_found.attrs["geodet"] == meta and list(none_found.columns[:4]) == ["class", "class_id", "score", "scene"]
-    other = dict(meta, model_hash="fedcba9876543210")
-    assert "geodet" not in combine_frames([frame("EPSG:32611", 1, "a.tif"), frame("EPSG:32611", 1, "b.tif", other)]).attrs
 
 
 def test_rotated_scene(make_scene_files, default_model):
@@ -241,9 +226,9 @@ def test_wrong_band_count_is_refused(make_scene_files, default_model, tmp_path):
 def test_model_normalisation_is_the_default(make_scene_files, default_model):
     """Chips of a scene of the model's pixel type are normalised with the model file's statistics
     (``auto``, the default) unless the scene's are asked for."""
-    from geodet.detection import config_for_model, load
-    from geodet.predict import plan_scene
-    from geodet.raster import open_dataset, sample_band_stats, scene_info
+    from geodet.inference.detector import config_for_model, load
+    from geodet.inference.predict import plan_scene
+    from geodet.io.raster import open_dataset, sample_band_stats, scene_info
 
     s = make_scene_files(256, 256, seed=3)
     _net, meta, _dev = load(default_model, "cpu")
@@ -263,15 +248,15 @@ def test_scene_dtype_unlike_the_models_warns(make_scene_files, default_model, ca
     """A uint16 scene under a uint8 model's statistics, asked for with --normalisation model: a
     warning that points at --normalisation scene (the default, auto, takes the scene's own)."""
     s = make_scene_files(128, 128, seed=3, dtype="uint16")
-    with caplog.at_level("WARNING", logger="geodet.predict"):
+    with caplog.at_level("WARNING", logger="geodet.inference.predict"):
         detect(s.path, model=default_model)
     assert not any("--normalisation scene" in r.getMessage() for r in caplog.records)
     caplog.clear()
-    with caplog.at_level("WARNING", logger="geodet.predict"):
+    with caplog.at_level("WARNING", logger="geodet.inference.predict"):
         detect(s.path, model=default_model, config=DetectConfig(normalisation="model"))
     assert any("uint16" in r.getMessage() and "--normalisation scene" in r.getMessage() for r in caplog.records)
     caplog.clear()
-    with caplog.at_level("WARNING", logger="geodet.predict"):
+    with caplog.at_level("WARNING", logger="geodet.inference.predict"):
         detect(s.path, model=default_model, config=DetectConfig(normalisation="scene"))
     assert not any("--normalisation scene" in r.getMessage() for r in caplog.records)
 

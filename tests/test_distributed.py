@@ -1,4 +1,4 @@
-"""DDP training (geodet.distributed): 2 gloo processes on the CPU against one process.
+"""DDP training (geodet.learning.distributed): 2 gloo processes on the CPU against one process.
 
 Kept tiny (64 px chips, a ResNet-18 with 32 FPN channels, 2 epochs) because
 each test starts two Python processes on a 2-core machine.
@@ -14,9 +14,9 @@ import torch
 from click.testing import CliRunner
 
 from geodet.config import ChipConfig, TrainConfig
-from geodet.distributed import Distributed, ShardedSampler, launch
-from geodet.dataset import RepeatFactorSampler
-from geodet.training import last_checkpoint_path, train
+from geodet.learning.distributed import Distributed, ShardedSampler, launch
+from geodet.learning.dataset import RepeatFactorSampler
+from geodet.learning.training import last_checkpoint_path, train
 from conftest import tiny_model_overrides
 
 

@@ -26,8 +26,9 @@ from shapely.geometry import box
 from conftest import tiny_model_overrides, wait_for
 from geodet.config import ChipConfig, TrainConfig
 from geodet.errors import GeodetError
-from geodet.outputs import TEMP_TAG, check_output, staged_file, sweep_stale
-from geodet.vector import read_labels, write_vector
+from geodet.io.outputs import TEMP_TAG, check_output, staged_file, sweep_stale
+from geodet.io.vector import read_labels
+from geodet.io.formats import write_vector
 from geodet_cli.main import cli
 
 GEODET = [sys.executable, "-m", "geodet_cli.main"]
@@ -243,7 +244,7 @@ def test_kill_9_of_tile_leaves_debris_that_the_next_run_removes(make_scene_files
 def test_sweep_removes_only_dead_processes_temporaries(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
-    from geodet.outputs import _host
+    from geodet.io.outputs import _host
 
     stale = tmp_path / f".out.gpkg{TEMP_TAG}{_host()}-{dead_pid}-abcd1234"
     stale.mkdir()
@@ -271,8 +272,8 @@ def test_kill_9_of_detect_keeps_the_old_output(make_scene_files, tmp_path):
 
 
 def test_kill_9_of_train_keeps_a_loadable_model(scene, tmp_path):
-    from geodet.modelfile import load_model
-    from geodet.training import train
+    from geodet.modeling.modelfile import load_model
+    from geodet.learning.training import train
 
     out = tmp_path / "m.pt"
     kw = dict(chip=ChipConfig(size=128, overlap=32), model=tiny_model_overrides(), anchors="coco")
@@ -292,7 +293,7 @@ def test_kill_9_of_train_keeps_a_loadable_model(scene, tmp_path):
 
 
 def test_resume_reproduces_the_uninterrupted_run(scene, tmp_path):
-    from geodet.training import train
+    from geodet.learning.training import train
 
     kw = dict(chip=ChipConfig(size=128, overlap=32), model=tiny_model_overrides(), anchors="coco")
     whole = train([scene.path], scene.labels, str(tmp_path / "a.pt"), config=TrainConfig(epochs=2, batch_size=4), **kw)

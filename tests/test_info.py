@@ -8,10 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 from geodet.errors import GeodetError
-from geodet.info import describe, format_info
+from geodet.reports.info import describe, format_info
 from geodet_cli.main import cli
 
-from test_export import _two_class_model
+from onnx_cases import _two_class_model
 
 
 def run(*args):
@@ -24,7 +24,7 @@ def model_file(tmp_path_factory):
 
 
 def test_model_file_description(model_file):
-    from geodet.modelfile import model_hash
+    from geodet.modeling.modelfile import model_hash
 
     info = describe(model_file)
     assert info["kind"] == "model"
@@ -44,7 +44,7 @@ def test_model_file_description(model_file):
 
 def test_info_command_text_and_json_for_model_and_export(model_file, tmp_path):
     pytest.importorskip("onnxruntime")
-    from geodet.export import export_onnx
+    from geodet.modeling.onnx_export import export_onnx
 
     onnx_path = tmp_path / "two.onnx"
     export_onnx(model_file, onnx_path)

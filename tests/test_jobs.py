@@ -1,4 +1,4 @@
-"""The resumable job (geodet/jobs.py and the detect path through it): real scenes, the bundled
+"""The resumable job (geodet/inference/jobs.py and the detect path through it): real scenes, the bundled
 model, real ``geodet detect`` processes killed with SIGKILL."""
 
 from __future__ import annotations
@@ -18,9 +18,12 @@ from geopandas.testing import assert_geodataframe_equal
 from conftest import wait_for
 
 from geodet.config import DetectConfig, JobConfig
-from geodet.detection import SceneTask, detect, in_process_runner, load_detector
+from geodet.inference.detection import detect
+from geodet.inference.detector import load_detector
+from geodet.inference.scenes import in_process_runner
+from geodet.inference.tasks import SceneTask
 from geodet.errors import GeodetError
-from geodet.jobs import (
+from geodet.inference.jobs import (
     BlockStore,
     JobGone,
     detection_settings,
@@ -30,8 +33,8 @@ from geodet.jobs import (
     settings_hash,
     task_key,
 )
-from geodet.outputs import TEMP_TAG
-from geodet.predict import ChipDetections
+from geodet.io.outputs import TEMP_TAG
+from geodet.inference.predict import ChipDetections
 from geodet_cli.main import cli
 
 GEODET = [sys.executable, "-m", "geodet_cli.main"]
@@ -147,7 +150,7 @@ def test_blocks_resumed_in_process_equal_the_whole_scene(make_scene_files, tmp_p
         detect(s.path, config=cfg, job_dir=job_dir, job_config=blocks, progress=crash_in_block_3)
     kept = sorted(p.name for p in (job_dir / "blocks").rglob("*.npz"))
     assert kept == ["000000.npz", "000001.npz"]
-    with caplog.at_level("INFO", logger="geodet.detection"):
+    with caplog.at_level("INFO", logger="geodet.inference.scenes"):
         resumed = detect(s.path, config=cfg, job_dir=job_dir, job_config=blocks)
     assert "2 of 3 chip blocks taken from an earlier run" in caplog.text
     assert_geodataframe_equal(resumed, whole)
@@ -177,9 +180,9 @@ def test_a_runner_reports_in_any_order_and_twice_and_each_scene_counts_once(scen
 
 
 def test_in_memory_model_cannot_keep_a_job(scenes, tmp_path):
-    from geodet.modelfile import load_model
+    from geodet.modeling.modelfile import load_model
 
-    from geodet.detection import default_model_path
+    from geodet.inference.detector import default_model_path
 
     with pytest.raises(GeodetError, match="needs a model file"):
         detect(scenes[0], model=load_model(default_model_path()), job_dir=tmp_path / "job")
@@ -224,9 +227,9 @@ def test_kill_9_mid_scene_resumes_from_its_blocks(make_scene_files, tmp_path, ca
     kill_when([*GEODET, "detect", *args, "-o", str(out)], two_blocks, tmp_path / "e")
     kept = sorted(p.name for p in blocks.rglob("*.npz") if TEMP_TAG not in p.name)
     assert len(kept) >= 2 and not out.exists()
-    from geodet.detection import detect_to_file
+    from geodet.inference.detection import detect_to_file
 
-    with caplog.at_level("INFO", logger="geodet.detection"):
+    with caplog.at_level("INFO", logger="geodet.inference.scenes"):
         frame = detect_to_file([s.path], out, config=DetectConfig(batch_size=1), job_config=JobConfig(block_chips=2))
     assert f"{len(kept)} of 5 chip blocks taken from an earlier run" in caplog.text
     assert_geodataframe_equal(read(out), read(ref))
@@ -268,9 +271,10 @@ def test_another_models_job_gives_one_sentence_and_overwrite_starts_over(scenes,
 
 
 def test_resumed_output_keeps_the_run_metadata(scenes, tmp_path):
-    from geodet.detection import default_model_path, detect_to_file
-    from geodet.modelfile import model_hash
-    from geodet.vector import read_output_metadata
+    from geodet.inference.detection import detect_to_file
+    from geodet.inference.detector import default_model_path
+    from geodet.modeling.modelfile import model_hash
+    from geodet.io.formats import read_output_metadata
 
     out = tmp_path / "out.gpkg"
     detect_to_file(scenes[:2], out)
@@ -341,7 +345,7 @@ def test_output_inside_a_job_folder_is_refused(small_scenes, tmp_path):
 
 
 def test_files_the_user_put_in_a_job_folder_are_kept(small_scenes, tmp_path, caplog):
-    from geodet.detection import detect_to_file
+    from geodet.inference.detection import detect_to_file
 
     out = tmp_path / "out.geojson"
     folder = job_dir_for(out)

@@ -1,4 +1,4 @@
-"""Tests of geodet.model: the RetinaNet at native chip resolution."""
+"""Tests of geodet.modeling.model: the RetinaNet at native chip resolution."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import torchvision
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d, box_iou
 
-from geodet.anchors import anchor_count, feature_grid_size, make_anchor_generator
+from geodet.modeling.anchors import anchor_count, feature_grid_size, make_anchor_generator
 from geodet.config import AnchorConfig, ModelConfig
 from geodet.errors import GeodetError
-from geodet.model import build_model, fold_batchnorm, prepare_for_inference
+from geodet.modeling.model import build_model, fold_batchnorm, prepare_for_inference
 
 P2_P4 = dict(levels=(2, 3, 4), anchors=AnchorConfig(sizes=(8.0, 16.0, 32.0)))
 P3_P5 = dict(levels=(3, 4, 5), anchors=AnchorConfig(sizes=(8.0, 16.0, 32.0)))
@@ -117,8 +117,8 @@ def test_eval_boxes_are_in_input_pixels(height, width):
     cfg = tiny_config(
         levels=(3, 4, 5),
         anchors=AnchorConfig(sizes=(16.0, 32.0, 64.0), scales=(1.0,), ratios=(1.0,)),
-        score_thresh=0.0,
-        nms_iou=1.0,
+        chip_score_threshold=0.0,
+        chip_nms_iou=1.0,
         topk_candidates=10_000,
         detections_per_chip=10_000,
     )
@@ -143,7 +143,7 @@ def test_eval_boxes_are_in_input_pixels(height, width):
 
 
 def test_list_of_differently_sized_chips():
-    model = build_model(tiny_config(score_thresh=0.0, detections_per_chip=50)).eval()
+    model = build_model(tiny_config(chip_score_threshold=0.0, detections_per_chip=50)).eval()
     with torch.no_grad():
         outs = model([torch.randn(3, 64, 64), torch.randn(3, 40, 72)])
     assert outs[1]["boxes"][:, 2].max() <= 72 and outs[1]["boxes"][:, 3].max() <= 40
@@ -235,7 +235,7 @@ def test_bias_prior_and_focal_settings():
 
 
 def test_cpu_autocast_keeps_boxes_and_losses_float32():
-    model = build_model(tiny_config(score_thresh=0.0, detections_per_chip=10))
+    model = build_model(tiny_config(chip_score_threshold=0.0, detections_per_chip=10))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model.train()
         losses = model(torch.randn(2, 3, 64, 64), two_targets())
@@ -284,7 +284,7 @@ def test_group_norm_head_trains_folds_and_round_trips(tmp_path):
     """head_norm "group": GroupNorm after each head conv; it trains, survives batch-norm folding
     unchanged (GroupNorm is not folded), and a saved model predicts what it predicted."""
     from geodet.config import to_dict, from_dict
-    from geodet.modelfile import load_model, save_model
+    from geodet.modeling.modelfile import load_model, save_model
 
     model = build_model(tiny_config(head_norm="group")).train()
     norms = [m for m in model.head.modules() if isinstance(m, nn.GroupNorm)]
@@ -331,7 +331,7 @@ def test_folding_batch_norms_keeps_the_outputs(backbone):
     folded float32 network is instead held to the unfolded float32 network's own error against the
     float64 answer: at most 4x it, plus 64 float32 ulps of the output scale.
     """
-    model = build_model(tiny_config(backbone=backbone, score_thresh=0.0, detections_per_chip=50))
+    model = build_model(tiny_config(backbone=backbone, chip_score_threshold=0.0, detections_per_chip=50))
     # give the frozen batch norms non-trivial statistics, as trained weights have
     for m in model.modules():
         if isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)):
@@ -406,7 +406,7 @@ def test_input_scale_resamples_inside_the_network_and_keeps_chip_pixels():
     """ChipBatcher with input_scale 2: the batch is twice the chip, targets follow, outputs come back."""
     import torch
 
-    from geodet.model import ChipBatcher
+    from geodet.modeling.model import ChipBatcher
 
     batcher = ChipBatcher(3, 32, input_scale=2.0)
     images = torch.rand(2, 3, 40, 48)
@@ -425,7 +425,7 @@ def test_input_scale_resamples_inside_the_network_and_keeps_chip_pixels():
 def test_choose_input_scale_from_the_smallest_class_median():
     import numpy as np
 
-    from geodet.anchors import choose_input_scale
+    from geodet.modeling.anchors import choose_input_scale
     from geodet.config import LARGE_OBJECT_SCALE, SMALL_OBJECT_SCALE
 
     cars = np.array([[0, 0, 5, 10], [20, 20, 30, 25]] * 5, dtype=float)  # short side 5 px

@@ -1,4 +1,4 @@
-"""Tests of geodet.modelfile: safe, self-describing model files."""
+"""Tests of geodet.modeling.modelfile: safe, self-describing model files."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torchvision
 import geodet
 from geodet.config import AnchorConfig, ModelConfig, to_dict
 from geodet.errors import GeodetError
-from geodet.model import build_model
-from geodet.modelfile import ModelMeta, load_model, save_model
+from geodet.modeling.model import build_model
+from geodet.modeling.modelfile import ModelMeta, load_model, save_model
 
 
 class NotAllowed:
@@ -28,7 +28,7 @@ def tiny_config(**overrides) -> ModelConfig:
         head_convs=1,
         levels=(2, 3, 4),
         anchors=AnchorConfig(sizes=(8.0, 16.0, 32.0)),
-        score_thresh=0.001,
+        chip_score_threshold=0.001,
         detections_per_chip=50,
     )
     settings.update(overrides)
@@ -176,3 +176,24 @@ def test_save_refuses_bad_descriptions(tmp_path):
     with pytest.raises(ValueError, match="bands"):
         save_model(tmp_path / "m.pt", model, **{**description(cfg), "bands": [1, 2]})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_model_files_keep_the_keys_of_the_previous_release(saved):
+    """Model files written now are read by geodet 0.1, and 0.1's by this release: the per-chip score
+    threshold and NMS IoU (``chip_score_threshold``, ``chip_nms_iou`` in Python) keep their 0.1 keys."""
+    import dataclasses
+
+    from geodet.config import MODEL_FILE_KEYS
+    from geodet.inference.detector import DEFAULT_MODEL
+    from geodet.modeling.modelfile import read_model_file
+
+    path, _, cfg = saved
+    stored = read_model_file(path)["config"]
+    assert stored["score_thresh"] == cfg.chip_score_threshold and stored["nms_iou"] == cfg.chip_nms_iou
+    old_names = {MODEL_FILE_KEYS.get(f.name, f.name) for f in dataclasses.fields(ModelConfig)}
+    assert set(stored) == old_names  # exactly the fields 0.1's ModelConfig has, so 0.1's from_dict takes it
+    old_file = read_model_file(DEFAULT_MODEL)["config"]  # written by geodet 0.1
+    assert {"score_thresh", "nms_iou"} <= set(old_file) and not {"chip_score_threshold", "chip_nms_iou"} & set(old_file)
+    _, meta = load_model(DEFAULT_MODEL)
+    assert meta.model_config.chip_score_threshold == old_file["score_thresh"]
+    assert meta.model_config.chip_nms_iou == old_file["nms_iou"]

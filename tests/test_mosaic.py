@@ -1,4 +1,4 @@
-"""geodet.mosaic: scenes of one mosaic detected across their shared edges."""
+"""geodet.core.mosaic: scenes of one mosaic detected across their shared edges."""
 
 import dataclasses
 import os
@@ -15,8 +15,10 @@ from rasterio.io import MemoryFile
 from torchvision.ops import box_iou
 
 from geodet.config import DetectConfig
-from geodet.detection import default_model_path, detect, detect_task, load_detector, plan_tasks
-from geodet.mosaic import (
+from geodet.inference.detection import detect
+from geodet.inference.detector import default_model_path, load_detector
+from geodet.inference.scenes import detect_task, plan_tasks
+from geodet.core.mosaic import (
     Footprint,
     group_footprints,
     grid_chip_windows,
@@ -27,7 +29,7 @@ from geodet.mosaic import (
     vrt_xml,
 )
 from geodet.testing import synthetic
-from geodet.windows import chip_windows
+from geodet.core.windows import chip_windows
 
 UTM = CRS.from_epsg(32611).to_wkt()
 
@@ -254,13 +256,13 @@ def test_an_unreadable_neighbour_leaves_nodata_in_the_halo(tmp_path, make_scene_
     data = cog.read_bytes()
     with open(tiles[1], "wb") as f:
         f.write(data[: len(data) * 2 // 5])
-    with caplog.at_level("WARNING", logger="geodet.detection"):
+    with caplog.at_level("WARNING", logger="geodet.inference.scenes"):
         frame = detect_task(tasks[0], detector)
     assert "detecting it alone" in caplog.text
     assert set(frame.scene) <= {"tile_0_0.tif"}
     os.remove(tiles[1])  # a neighbour that is gone is left out of the VRT
     caplog.clear()
-    with caplog.at_level("WARNING", logger="geodet.detection"):
+    with caplog.at_level("WARNING", logger="geodet.inference.scenes"):
         assert detect_task(tasks[0], detector).crs == frame.crs
     assert "cannot be opened" in caplog.text and "detecting it alone" not in caplog.text
 

@@ -17,19 +17,17 @@ from shapely.geometry import box
 
 from geodet.config import COCO_ANCHORS, AnchorConfig
 from geodet.errors import GeodetError
-from geodet.plot import (
-    CLASS_COLORS,
+from geodet.reports.display import display_bands
+from geodet.reports.display import CLASS_COLORS
+from geodet.reports.plot import (
     DETECTION_COLOR,
     anchor_sizes_px,
     check_png_path,
-    decimated_shape,
-    display_bands,
     plot_object_sizes,
     plot_pr_curve,
     quicklook,
     quicklook_array,
     show_scene,
-    stretch_to_rgba,
 )
 
 CRS = "EPSG:32611"
@@ -295,24 +293,6 @@ def test_quicklook_with_no_detections_and_a_detections_file_without_crs(tmp_path
 # --------------------------------------------------------------------------- pixels
 
 
-def test_stretch_maps_percentiles_to_black_and_white():
-    band = np.arange(100, dtype=np.float32).reshape(1, 10, 10)
-    rgba = stretch_to_rgba(band, np.ones((10, 10), bool), percentiles=(10, 90))
-    lo, hi = np.percentile(np.arange(100), [10, 90])
-    assert rgba[..., 0].flat[int(np.ceil(hi))] == 1 and rgba[..., 0].flat[int(lo)] == 0
-    assert rgba[..., 0].flat[50] == pytest.approx((50 - lo) / (hi - lo))
-    constant = stretch_to_rgba(np.full((3, 4, 4), 7, np.uint16), np.ones((4, 4), bool))
-    assert (constant[..., :3] == 0).all() and (constant[..., 3] == 1).all()
-
-
-def test_decimated_shape_keeps_aspect_and_never_upsamples():
-    assert decimated_shape(100, 50, 200) == (100, 50)
-    assert decimated_shape(10_000, 40_000, 2048) == (512, 2048)
-    assert decimated_shape(3, 10_000, 100) == (1, 100)
-    with pytest.raises(GeodetError):
-        decimated_shape(10, 10, 0)
-
-
 # --------------------------------------------------------------------------- sizes / PR
 
 
@@ -337,7 +317,7 @@ def test_object_sizes_histogram_with_fitted_and_coco_anchor_lines():
 
 
 def test_object_sizes_from_a_coverage_report():
-    from geodet.anchors import coverage_report
+    from geodet.modeling.anchors import coverage_report
 
     boxes = np.array([[0, 0, 10, 10], [5, 5, 25, 25], [40, 40, 56, 52]], float)
     fitted = ((3,), AnchorConfig(sizes=(12.0,), scales=(1.0,), ratios=(1.0,)))

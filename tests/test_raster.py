@@ -7,7 +7,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from geodet.errors import GeodetError
-from geodet.raster import (
+from geodet.io.raster import (
     gsd_metres,
     open_dataset,
     open_scene,

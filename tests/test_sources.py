@@ -21,10 +21,10 @@ import rasterio
 import rasterio.shutil
 from click.testing import CliRunner
 
-from geodet.detection import scene_name
+from geodet.inference.scenes import scene_name
 from geodet.errors import GeodetError
-from geodet.raster import open_dataset, read_raw
-from geodet.sources import (
+from geodet.io.raster import open_dataset, read_raw
+from geodet.io.sources import (
     GDAL_DEFAULTS,
     choose_asset,
     dedupe,
@@ -111,7 +111,7 @@ def test_gdal_options_let_the_environment_win():
 
 def test_local_sidecars_are_still_found(tmp_path):
     # a GeoTIFF georeferenced only by a world file beside it, opened inside a remote-settings context
-    from geodet.sources import gdal_env
+    from geodet.io.sources import gdal_env
 
     path = tmp_path / "plain.tif"
     with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8", crs="EPSG:32611") as dst:
@@ -124,7 +124,7 @@ def test_local_sidecars_are_still_found(tmp_path):
 def test_gdal_env_sets_geodet_options():
     from rasterio.env import get_gdal_config
 
-    from geodet.sources import gdal_env
+    from geodet.io.sources import gdal_env
 
     with gdal_env():
         for key, value in gdal_options().items():
@@ -541,7 +541,7 @@ def test_tile_cli_on_a_signed_url_names_chips_by_file(make_scene_files, http_roo
 
 def test_training_sources_take_lists_and_patterns(make_scene_files, tmp_path):
     from geodet.config import TRAIN_CHIP
-    from geodet.training import load_sources
+    from geodet.learning.training import load_sources
 
     a = make_scene_files(64, 64, seed=1, name="t1")
     make_scene_files(64, 64, seed=2, name="t2")
@@ -555,7 +555,7 @@ def test_reads_in_any_thread_hold_geodet_settings_and_the_environment_wins(make_
 
     from rasterio.env import get_gdal_config
 
-    from geodet.raster import read_errors
+    from geodet.io.raster import read_errors
 
     s = make_scene_files(32, 32, name="th")
     window = rasterio.windows.Window(0, 0, 8, 8)
@@ -647,7 +647,7 @@ def test_remote_catalog_links_resolve_to_urls_of_its_own_kind(make_scene_files, 
 
 
 def test_remote_href_refusal_rules():
-    from geodet.sources import remote_href_refusal
+    from geodet.io.sources import remote_href_refusal
 
     origin = "https://stac.example.com/catalog.json"
     assert remote_href_refusal("https://cdn.example.org/a.tif", origin) is None
@@ -693,7 +693,7 @@ def test_nested_relative_list_resolves_against_its_list(make_scene_files, tmp_pa
 
 
 def test_gdal_defaults_bound_every_wait():
-    from geodet.sources import http_bounds
+    from geodet.io.sources import http_bounds
 
     for key in ("GDAL_HTTP_CONNECTTIMEOUT", "GDAL_HTTP_LOW_SPEED_TIME", "GDAL_HTTP_LOW_SPEED_LIMIT", "GDAL_HTTP_TIMEOUT"):
         assert int(GDAL_DEFAULTS[key]) > 0, key
@@ -834,8 +834,8 @@ def _clear_gdal_download_cache() -> None:
 
 def test_a_changed_remote_scene_is_detected_again(http_root, tmp_path, sample_scene, make_scene_files):
     from geodet.config import DetectConfig
-    from geodet.detection import detect
-    from geodet.jobs import scene_identity
+    from geodet.inference.detection import detect
+    from geodet.inference.jobs import scene_identity
 
     root, base, _ = http_root
     first = make_scene_files(192, 192, seed=1, name="first")

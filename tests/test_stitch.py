@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from geodet.stitch import (
+from geodet.core.stitch import (
     box_overlap_pairs,
     connected_groups,
     merge_detections,
@@ -13,7 +13,7 @@ from geodet.stitch import (
     overlap_warning,
     pack_groups,
 )
-from geodet.windows import chip_offsets
+from geodet.core.windows import chip_offsets
 
 
 def chip_grid(height, width, size, overlap):
@@ -175,7 +175,7 @@ def test_mismatched_lengths_raise():
 def test_nms_in_batches_equals_one_global_nms(monkeypatch):
     from torchvision.ops import batched_nms
 
-    import geodet.stitch as stitch
+    import geodet.core.stitch as stitch
 
     rng = np.random.default_rng(3)
     xy = rng.uniform(0, 500, size=(3000, 2))

@@ -9,7 +9,7 @@ import rasterio
 import shapely
 from affine import Affine
 
-from geodet.boxes import world_to_pixel_points
+from geodet.core.boxes import world_to_pixel_points
 from geodet.errors import GeodetError
 from geodet.testing.synthetic import SceneParams, draw_params, label_frame, make_scene, write_labels, write_scene
 

@@ -10,7 +10,7 @@ from affine import Affine
 
 from geodet.config import ChipConfig
 from geodet.errors import GeodetError
-from geodet.tiling import tile
+from geodet.learning.tiling import tile
 
 
 def _load(out):
@@ -18,8 +18,8 @@ def _load(out):
 
 
 def test_tile_sample_data(sample_scene, sample_labels, tmp_path):
-    from geodet.raster import open_scene
-    from geodet.vector import labels_for_scene, read_labels
+    from geodet.io.raster import open_scene
+    from geodet.io.vector import labels_for_scene, read_labels
 
     out = tmp_path / "tiles"
     summary = tile([sample_scene], sample_labels, str(out), chip=ChipConfig(size=256, overlap=48))

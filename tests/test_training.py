@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from conftest import tiny_model_overrides
 from geodet.config import DEFAULT_EPOCHS, ChipConfig, TrainConfig
 from geodet.errors import GeodetError
-from geodet.modelfile import load_model
-from geodet.training import budget_progress, format_epoch, label_warnings, last_checkpoint_path, train
+from geodet.modeling.modelfile import load_model
+from geodet.learning.training import budget_progress, format_epoch, label_warnings, last_checkpoint_path, train
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_pretrained_backbone_trains_and_the_model_file_says_where_it_started(sma
     """``geodet train --backbone efficientnet-lite0`` starts from the packaged ImageNet weights; the
     model file records package, version, file and hash, ``geodet info`` shows them, and the model
     loads (without the weights package being read again) and predicts."""
-    from geodet.info import describe
+    from geodet.reports.info import describe
     from geodet_cli.main import cli
 
     out = tmp_path / "m.pt"
@@ -64,7 +64,7 @@ def test_pretrained_backbone_trains_and_the_model_file_says_where_it_started(sma
 
 
 def test_backbone_choice():
-    from geodet.training import choose_backbone
+    from geodet.learning.training import choose_backbone
 
     assert choose_backbone(None, 3) == {"backbone": "efficientnet-lite0", "backbone_weights": "imagenet"}
     assert choose_backbone({}, 4) == {"backbone": "resnet18"}
@@ -197,8 +197,8 @@ def test_one_labelled_object_warns(make_scene_files, tmp_path, caplog):
     """Issue 12: one object in the labels, two epochs at val mAP 0.0 must not be silent."""
     import geopandas as gpd
 
-    from geodet.dataset import choose_block_px, spatial_blocks, split_blocks
-    from geodet.training import load_sources
+    from geodet.learning.dataset import choose_block_px, spatial_blocks, split_blocks
+    from geodet.learning.training import load_sources
 
     scene = make_scene_files(256, 256, seed=1)
     chip = ChipConfig(size=128, overlap=32)
@@ -289,8 +289,8 @@ def test_training_on_two_scenes(tmp_path):
     import pandas as pd
 
     from geodet.testing import synthetic
-    from geodet.dataset import ChipDataset, spatial_blocks
-    from geodet.training import load_sources
+    from geodet.learning.dataset import ChipDataset, spatial_blocks
+    from geodet.learning.training import load_sources
 
     frames, paths = [], []
     for i, origin in enumerate([(500000.0, 3760000.0), (500000.0 + 200.0, 3760000.0)]):  # side by side
@@ -313,7 +313,7 @@ def test_training_on_two_scenes(tmp_path):
 def test_explicit_anchors_and_resolution_order():
     from geodet.config import COCO_ANCHORS, COCO_LEVELS, AnchorConfig
     from geodet.errors import ConfigError
-    from geodet.training import explicit_anchors, resolve_anchors
+    from geodet.learning.training import explicit_anchors, resolve_anchors
 
     assert explicit_anchors() is None
     levels, cfg = explicit_anchors(sizes=(8.0, 16.0), ratios=(1.0,))
@@ -350,7 +350,7 @@ def test_object_size_chooses_the_input_scale_and_chip():
     import numpy as np
 
     from geodet.config import LARGE_OBJECT_SCALE, SMALL_OBJECT_SCALE, TRAIN_CHIP, ChipConfig
-    from geodet.training import _auto_input_scale, chip_for_objects
+    from geodet.learning.training import _auto_input_scale, chip_for_objects
 
     cars = SimpleNamespace(boxes_px=np.array([[0, 0, 5, 10], [20, 20, 30, 25]] * 5, float),
                            class_ids=np.array([1, 1] * 5))
@@ -374,7 +374,7 @@ def test_default_overlap_grows_to_the_objects():
     import numpy as np
 
     from geodet.config import TRAIN_CHIP, ChipConfig
-    from geodet.training import chip_for_objects
+    from geodet.learning.training import chip_for_objects
 
     crowns = np.array([[0, 0, 41, 38], [50, 50, 70, 150], [0, 0, 33, 60]] * 40, dtype=float)  # up to 100 px
     assert chip_for_objects(TRAIN_CHIP, 0.5, crowns).overlap == 112  # 100 px rounded up to 16 px

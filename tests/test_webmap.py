@@ -1,4 +1,4 @@
-"""Interactive maps (geodet.webmap): the folium map as built, and as a person sees it in Chromium.
+"""Interactive maps (geodet.reports.webmap): the folium map as built, and as a person sees it in Chromium.
 
 The browser tests open saved ``explore()`` maps in headless Chromium (Debian's ``chromium`` and
 ``chromium-driver``) through Selenium, with Leaflet and folium's other companions from their npm
@@ -30,9 +30,10 @@ from test_plot import CRS, PX, X0, Y0, pixel_box_world, write_scene
 
 folium = pytest.importorskip("folium", reason="needs the maps extra (folium)")
 
-from geodet import webmap  # noqa: E402  (needs folium)
-from geodet.plot import LABEL_COLOR, explore  # noqa: E402
-from geodet.webmap import (  # noqa: E402
+from geodet.reports import webmap  # noqa: E402  (needs folium)
+from geodet.reports.display import LABEL_COLOR  # noqa: E402
+from geodet.reports.plot import explore
+from geodet.reports.webmap import (  # noqa: E402
     FILL_OPACITY,
     MAX_ZOOM,
     TRUTH_PANE,

@@ -5,7 +5,7 @@ from affine import Affine
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from geodet.windows import chip_offsets, chip_transform, chip_windows, window_bounds_px
+from geodet.core.windows import chip_offsets, chip_transform, chip_windows, window_bounds_px
 
 scene = st.integers(min_value=1, max_value=3000)
 

@@ -4,7 +4,7 @@ Lives in :mod:`geodet.testing` (see its docstring for why it ships in the
 package): tests, benchmarks, the sample data and the default model's script
 draw their scenes here; the detection and training path never imports it.
 This module is the public API and the scene parameters; the work is done in
-three private parts: ``_layout`` (where everything goes), ``_render`` (drawing
+three private parts: ``_layout`` (where everything goes), ``render_scene`` (drawing
 it) and ``_materials`` (the colours both use).
 
 A scene is a small suburb seen from above at about 0.4 m per pixel: textured
@@ -48,12 +48,24 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Tuple
 
+import geopandas as gpd
 import numpy as np
+import shapely
+from affine import Affine
+from shapely.geometry import Polygon
+from shapely.geometry import box as shapely_box
 
+from geodet.core.boxes import pixel_geometries_to_world
 from geodet.errors import GeodetError
-from geodet.testing._layout import _Planner, _thin_classes
-from geodet.testing._materials import Rect
-from geodet.testing._render import _add_noise, _hard_effects, _nodata_valid, _render, _to_bands, _to_dtype
+from geodet.testing.layout import Planner, thin_classes
+from geodet.testing.materials import Rect
+from geodet.testing.params import (  # noqa: F401 (the defaults stay importable from here)
+    CLASSES,
+    DEFAULT_NOISE,
+    DEFAULT_OBJECT_SIZE_PX,
+    SceneParams,
+)
+from geodet.testing.render import add_noise, hard_effects, nodata_valid, render_scene, to_bands, to_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -68,15 +80,6 @@ __all__ = [
     "write_labels",
 ]
 
-
-#: Default pool side range (pixels) per difficulty.
-DEFAULT_OBJECT_SIZE_PX = {"easy": (8.0, 30.0), "hard": (6.0, 20.0)}
-
-#: Default sensor noise sigma (display units) per difficulty.
-DEFAULT_NOISE = {"easy": 0.005, "hard": 0.014}
-
-#: Class names per difficulty.
-CLASSES = {"easy": ("pool",), "hard": ("pool", "car")}
 
 #: Nodata value written for float32 scenes with a nodata region (integers use 0).
 FLOAT_NODATA = float("nan")
@@ -120,113 +123,6 @@ class SyntheticScene:
     @property
     def width(self) -> int:
         return int(self.image.shape[2])
-
-
-@dataclass(frozen=True)
-class SceneParams:
-    """What a synthetic scene looks like, apart from its seed.
-
-    The defaults reproduce ``make_scene(difficulty=...)`` bit for bit: every
-    field left at its default draws exactly what the fixed easy and hard
-    settings draw. :func:`draw_params` draws them at random per seed.
-
-    Attributes:
-        difficulty: base style. "easy": clear pools among blue roofs;
-            "hard": hard water colours, tree-occluded pools, blue tarps,
-            cars (class "car"), gradient, haze, blur and noise.
-        pool_size_px: (min, max) pool side in pixels; None = the difficulty's
-            default (:data:`DEFAULT_OBJECT_SIZE_PX`).
-        car_width_px, car_length_px: (min, max) car width and length in
-            pixels (hard only); None = the fixed layout's ranges (about
-            4.4-5.4 x 9-11 px, a little different per place: curbs,
-            driveways, parking stalls).
-        car_vertical_share: share of cars whose long axis runs along the
-            rows (y); None = whatever the street layout gives. Cars are
-            turned about their centre to reach it.
-        rare_class: a class thinned to ``rare_share`` of all objects (the
-            other class is thinned instead when the rare one is already
-            scarcer); None = no thinning.
-        rare_share: share of ``rare_class`` among all objects, in (0, 0.5).
-        contrast: 1 = the palette's colours; below 1 pulls water and pool
-            coping towards grass and cars towards asphalt.
-        density: pool and car density multiplier (1 = about 150-250 pools
-            per 1024 x 1024 px).
-        occluded_share: chance that a hard pool gets a tree crown over part
-            of it.
-        gradient: peak-to-peak illumination gain across the scene (hard).
-        haze: (base, amplitude) of the haze veil (hard).
-        blur_sigma_px: (min, max) of the gaussian blur sigma (hard).
-        noise: gaussian noise sigma in display units [0, 1]; None = the
-            difficulty's default (:data:`DEFAULT_NOISE`).
-    """
-
-    difficulty: str = "easy"
-    pool_size_px: Optional[Tuple[float, float]] = None
-    car_width_px: Optional[Tuple[float, float]] = None
-    car_length_px: Optional[Tuple[float, float]] = None
-    car_vertical_share: Optional[float] = None
-    rare_class: Optional[str] = None
-    rare_share: Optional[float] = None
-    contrast: float = 1.0
-    density: float = 1.0
-    occluded_share: float = 0.36
-    gradient: float = 0.35
-    haze: Tuple[float, float] = (0.10, 0.12)
-    blur_sigma_px: Tuple[float, float] = (0.6, 0.8)
-    noise: Optional[float] = None
-
-    @property
-    def hard(self) -> bool:
-        return self.difficulty == "hard"
-
-    @property
-    def pool_size(self) -> Tuple[float, float]:
-        size = DEFAULT_OBJECT_SIZE_PX[self.difficulty] if self.pool_size_px is None else self.pool_size_px
-        return float(size[0]), float(size[1])
-
-    @property
-    def noise_sigma(self) -> float:
-        return DEFAULT_NOISE[self.difficulty] if self.noise is None else float(self.noise)
-
-    def to_dict(self) -> dict:
-        """Plain JSON-able values (tuples as lists)."""
-        from dataclasses import asdict
-
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    def check(self) -> None:
-        """Raise :class:`GeodetError` on a value :func:`make_scene` cannot draw."""
-        if self.difficulty not in DEFAULT_OBJECT_SIZE_PX:
-            raise GeodetError(f"difficulty must be 'easy' or 'hard', got {self.difficulty!r}.")
-        size = self.pool_size_px
-        if size is not None and (len(size) != 2 or not 2 <= size[0] <= size[1]):
-            raise GeodetError(f"object_size_px must be (min, max) with 2 <= min <= max, got {size}.")
-        for name in ("car_width_px", "car_length_px"):
-            rng_ = getattr(self, name)
-            if rng_ is not None and (len(rng_) != 2 or not 2 <= rng_[0] <= rng_[1]):
-                raise GeodetError(f"{name} must be (min, max) with 2 <= min <= max, got {rng_}.")
-        if (self.car_width_px is None) != (self.car_length_px is None):
-            raise GeodetError("car_width_px and car_length_px go together: give both or neither.")
-        if self.car_width_px is not None and self.car_width_px[1] > self.car_length_px[0]:
-            raise GeodetError(f"cars must be longer than wide: {self.car_width_px} x {self.car_length_px} px.")
-        if self.density < 0:
-            raise GeodetError(f"density must not be negative, got {self.density}.")
-        if self.rare_class is not None:
-            if self.rare_class not in CLASSES[self.difficulty]:
-                raise GeodetError(f"rare_class {self.rare_class!r} is not a class of a {self.difficulty} scene.")
-            if self.rare_share is None or not 0 < self.rare_share < 0.5:
-                raise GeodetError(f"rare_share must lie in (0, 0.5), got {self.rare_share}.")
-        for name in ("car_vertical_share", "occluded_share"):
-            v = getattr(self, name)
-            if v is not None and not 0 <= v <= 1:
-                raise GeodetError(f"{name} must lie in [0, 1], got {v}.")
-        if not 0 < self.contrast <= 1:
-            raise GeodetError(f"contrast must lie in (0, 1], got {self.contrast}.")
-        lo, hi = self.blur_sigma_px
-        if not 0 < lo <= hi:
-            raise GeodetError(f"blur_sigma_px must be (min, max) with 0 < min <= max, got {self.blur_sigma_px}.")
-        if self.noise is not None and self.noise < 0:
-            raise GeodetError(f"noise must not be negative, got {self.noise}.")
 
 
 #: Ranges :func:`draw_params` draws from, per setting (uniform unless noted).
@@ -297,8 +193,6 @@ def draw_params(seed: int, setting: str = "hard") -> SceneParams:
 
 # --------------------------------------------------------------------------- public API
 def _ellipse_polygon(rect: Rect, n: int = 32):
-    from shapely.geometry import Polygon
-
     x0, y0, x1, y1 = rect
     cx, cy, a, b = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
     t = 2 * np.pi * np.arange(n) / n
@@ -373,12 +267,12 @@ def make_scene(
     H, W, hard = int(height), int(width), params.hard
 
     rng = np.random.default_rng(seed)
-    layout = _Planner(rng, H, W, params).plan()
+    layout = Planner(rng, H, W, params).plan()
 
     valid = np.ones((H, W), bool)
     nodata = None
     if nodata_region:
-        valid = _nodata_valid(H, W)
+        valid = nodata_valid(H, W)
         nodata = (FLOAT_NODATA if dtype == "float32" else 0) if nodata_value is None else nodata_value
         invalid_sum = np.pad(np.cumsum(np.cumsum(~valid, 0), 1), ((1, 0), (1, 0)))
 
@@ -394,20 +288,19 @@ def make_scene(
             house.blue = house.blue and all(clear(part) for part in house.parts)
 
     if params.rare_class is not None:
-        _thin_classes(layout, rng, params.rare_class, params.rare_share)
+        thin_classes(layout, rng, params.rare_class, params.rare_share)
 
     channels = 3 if int(bands) in (1, 3) else 4  # NIR is rendered only when used
-    img = _render(layout, rng, H, W, channels)
+    img = render_scene(layout, rng, H, W, channels)
     if hard:
-        img = _hard_effects(img, rng, params)
+        img = hard_effects(img, rng, params)
     else:
-        _add_noise(img, rng, params.noise_sigma)
-    values, band_names = _to_bands(img, int(bands))
-    image = _to_dtype(values, dtype)
+        add_noise(img, rng, params.noise_sigma)
+    values, band_names = to_bands(img, int(bands))
+    image = to_dtype(values, dtype)
     if nodata is not None:
         image[:, ~valid] = nodata
 
-    from shapely.geometry import box as shapely_box
 
     polygons = [_ellipse_polygon(p.rect) if p.oval else shapely_box(*p.rect) for p in layout.pools]
     polygons += [shapely_box(*c[0]) for c in layout.cars]
@@ -440,8 +333,6 @@ def scene_transform(
     North-up (``rotation_deg = 0``) gives ``Affine(px, 0, x0, 0, -px, y0)``; a
     rotation turns the grid counter-clockwise about the origin.
     """
-    from affine import Affine
-
     x0, y0 = origin
     return Affine.translation(x0, y0) * Affine.rotation(rotation_deg) * Affine.scale(pixel_size, -pixel_size)
 
@@ -480,8 +371,6 @@ def write_scene(
         the ``affine.Affine`` pixel-corner -> CRS transform written.
     """
     import rasterio
-    from affine import Affine
-
     if tiled and (blocksize <= 0 or blocksize % 16):
         raise GeodetError(f"blocksize must be a positive multiple of 16, got {blocksize}.")
     count, height, width = scene.image.shape
@@ -542,14 +431,10 @@ def label_frame(
     Returns:
         a ``geopandas.GeoDataFrame`` with one row per object, in scene order.
     """
-    import geopandas as gpd
-    import shapely
-
     if kind not in ("polygon", "point"):
         raise GeodetError(f"kind must be 'polygon' or 'point', got {kind!r}.")
     if crs is None and to_crs is not None:
         raise GeodetError("labels without a CRS cannot be reprojected: pass to_crs=None.")
-    from geodet.boxes import pixel_geometries_to_world
 
     if kind == "polygon":
         geoms = np.array(scene.polygons_px, dtype=object)
