@@ -13,7 +13,7 @@ import geodet
 from geodet.inference.detection import detect, write_detections
 from geodet.inference.detector import default_model_path
 from geodet.modeling.modelfile import model_hash
-from geodet.errors import GeodetError
+from geodet.errors import ConfigError, GeodetError
 from geodet.inference.predict import plan_chips
 from geodet.io.raster import open_scene
 from geodet.io.formats import read_output_metadata
@@ -200,6 +200,13 @@ def test_several_scenes_one_output(make_scene_files, default_model):
     dets = detect([a.path, b.path], model=default_model)
     assert set(dets["scene"]) == {"a.tif", "b.tif"}
     assert dets.crs.to_epsg() == 4326  # different CRSs -> lon/lat
+
+
+def test_a_bad_on_error_is_a_config_error_before_any_work(make_scene_files, default_model):
+    """A bad setting of the API is a ConfigError, as every other bad setting (issue 29)."""
+    s = make_scene_files(64, 64, seed=3)
+    with pytest.raises(ConfigError, match="on_error must be 'raise' or 'skip', got 'ignore'"):
+        detect(s.path, model=default_model, on_error="ignore")
 
 
 def test_band_mismatch_is_clear(make_scene_files, default_model):

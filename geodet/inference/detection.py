@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import geopandas as gpd
 
 from geodet.config import DetectConfig, JobConfig
-from geodet.errors import GeodetError
+from geodet.errors import ConfigError, GeodetError
 from geodet.inference.cluster import dask_runner
 from geodet.inference.detector import (
     check_model_file,
@@ -115,7 +115,7 @@ def detect(
         :func:`write_detections` writes into the file.
     """
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     config = _with_shorthands(config, bands=bands, chip_size=chip_size)
     tasks = plan_tasks(resolve_scenes(scenes, asset=asset, allow_local_hrefs=allow_local_hrefs), mosaic=config.mosaic)
     # A job's parts come back from GeoParquet without ``attrs``: the model file's metadata, read
