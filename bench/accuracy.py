@@ -28,6 +28,7 @@ over seeds or folds.
     python bench/accuracy.py [--minutes 15] [--size 2048] [--settings easy,hard,real,real-cv]
                              [--seeds 3] [--seed-start 100] [--json out.json] [--device auto]
     python bench/accuracy.py real-sites          # the cross-site benchmark (settings may be given as arguments)
+    python bench/accuracy.py real-sites --paired-detect=--tta   # each model also scored with test-time flips
 """
 
 from __future__ import annotations
@@ -126,13 +127,33 @@ def run_job(job: dict, setting: str, anchors: str, args, work: Path) -> dict:
         rep_i, _, _ = score(model, extra["tif"], extra["labels"], job["class_field"], f"{stem}_{extra['name']}.gpkg", args)
         tests[extra["name"]] = rep_i["overall"]["ap50"]
     record["tests"] = tests
+    if args.paired_detect:
+        record["paired"] = paired_scores(model, job, stem, args)
     return record
 
 
-def score(model: str, tif: str, labels: str, class_field: str, dets: str, args) -> tuple:
-    """``geodet detect`` then ``geodet evaluate --json`` of one test scene: (report, detect s, evaluate s)."""
+def paired_scores(model: str, job: dict, stem: Path, args) -> dict:
+    """``{variant: {test name: AP50}}``: each ``--paired-detect`` variant scored on every test scene
+    with the same model as the plain detection, so that a detection setting is compared without the
+    spread between training runs."""
+    scenes = [(job.get("test_name", "test"), job["test"], job["test_labels"])]
+    scenes += [(e["name"], e["tif"], e["labels"]) for e in job.get("more_tests", [])]
+    out = {}
+    for k, variant in enumerate(args.paired_detect):
+        out[variant] = {}
+        for name, tif, labels in scenes:
+            tag = name.replace(" ", "_")
+            rep, _, _ = score(model, tif, labels, job["class_field"], f"{stem}_{tag}_paired{k}.gpkg", args,
+                              extra=variant.split())
+            out[variant][name] = rep["overall"]["ap50"]
+    return out
+
+
+def score(model: str, tif: str, labels: str, class_field: str, dets: str, args, extra=()) -> tuple:
+    """``geodet detect`` (with the ``--detect-arg`` arguments, then ``extra``) and ``geodet evaluate
+    --json`` of one test scene: (report, detect s, evaluate s)."""
     _, detect_s = run([args.geodet, "detect", tif, "-m", model, "-o", dets, "--score-threshold", "0.05",
-                       "--device", args.device, "--quiet", "--overwrite"] + list(args.detect_arg))
+                       "--device", args.device, "--quiet", "--overwrite"] + list(args.detect_arg) + list(extra))
     out, eval_s = run([args.geodet, "evaluate", dets, labels, "--imagery", tif, "--class-field", class_field, "--json"])
     return json.loads(out), detect_s, eval_s
 
@@ -150,6 +171,8 @@ def format_run(r: dict) -> str:
         sites = {k: v for k, v in r["tests"].items() if k != "east third"}
         line += "\n    AP50 per test scene: " + ", ".join(f"{k} {v:.3f}" for k, v in r["tests"].items())
         line += f"; other sites' mean {sum(sites.values()) / len(sites):.3f}"
+    for variant, tests in r.get("paired", {}).items():
+        line += f"\n    same model, detect {variant}: " + ", ".join(f"{k} {v:.3f}" for k, v in tests.items())
     return line
 
 
@@ -225,6 +248,10 @@ def parse_args(argv=None):
     ap.add_argument("--detect-arg", action="append", default=[],
                     help="one more argument for every geodet detect, repeatable (--detect-arg=--normalisation "
                          "--detect-arg=scene)")
+    ap.add_argument("--paired-detect", action="append", default=[], metavar="ARGS",
+                    help="also score every model with these geodet detect arguments (one quoted string, "
+                         "repeatable), beside the plain detection: a paired A/B of a detection setting "
+                         "(--paired-detect=--tta)")
     ap.add_argument("--folds", type=lambda v: [int(k) for k in v.split(",")], default=None,
                     help="real-cv folds to run, e.g. 0,1 (tuning: fold 2's test strip is the east third that "
                          "the real setting reports; default all)")

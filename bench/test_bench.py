@@ -95,3 +95,26 @@ def test_arguments_and_summary():
     assert s["classes"]["car"]["worst_ap50"] == 0.4 and s["classes"]["car"]["worst_run"] == "seeds 100"
     assert s["classes"]["pool"]["mean_ap50"] == pytest.approx(0.85) and s["map50"]["worst"] == 0.6
     assert "worst 0.400" in accuracy.format_summary(s)
+
+
+def test_paired_detect_scores_the_same_model_each_way(tmp_path):
+    """--paired-detect scores one model on every test scene with extra detect arguments, through the CLI."""
+    from geodet.inference.detector import default_model_path
+
+    scenes = {}
+    for name, seed in (("test", 5), ("site", 6)):
+        scene = synthetic.make_scene(256, 256, seed=seed)
+        transform = synthetic.write_scene(tmp_path / f"{name}.tif", scene, crs="EPSG:32611", pixel_size=0.4)
+        synthetic.write_labels(tmp_path / f"{name}.geojson", scene, transform, "EPSG:32611", class_field="class")
+        scenes[name] = (str(tmp_path / f"{name}.tif"), str(tmp_path / f"{name}.geojson"))
+    job = {"test": scenes["test"][0], "test_labels": scenes["test"][1], "class_field": "class", "test_name": "test",
+           "more_tests": [{"name": "site", "tif": scenes["site"][0], "labels": scenes["site"][1]}]}
+    args = accuracy.parse_args(["real", "--paired-detect=--tta", "--paired-detect", "--tta --nms-iou 0.3"])
+    paired = accuracy.paired_scores(default_model_path(), job, tmp_path / "run", args)
+    assert list(paired) == ["--tta", "--tta --nms-iou 0.3"]
+    for tests in paired.values():
+        assert set(tests) == {"test", "site"} and all(0.5 < v <= 1 for v in tests.values())
+    record = {"setting": "real", "id": "x", "anchors": "auto", "classes": {"pool": {"ap50": 0.9}}, "train_s": 1,
+              "detect_s": 1, "eval_s": 1, "overall": {"ap50": 0.9, "ap50_95": 0.5, "precision": 1, "recall": 1},
+              "tests": {"test": 0.9}, "paired": paired}
+    assert "same model, detect --tta: test " in accuracy.format_run(record)

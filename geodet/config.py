@@ -412,6 +412,9 @@ class DetectConfig:
             on) or "scene" (sampled from each scene, for a scene whose
             radiometry differs from the training scenes', e.g. another sensor
             or season).
+        tta: test-time flips: run the model on each chip and its three flips and merge
+            the detections (:mod:`geodet.inference.tta`): four forward passes per chip for
+            steadier scores on imagery unlike the training scenes (bench/README.md).
         mosaic: detect scenes of one mosaic (same grid, touching or
             overlapping) across their shared edges, so that an object on a
             scene edge is reported once and whole (:mod:`geodet.core.mosaic`);
@@ -428,6 +431,7 @@ class DetectConfig:
     workers: int = 2
     precision: str = "auto"
     normalisation: str = "auto"
+    tta: bool = False
     mosaic: bool = True
 
     def __post_init__(self) -> None:

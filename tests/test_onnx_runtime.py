@@ -36,6 +36,18 @@ def test_detect_onnx_equals_torch(make_scene_files, default_onnx):
     _match(_above(db, cfg.score_threshold), da)
 
 
+def test_detect_onnx_with_tta_equals_torch(make_scene_files, default_onnx):
+    """Test-time flips wrap the onnxruntime runner as they wrap the torch network."""
+    s = make_scene_files(256, 256, seed=4)
+    cfg = DetectConfig(precision="float32", score_threshold=0.3, tta=True)
+    a = detect(s.path, default_model_path(), config=cfg)
+    b = detect(s.path, default_onnx, config=cfg)
+    assert len(a) > 0
+    da, db = _frame_dets(a, s.transform), _frame_dets(b, s.transform)
+    _match(_above(da, cfg.score_threshold), db)
+    _match(_above(db, cfg.score_threshold), da)
+
+
 def test_detect_onnx_two_classes_padded_chip(two_class, make_scene_files):
     """Class-wise selection and an 80 px chip padded to 96 px: the runner selects as torch does."""
     pt, onnx_path = two_class

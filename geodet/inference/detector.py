@@ -24,6 +24,7 @@ from geodet.config import DetectConfig
 from geodet.core.stitch import overlap_warning
 from geodet.errors import GeodetError
 from geodet.inference.onnx_runtime import check_onnx_file, load_onnx
+from geodet.inference.tta import FlipTTA
 from geodet.io.formats import METADATA_ATTR
 from geodet.modeling.device import resolve_device
 from geodet.modeling.model import prepare_for_inference
@@ -99,6 +100,7 @@ def load_detector(model=None, config: DetectConfig = DetectConfig()) -> Detector
     warn = model_overlap_warning(meta, run_config.overlap)
     if warn:
         log.warning(warn)
+    net = with_tta(net, meta, run_config)
     if isinstance(model, tuple):
         return Detector(net, meta, device, run_config)
     path = default_model_path() if model is None else str(model)
@@ -124,11 +126,21 @@ def load_onnx_detector(path: PathLike, config: DetectConfig = DetectConfig()):
     warn = model_overlap_warning(meta, run_config.overlap)
     if warn:
         log.warning(warn)
+    net = with_tta(net, meta, run_config)
     data = read_onnx_metadata(path)
     log.info("%s runs on onnxruntime (%s)", Path(path).name, ", ".join(net.providers))
     return Detector(net, meta, torch.device("cpu"), run_config,
                     model_name=str(data.get("geodet_model_name", Path(path).name)),
                     model_hash=data.get("geodet_model_hash"))
+
+
+def with_tta(net, meta, config: DetectConfig):
+    """``net``, or with ``config.tta`` the :class:`geodet.inference.tta.FlipTTA` of it, merging
+    the flips at the model's own per-chip NMS IoU and detection cap."""
+    if not config.tta:
+        return net
+    cfg = meta.model_config
+    return FlipTTA(net, cfg.chip_nms_iou, cfg.detections_per_chip)
 
 
 def model_overlap_warning(meta, overlap_px: int) -> Optional[str]:

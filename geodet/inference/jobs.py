@@ -66,6 +66,7 @@ JOB_SUFFIX = ".geodet-job"
 #: (``mosaic`` is one: a scene of a mosaic reports what it owns, read with its neighbours.)
 DETECTION_SETTINGS = (
     "chip_size", "overlap", "bands", "score_threshold", "nms_iou", "precision", "normalisation", "mosaic",
+    "tta",
 )
 
 #: Version of the job folder's layout.
