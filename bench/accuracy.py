@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -144,7 +145,7 @@ def paired_scores(model: str, job: dict, stem: Path, args) -> dict:
         for name, tif, labels in scenes:
             tag = name.replace(" ", "_")
             rep, _, _ = score(model, tif, labels, job["class_field"], f"{stem}_{tag}_paired{k}.gpkg", args,
-                              extra=variant.split())
+                              extra=shlex.split(variant))
             out[variant][name] = rep["overall"]["ap50"]
     return out
 

@@ -89,6 +89,9 @@ def test_job_refuses_another_model_or_other_settings(tmp_path):
         open_job(folder, model_hash="b" * 16, settings=settings)
     with pytest.raises(GeodetError, match=r"other settings \(score_threshold 0.3 now 0.5\).*--overwrite"):
         open_job(folder, model_hash="a" * 16, settings=detection_settings(DetectConfig(score_threshold=0.5)))
+    # test-time flips give other detections: a job cannot switch them on halfway
+    with pytest.raises(GeodetError, match=r"other settings \(tta False now True\).*--overwrite"):
+        open_job(folder, model_hash="a" * 16, settings=detection_settings(DetectConfig(tta=True)))
     job = open_job(folder, model_hash="b" * 16, settings=settings, overwrite=True)  # starts over
     assert json.loads((folder / "job.json").read_text())["model_hash"] == job.model_hash == "b" * 16
 

@@ -42,6 +42,16 @@ def test_flipped_boxes_land_on_the_flipped_pixels(lr, tb):
     assert flip_boxes(flip_boxes(box, (h, w), lr, tb), (h, w), lr, tb).tolist() == box.tolist()
 
 
+def test_flipping_low_precision_boxes_is_exact_in_float32():
+    """Boxes from a bfloat16 forward pass are flipped in float32: 256 - 100.5 is 155.5, which
+    bfloat16 (8 significant bits) cannot hold."""
+    box = torch.tensor([[100.5, 3.25, 120.5, 10.0]], dtype=torch.bfloat16)
+    assert box.tolist() == [[100.5, 3.25, 120.5, 10.0]]  # the input itself is exact in bfloat16
+    flipped = flip_boxes(box, (256, 256), True, True)
+    assert flipped.dtype == torch.float32
+    assert flipped.tolist() == [[135.5, 246.0, 155.5, 252.75]]
+
+
 def test_views_merge_by_class_wise_nms_with_a_cap():
     a = {"boxes": torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60]]), "scores": torch.tensor([0.9, 0.4]),
          "labels": torch.tensor([0, 0])}

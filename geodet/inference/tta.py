@@ -31,10 +31,12 @@ def flip_images(images: torch.Tensor, lr: bool, tb: bool) -> torch.Tensor:
 def flip_boxes(boxes_px: torch.Tensor, size_hw: Tuple[int, int], lr: bool, tb: bool) -> torch.Tensor:
     """``[N, 4]`` xyxy boxes in the pixels of an ``(H, W)`` image flipped back (the flip is its own inverse).
 
-    Coordinates are pixel corners: ``x -> W - x`` left-right, ``y -> H - y`` top-bottom.
+    Coordinates are pixel corners: ``x -> W - x`` left-right, ``y -> H - y`` top-bottom. Returns
+    float32 whatever the input: under bfloat16 autocast, ``W - x`` in bfloat16 would round a box
+    by up to half a pixel at 256 px.
     """
     h, w = size_hw
-    x1, y1, x2, y2 = boxes_px.unbind(-1)
+    x1, y1, x2, y2 = boxes_px.float().unbind(-1)
     if lr:
         x1, x2 = w - x2, w - x1
     if tb:
